@@ -1,0 +1,30 @@
+"""virtplan: infrastructure as code for libvirt.
+
+Declare hosts, networks, pools, volumes and VMs in a Python stack program; virtplan reads
+the actual state from libvirt, shows a reviewable plan, and applies exactly that plan.
+Importing this package does not import libvirt, the CLI or Pulumi.
+"""
+
+from virtplan.model import (
+    NIC,
+    VM,
+    CloudInit,
+    Disk,
+    Graphics,
+    Host,
+    Network,
+    Pool,
+    Secret,
+    Stack,
+    Volume,
+    current_stack,
+    load_stack,
+    use_templates,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Stack",
+    "Volume", "__version__", "current_stack", "load_stack", "use_templates",
+]  # fmt: skip

@@ -1,0 +1,165 @@
+"""The engine: one stack, its hosts' connections, and observe -> plan -> apply.
+
+The CLI, the Pulumi providers and the Python API all go through this class, so they
+share ownership rules, planning and apply behaviour. Connections are opened lazily (one
+per host) and closed by `close()` or the context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from virtplan.apply import ApplyReport, ProgressFn, apply_plan
+from virtplan.errors import ConnectionFailed
+from virtplan.model import Stack
+from virtplan.observe import HostState, dhcp_leases, observe_host
+from virtplan.plan import Plan, make_plan
+from virtplan.render import Identity, Renderer
+from virtplan.state import StateStore, default_state_path
+
+_quiet = threading.Lock()
+_quieted = False
+
+
+def quiet_libvirt() -> None:
+    """Stop libvirt from printing its errors to stderr; virtplan reports them itself."""
+    global _quieted
+    with _quiet:
+        if not _quieted:
+            import libvirt
+
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            _quieted = True
+
+
+def connect(uri: str, host: str = "") -> Any:
+    """Open a libvirt connection, or raise ConnectionFailed naming the host and URI."""
+    import libvirt
+
+    quiet_libvirt()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        label = f"host {host!r} at {uri}" if host else uri
+        raise ConnectionFailed(f"cannot connect to {label}: {exc}") from exc
+
+
+@dataclass
+class Observation:
+    """Observed hosts plus the renderer that knows their facts and kept identities."""
+
+    hosts: dict[str, HostState]
+    renderer: Renderer
+
+
+class Engine:
+    """Runs one stack against its hosts."""
+
+    def __init__(self, stack: Stack, store: StateStore | None = None):
+        self.stack = stack
+        self.store = store or StateStore(default_state_path(stack.name, stack.path), stack.name)
+        self._conns: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._conns.clear()
+
+    def connection(self, host: str) -> Any:
+        with self._lock:
+            if host not in self._conns:
+                self._conns[host] = connect(self.stack.host(host).uri, host)
+            return self._conns[host]
+
+    # -- observe ------------------------------------------------------------------------
+    def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
+        """Keys per kind worth reading on a host: declared ones and recorded ones."""
+        wanted: dict[str, set[str]] = {"vm": set(), "network": set(), "pool": set(), "volume": set()}
+        for r in self.stack.managed():
+            if r.host is not None and r.host.name == host:
+                wanted[r.kind].add(r.key)
+        for address, record in self.store.records(uri).items():
+            _, kind, key = address.split("/", 2)
+            wanted.setdefault(record.get("kind", kind), set()).add(key)
+        return wanted
+
+    def observe(self) -> Observation:
+        """Read every host of the stack (in parallel) and build the renderer for them."""
+        hosts = self.stack.hosts
+
+        def read(host_name: str) -> HostState:
+            host = self.stack.host(host_name)
+            return observe_host(
+                self.connection(host_name), host_name, host.uri, self.wanted(host_name, host.uri), self.stack.name
+            )
+
+        if len(hosts) == 1:
+            states = [read(hosts[0].name)]
+        else:
+            with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+                states = list(pool.map(read, [h.name for h in hosts]))
+        observed = {s.name: s for s in states}
+        return Observation(observed, self.renderer_for(observed))
+
+    def renderer_for(self, observed: dict[str, HostState]) -> Renderer:
+        identities: dict[str, Identity] = {}
+        for host in observed.values():
+            for obj in host.objects.values():
+                if obj.kind in ("vm", "network") and obj.owner is not None and obj.owner.stack == self.stack.name:
+                    macs = [n["mac"] for n in obj.spec.get("nics", [])]
+                    identities[f"{host.name}/{obj.kind}/{obj.key}"] = Identity(obj.uuid, macs)
+        return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
+
+    # -- plan and apply -------------------------------------------------------------------
+    def plan(self, destroy: bool = False, observation: Observation | None = None) -> tuple[Plan, Observation]:
+        observation = observation or self.observe()
+        plan = make_plan(self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        return plan, observation
+
+    def apply(self, plan: Plan, observation: Observation, progress: ProgressFn | None = None) -> ApplyReport:
+        conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
+        return apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+
+    # -- show ---------------------------------------------------------------------------
+    def inventory(self, observation: Observation | None = None) -> list[dict[str, Any]]:
+        """Every owned object per host with its state, and for VMs their MACs and IPs."""
+        from virtplan.plan import owned_objects
+
+        observation = observation or self.observe()
+        rows = []
+        for host in observation.hosts.values():
+            owned = owned_objects(host, self.store, self.stack.name)
+            networks = {
+                n for o in owned if o.kind == "vm" for n in (x.get("network") for x in o.spec.get("nics", [])) if n
+            }
+            leases = dhcp_leases(self.connection(host.name), networks) if networks else {}
+            for o in sorted(owned, key=lambda o: ({"network": 0, "pool": 1, "volume": 2, "vm": 3}[o.kind], o.key)):
+                row: dict[str, Any] = {"host": host.name, "kind": o.kind, "name": o.key}
+                if o.kind == "vm":
+                    row["state"] = o.spec.get("state")
+                    row["nics"] = [
+                        {"mac": n["mac"], "network": n.get("network") or n.get("bridge"), "ip": leases.get(n["mac"])}
+                        for n in o.spec.get("nics", [])
+                    ]
+                    row["memory"] = o.spec.get("memory")
+                    row["vcpus"] = o.spec.get("vcpus")
+                elif o.kind in ("network", "pool"):
+                    row["state"] = "active" if o.spec.get("active") else "inactive"
+                    row["detail"] = o.spec.get("cidr") or o.spec.get("path") or o.spec.get("bridge")
+                else:
+                    row["state"] = "present"
+                    row["detail"] = o.spec.get("capacity")
+                rows.append(row)
+        return rows
