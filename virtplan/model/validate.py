@@ -341,7 +341,9 @@ def _check_references(stack: Stack, errors: _Errors) -> None:
         for dep in resource.dependencies():
             if id(dep) not in declared:
                 errors.add(
-                    resource, _ref_field(resource, dep), f"refers to {dep.address}, which this stack does not declare"
+                    resource,
+                    _ref_field(resource, dep),
+                    f"refers to {dep.kind} {dep.key!r}, which this stack does not declare",
                 )
             elif dep.host is not None and resource.host is not None and dep.host is not resource.host:
                 errors.add(

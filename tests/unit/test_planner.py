@@ -1,0 +1,258 @@
+"""Planner cases as data: desired stack + observed state -> expected actions, policies, reasons."""
+
+from __future__ import annotations
+
+import copy
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import QEMU_FACTS, declare
+
+from virtplan.model import NIC, VM, Host, Network, Pool, Stack, Volume, validate
+from virtplan.observe import HostState, ObservedObject
+from virtplan.plan import Action, PlanError, make_plan
+from virtplan.render import Renderer, volume_path
+from virtplan.specs import owner_of, parse
+from virtplan.state import StateStore
+
+
+def program(**overrides: Any) -> Stack:
+    """The reference stack: a network, a pool, a volume and a running VM."""
+    opts = {"memory": "256MiB", "max_memory": "1GiB", "vcpus": 1, "max_vcpus": 2, "state": "running"}
+    opts.update(overrides.pop("vm", {}))
+    with declare("s") as stack:
+        Host("h", "test:///default", domain_type="qemu")
+        net = Network("net", cidr="10.5.0.0/24", **overrides.pop("net", {}))
+        pool = Pool("pool", path="/p")
+        disk = Volume("disk", pool=pool, size=overrides.pop("size", "1GiB"))
+        if not overrides.pop("no_vm", False):
+            VM("vm", disks=[disk], nics=[NIC(net, ip="10.5.0.10")], **opts)
+    validate(stack)
+    return stack
+
+
+def deployed(stack: Stack, store: StateStore, running: bool = True) -> HostState:
+    """Observed state exactly as if `stack` had been applied."""
+    r = Renderer(stack, {"h": QEMU_FACTS})
+    host = HostState("h", "test:///default", QEMU_FACTS)
+    for net in stack.networks:
+        xml = r.network_xml(net)
+        spec = parse("network", xml) | {"active": True, "autostart": net.autostart}
+        host.objects[("network", net.name)] = ObservedObject(
+            "network", net.name, "u-" + net.name, xml, spec, owner_of(ET.fromstring(xml))
+        )
+    for pool in stack.pools:
+        spec = parse("pool", r.pool_xml(pool)) | {"active": True, "autostart": True}
+        host.objects[("pool", pool.name)] = ObservedObject("pool", pool.name, "u-" + pool.name, "", spec)
+        store.put("test:///default", pool.address, id="u-" + pool.name)
+    for vol in stack.volumes:
+        spec = parse("volume", r.volume_xml(vol))
+        host.objects[("volume", vol.key)] = ObservedObject("volume", vol.key, volume_path(vol), "", spec)
+        store.put("test:///default", vol.address, id=volume_path(vol))
+    for vm in stack.vms:
+        xml = r.domain_xml(vm)
+        spec = parse("vm", xml) | {"state": "running" if running else "stopped", "autostart": vm.autostart}
+        host.objects[("vm", vm.name)] = ObservedObject("vm", vm.name, "u-vm", xml, spec, owner_of(ET.fromstring(xml)))
+    return host
+
+
+@dataclass
+class Case:
+    desired: Callable[[], Stack]
+    expected: dict[str, tuple[Action, str]]  # address -> (action, text in reason)
+    mutate: Callable[[HostState], None] = lambda h: None
+    running: bool = True
+    destructive: set[str] = field(default_factory=set)
+    policies: dict[str, str] = field(default_factory=dict)  # "address field" -> policy
+
+
+def set_spec(kind: str, key: str, **values: Any) -> Callable[[HostState], None]:
+    def mutate(host: HostState) -> None:
+        host.objects[(kind, key)].spec.update(values)
+
+    return mutate
+
+
+def drop(kind: str, key: str) -> Callable[[HostState], None]:
+    return lambda host: host.objects.pop((kind, key))
+
+
+CASES: dict[str, Case] = {
+    "no changes": Case(program, {}),
+    "everything missing": Case(
+        program,
+        {"h/network/net": (Action.CREATE, "missing"), "h/pool/pool": (Action.CREATE, "missing"),
+         "h/volume/pool/disk": (Action.CREATE, "missing"), "h/vm/vm": (Action.CREATE, "missing")},
+        mutate=lambda h: h.objects.clear(),
+    ),  # fmt: skip
+    "memory up within max is live": Case(
+        lambda: program(vm={"memory": "512MiB"}),
+        {"h/vm/vm": (Action.UPDATE, "memory changed")},
+        policies={"h/vm/vm memory": "live"},
+    ),
+    "vcpus up within max is live": Case(lambda: program(vm={"vcpus": 2}), {"h/vm/vm": (Action.UPDATE, "vcpus changed")}),
+    "max memory needs a restart": Case(
+        lambda: program(vm={"max_memory": "2GiB"}),
+        {"h/vm/vm": (Action.RESTART, "max_memory take effect after a restart")},
+        policies={"h/vm/vm max_memory": "restart"},
+    ),
+    "restart field on a stopped VM is a config update": Case(
+        lambda: program(vm={"max_memory": "2GiB", "state": "stopped"}), {"h/vm/vm": (Action.UPDATE, "max_memory changed")},
+        running=False,
+    ),
+    "power state drift is reconciled": Case(
+        program, {"h/vm/vm": (Action.UPDATE, "state changed")}, mutate=set_spec("vm", "vm", state="stopped"),
+    ),
+    "desired stopped": Case(lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, "state changed")}),
+    "arch change replaces (destructive while running)": Case(
+        lambda: program(vm={"arch": "x86_64"}), {"h/vm/vm": (Action.REPLACE, "arch changed, which forces replacement")},
+        mutate=set_spec("vm", "vm", arch="i686"), destructive={"h/vm/vm"},
+    ),  # fmt: skip
+    "out-of-band memory change is drift to undo": Case(
+        program, {"h/vm/vm": (Action.UPDATE, "memory changed")}, mutate=set_spec("vm", "vm", memory=128 * 1024**2),
+    ),
+    "libvirt defaults are not drift": Case(
+        program, {}, mutate=set_spec("vm", "vm", emulator="/usr/bin/qemu-system-x86_64", pci="0x03"),
+    ),
+    "new disk is hot-plugged": Case(
+        lambda: _with_extra_disk(), {"h/volume/pool/extra": (Action.CREATE, "missing"), "h/vm/vm": (Action.UPDATE, "disks changed")},
+        policies={"h/vm/vm disks": "live"},
+    ),  # fmt: skip
+    "removing a NIC needs a restart": Case(
+        program, {"h/vm/vm": (Action.RESTART, "nics")},
+        mutate=lambda h: h.objects[("vm", "vm")].spec["nics"].append({"network": "net", "bridge": None, "model": "virtio", "mac": "52:54:00:ff:ff:ff"}),
+        policies={"h/vm/vm nics": "restart"},
+    ),  # fmt: skip
+    "volume grows live": Case(lambda: program(size="2GiB"), {"h/volume/pool/disk": (Action.UPDATE, "capacity changed")}),
+    "network reservation change is live": Case(
+        program, {"h/network/net": (Action.UPDATE, "reservations changed")},
+        mutate=set_spec("network", "net", reservations=[]), policies={"h/network/net reservations": "live"},
+    ),  # fmt: skip
+    "subnet change replaces the network, destructive for running guests": Case(
+        program, {"h/network/net": (Action.REPLACE, "cidr")},
+        mutate=set_spec("network", "net", cidr="10.6.0.0/24"), destructive={"h/network/net"},
+    ),  # fmt: skip
+    "dhcp range change restarts the network": Case(
+        lambda: program(net={"dhcp_range": ("10.5.0.50", "10.5.0.60")}), {"h/network/net": (Action.RESTART, "dhcp_range")},
+        destructive={"h/network/net"},
+    ),  # fmt: skip
+    "stopped network is started": Case(program, {"h/network/net": (Action.UPDATE, "active changed")}, mutate=set_spec("network", "net", active=False)),
+    "removed VM is deleted and its reservation dropped": Case(
+        lambda: program(no_vm=True),
+        {"h/vm/vm": (Action.DELETE, "removed from the stack"), "h/network/net": (Action.UPDATE, "reservations changed")},
+        destructive={"h/vm/vm"},
+    ),
+}  # fmt: skip
+
+
+def _with_extra_disk() -> Stack:
+    stack = program()
+    from virtplan.model import Disk, collecting
+
+    with collecting(stack):
+        extra = Volume("extra", pool=stack.pools[0], size="1GiB")
+    stack.vms[0].disks.append(Disk(extra))
+    validate(stack)
+    return stack
+
+
+def run_case(case: Case, tmp_path: Path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(), store, running=case.running)
+    case.mutate(host)
+    desired = case.desired()
+    r = Renderer(desired, {"h": QEMU_FACTS}, _identities(host))
+    return make_plan(desired, r, {"h": host}, store)
+
+
+def _identities(host: HostState):
+    from virtplan.render import Identity
+
+    return {f"h/vm/{o.key}": Identity(o.uuid, [n["mac"] for n in o.spec["nics"]]) for o in host.of_kind("vm")}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_planner_case(name, tmp_path):
+    case = CASES[name]
+    plan = run_case(case, tmp_path)
+    got = {c.address: c for c in plan.changes}
+    assert set(got) == set(case.expected), plan.changes
+    for address, (action, reason) in case.expected.items():
+        assert got[address].action == action, (address, got[address])
+        assert reason in got[address].reason, got[address].reason
+    assert {c.address for c in plan.destructive()} == case.destructive
+    for key, pol in case.policies.items():
+        address, fld = key.split(" ")
+        assert {fc.field: fc.policy for fc in got[address].changes}[fld] == pol
+
+
+def test_order_dependencies_first_and_deletions_last(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(), store)
+    host.objects.pop(("vm", "vm"))
+    host.objects.pop(("volume", "pool/disk"))
+    with declare("s") as stack:
+        Host("h", "test:///default", domain_type="qemu")
+        pool = Pool("pool", path="/p")
+        disk = Volume("disk", pool=pool, size="1GiB")
+        VM("vm", disks=[disk], memory="64MiB")
+    validate(stack)
+    plan = make_plan(stack, Renderer(stack, {"h": QEMU_FACTS}), {"h": host}, store)
+    order = [c.address for c in plan.changes]
+    assert order == ["h/volume/pool/disk", "h/vm/vm", "h/network/net"]
+    assert plan.changes[1].depends_on == ["h/volume/pool/disk"]
+    assert plan.changes[2].action == Action.DELETE
+
+
+def test_foreign_object_with_same_name_is_an_error_not_a_takeover(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(), store)
+    net = host.objects[("network", "net")]
+    net.owner = None  # made by hand, not by virtplan
+    store.forget("test:///default", "h/pool/pool")  # pool not recorded: not ours
+    with pytest.raises(PlanError) as info:
+        make_plan(program(), Renderer(program(), {"h": QEMU_FACTS}), {"h": host}, store)
+    text = str(info.value)
+    assert "h/network/net: name: a network named 'net' already exists on host 'h'" in text
+    assert "virtplan import" in text
+    assert "h/pool/pool" in text
+
+
+def test_other_stacks_objects_are_never_deleted_or_taken(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    other = StateStore(tmp_path / "other.json", "other")
+    host = deployed(program(), other)  # everything belongs to stack "other"
+    for o in host.objects.values():
+        if o.owner is not None:
+            o.owner = type(o.owner)("other", o.owner.address, o.owner.attrs)
+    empty = program(no_vm=True)
+    empty.resources = [r for r in empty.resources if r.kind == "host"]
+    plan = make_plan(empty, Renderer(empty, {"h": QEMU_FACTS}), {"h": host}, store)
+    assert plan.empty
+    with pytest.raises(PlanError, match="belongs to stack 'other'"):
+        make_plan(program(), Renderer(program(), {"h": QEMU_FACTS}), {"h": host}, store)
+
+
+def test_volume_shrink_is_refused(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(size="4GiB"), store)
+    with pytest.raises(PlanError, match="capacity: cannot change .* volumes only grow"):
+        make_plan(program(), Renderer(program(), {"h": QEMU_FACTS}), {"h": host}, store)
+
+
+def test_destroy_plans_only_owned_objects(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(), store)
+    stranger = copy.deepcopy(host.objects[("vm", "vm")])
+    stranger.key, stranger.owner = "stranger", None
+    host.objects[("vm", "stranger")] = stranger
+    plan = make_plan(program(), Renderer(program(), {"h": QEMU_FACTS}), {"h": host}, store, destroy=True)
+    assert sorted(c.address for c in plan.changes) == sorted(
+        ["h/network/net", "h/pool/pool", "h/volume/pool/disk", "h/vm/vm"]
+    )
+    assert all(c.action == Action.DELETE for c in plan.changes)
+    assert [c.kind for c in plan.changes][0] == "vm"
