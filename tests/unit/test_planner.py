@@ -85,68 +85,101 @@ CASES: dict[str, Case] = {
     "no changes": Case(program, {}),
     "everything missing": Case(
         program,
-        {"h/network/net": (Action.CREATE, "missing"), "h/pool/pool": (Action.CREATE, "missing"),
-         "h/volume/pool/disk": (Action.CREATE, "missing"), "h/vm/vm": (Action.CREATE, "missing")},
+        {
+            "h/network/net": (Action.CREATE, "missing"),
+            "h/pool/pool": (Action.CREATE, "missing"),
+            "h/volume/pool/disk": (Action.CREATE, "missing"),
+            "h/vm/vm": (Action.CREATE, "missing"),
+        },
         mutate=lambda h: h.objects.clear(),
-    ),  # fmt: skip
+    ),
     "memory up within max is live": Case(
         lambda: program(vm={"memory": "512MiB"}),
         {"h/vm/vm": (Action.UPDATE, "memory changed")},
         policies={"h/vm/vm memory": "live"},
     ),
-    "vcpus up within max is live": Case(lambda: program(vm={"vcpus": 2}), {"h/vm/vm": (Action.UPDATE, "vcpus changed")}),
+    "vcpus up within max is live": Case(
+        lambda: program(vm={"vcpus": 2}), {"h/vm/vm": (Action.UPDATE, "vcpus changed")}
+    ),
     "max memory needs a restart": Case(
         lambda: program(vm={"max_memory": "2GiB"}),
         {"h/vm/vm": (Action.RESTART, "max_memory take effect after a restart")},
         policies={"h/vm/vm max_memory": "restart"},
     ),
     "restart field on a stopped VM is a config update": Case(
-        lambda: program(vm={"max_memory": "2GiB", "state": "stopped"}), {"h/vm/vm": (Action.UPDATE, "max_memory changed")},
+        lambda: program(vm={"max_memory": "2GiB", "state": "stopped"}),
+        {"h/vm/vm": (Action.UPDATE, "max_memory changed")},
         running=False,
     ),
     "power state drift is reconciled": Case(
-        program, {"h/vm/vm": (Action.UPDATE, "state changed")}, mutate=set_spec("vm", "vm", state="stopped"),
+        program,
+        {"h/vm/vm": (Action.UPDATE, "state changed")},
+        mutate=set_spec("vm", "vm", state="stopped"),
     ),
     "desired stopped": Case(lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, "state changed")}),
     "arch change replaces (destructive while running)": Case(
-        lambda: program(vm={"arch": "x86_64"}), {"h/vm/vm": (Action.REPLACE, "arch changed, which forces replacement")},
-        mutate=set_spec("vm", "vm", arch="i686"), destructive={"h/vm/vm"},
-    ),  # fmt: skip
-    "out-of-band memory change is drift to undo": Case(
-        program, {"h/vm/vm": (Action.UPDATE, "memory changed")}, mutate=set_spec("vm", "vm", memory=128 * 1024**2),
-    ),
-    "libvirt defaults are not drift": Case(
-        program, {}, mutate=set_spec("vm", "vm", emulator="/usr/bin/qemu-system-x86_64", pci="0x03"),
-    ),
-    "new disk is hot-plugged": Case(
-        lambda: _with_extra_disk(), {"h/volume/pool/extra": (Action.CREATE, "missing"), "h/vm/vm": (Action.UPDATE, "disks changed")},
-        policies={"h/vm/vm disks": "live"},
-    ),  # fmt: skip
-    "removing a NIC needs a restart": Case(
-        program, {"h/vm/vm": (Action.RESTART, "nics")},
-        mutate=lambda h: h.objects[("vm", "vm")].spec["nics"].append({"network": "net", "bridge": None, "model": "virtio", "mac": "52:54:00:ff:ff:ff"}),
-        policies={"h/vm/vm nics": "restart"},
-    ),  # fmt: skip
-    "volume grows live": Case(lambda: program(size="2GiB"), {"h/volume/pool/disk": (Action.UPDATE, "capacity changed")}),
-    "network reservation change is live": Case(
-        program, {"h/network/net": (Action.UPDATE, "reservations changed")},
-        mutate=set_spec("network", "net", reservations=[]), policies={"h/network/net reservations": "live"},
-    ),  # fmt: skip
-    "subnet change replaces the network, destructive for running guests": Case(
-        program, {"h/network/net": (Action.REPLACE, "cidr")},
-        mutate=set_spec("network", "net", cidr="10.6.0.0/24"), destructive={"h/network/net"},
-    ),  # fmt: skip
-    "dhcp range change restarts the network": Case(
-        lambda: program(net={"dhcp_range": ("10.5.0.50", "10.5.0.60")}), {"h/network/net": (Action.RESTART, "dhcp_range")},
-        destructive={"h/network/net"},
-    ),  # fmt: skip
-    "stopped network is started": Case(program, {"h/network/net": (Action.UPDATE, "active changed")}, mutate=set_spec("network", "net", active=False)),
-    "removed VM is deleted and its reservation dropped": Case(
-        lambda: program(no_vm=True),
-        {"h/vm/vm": (Action.DELETE, "removed from the stack"), "h/network/net": (Action.UPDATE, "reservations changed")},
+        lambda: program(vm={"arch": "x86_64"}),
+        {"h/vm/vm": (Action.REPLACE, "arch changed, which forces replacement")},
+        mutate=set_spec("vm", "vm", arch="i686"),
         destructive={"h/vm/vm"},
     ),
-}  # fmt: skip
+    "out-of-band memory change is drift to undo": Case(
+        program,
+        {"h/vm/vm": (Action.UPDATE, "memory changed")},
+        mutate=set_spec("vm", "vm", memory=128 * 1024**2),
+    ),
+    "libvirt defaults are not drift": Case(
+        program,
+        {},
+        mutate=set_spec("vm", "vm", emulator="/usr/bin/qemu-system-x86_64", pci="0x03"),
+    ),
+    "new disk is hot-plugged": Case(
+        lambda: _with_extra_disk(),
+        {"h/volume/pool/extra": (Action.CREATE, "missing"), "h/vm/vm": (Action.UPDATE, "disks changed")},
+        policies={"h/vm/vm disks": "live"},
+    ),
+    "removing a NIC needs a restart": Case(
+        program,
+        {"h/vm/vm": (Action.RESTART, "nics")},
+        mutate=lambda h: (
+            h.objects[("vm", "vm")]
+            .spec["nics"]
+            .append({"network": "net", "bridge": None, "model": "virtio", "mac": "52:54:00:ff:ff:ff"})
+        ),
+        policies={"h/vm/vm nics": "restart"},
+    ),
+    "volume grows live": Case(
+        lambda: program(size="2GiB"), {"h/volume/pool/disk": (Action.UPDATE, "capacity changed")}
+    ),
+    "network reservation change is live": Case(
+        program,
+        {"h/network/net": (Action.UPDATE, "reservations changed")},
+        mutate=set_spec("network", "net", reservations=[]),
+        policies={"h/network/net reservations": "live"},
+    ),
+    "subnet change replaces the network, destructive for running guests": Case(
+        program,
+        {"h/network/net": (Action.REPLACE, "cidr")},
+        mutate=set_spec("network", "net", cidr="10.6.0.0/24"),
+        destructive={"h/network/net"},
+    ),
+    "dhcp range change restarts the network": Case(
+        lambda: program(net={"dhcp_range": ("10.5.0.50", "10.5.0.60")}),
+        {"h/network/net": (Action.RESTART, "dhcp_range")},
+        destructive={"h/network/net"},
+    ),
+    "stopped network is started": Case(
+        program, {"h/network/net": (Action.UPDATE, "active changed")}, mutate=set_spec("network", "net", active=False)
+    ),
+    "removed VM is deleted and its reservation dropped": Case(
+        lambda: program(no_vm=True),
+        {
+            "h/vm/vm": (Action.DELETE, "removed from the stack"),
+            "h/network/net": (Action.UPDATE, "reservations changed"),
+        },
+        destructive={"h/vm/vm"},
+    ),
+}
 
 
 def _with_extra_disk() -> Stack:
@@ -255,4 +288,4 @@ def test_destroy_plans_only_owned_objects(tmp_path):
         ["h/network/net", "h/pool/pool", "h/volume/pool/disk", "h/vm/vm"]
     )
     assert all(c.action == Action.DELETE for c in plan.changes)
-    assert [c.kind for c in plan.changes][0] == "vm"
+    assert plan.changes[0].kind == "vm"
