@@ -9,7 +9,7 @@ from virtplan import NIC, VM, Host, Network, Pool, Volume
 local = Host("local", uri="qemu:///system", domain_type="qemu")
 
 net = Network("demo-net", mode="nat", cidr="10.77.0.0/24", domain="demo.test")
-pool = Pool("demo-pool", path="/var/lib/virtplan/demo-pool")
+pool = Pool("demo-pool", path="/var/lib/libvirt/images/virtplan-demo")
 
 for i, ip in enumerate(["10.77.0.10", None], start=1):
     disk = Volume(f"demo-{i}.qcow2", pool=pool, size="1GiB")

@@ -383,13 +383,12 @@ class HostApplier:
     def vm_delete(self, change: ResourceChange, keep_seed: bool = False) -> None:
         import libvirt
 
-        declared = self.desired.get(change.address)
-        timeout = declared.shutdown_timeout if isinstance(declared, VM) else DEFAULT_SHUTDOWN_TIMEOUT
         dom = self.conn.lookupByName(change.key)
+        obj = self.observed(change)
+        timeout = shutdown_timeout(self.desired.get(change.address), obj)
         if dom.isActive():
             graceful_stop(dom, timeout)
         flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-        obj = self.observed(change)
         if obj is not None and obj.spec.get("firmware") == "uefi":
             flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         dom.undefineFlags(flags)
@@ -440,6 +439,18 @@ class HostApplier:
 
     def _record(self, change: ResourceChange, identity: str) -> None:
         self.store.put(self.host.uri, change.address, kind=change.kind, id=identity, pending=False)
+
+
+def shutdown_timeout(declared: Resource | None, observed: ObservedObject | None) -> float:
+    """The VM's declared timeout; for a VM no longer declared, the one it was created with."""
+    if isinstance(declared, VM):
+        return float(declared.shutdown_timeout)
+    if observed is not None and observed.owner is not None:
+        try:
+            return float(observed.owner.attrs.get("shutdown-timeout", DEFAULT_SHUTDOWN_TIMEOUT))
+        except ValueError:
+            pass
+    return DEFAULT_SHUTDOWN_TIMEOUT
 
 
 def graceful_stop(dom: Any, timeout: float) -> None:

@@ -244,7 +244,8 @@ def _set_debug(debug: bool) -> None:
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one-line messages."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
+        sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):

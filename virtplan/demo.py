@@ -1,0 +1,90 @@
+"""The demo: apply stacks/demo.py to a local libvirt, re-plan, and show what runs.
+
+Where the demo runs, in order of preference:
+1. the host named by VIRTPLAN_URI;
+2. the machine's own libvirt (qemu:///system) when a daemon answers there;
+3. a private libvirtd started for the demo (the same machinery as the tests), kept
+   running in /var/tmp/virtplan-demo so the commands it prints keep working;
+4. where no daemon can be started (not root, libvirt missing), libvirt's in-process
+   test driver, with the reason said up front.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DEMO_DIR = Path(os.environ.get("VIRTPLAN_DEMO_DIR", "/var/tmp/virtplan-demo"))
+STACK = Path(__file__).resolve().parent.parent / "stacks" / "demo.py"
+IN_PROCESS = "test:///default"
+
+
+def choose_host() -> tuple[str, str]:
+    """The URI to run the demo against and a sentence saying why that one."""
+    from virtplan.testbed import PrivateHost, daemon_reachable, missing_prereqs
+
+    if os.environ.get("VIRTPLAN_URI"):
+        return os.environ["VIRTPLAN_URI"], "the host named by VIRTPLAN_URI"
+    if daemon_reachable("qemu:///system", timeout=3):
+        return "qemu:///system", "the machine's own libvirt daemon"
+    host = PrivateHost(DEMO_DIR, "demo", qemu_caps_cache=Path("/var/tmp/virtplan-qemu-caps"))
+    if daemon_reachable(host.uri, timeout=3):
+        return host.uri, f"the private demo libvirtd already running in {DEMO_DIR}"
+    problems = missing_prereqs()
+    if problems:
+        return IN_PROCESS, f"libvirt's in-process test driver, since no daemon can start here: {'; '.join(problems)}"
+    host.start()
+    return host.uri, f"a private libvirtd started for the demo in {DEMO_DIR} (isolated from this machine's libvirt)"
+
+
+def run(argv: list[str]) -> int:
+    """One CLI command in this process; returns its exit code."""
+    from virtplan.cli import app
+
+    print(f"\n$ virtplan {' '.join(argv)}", flush=True)
+    try:
+        rc = app(argv, standalone_mode=False)
+    except SystemExit as exc:
+        rc = exc.code
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return rc if isinstance(rc, int) else 0
+
+
+def stop() -> int:
+    """Stop the private demo libvirtd (its guests go with it; its definitions stay on disk)."""
+    from virtplan.testbed import stop_detached
+
+    stopped = stop_detached(DEMO_DIR)
+    print(f"stopped the private demo libvirtd in {DEMO_DIR}" if stopped else "no private demo libvirtd is running")
+    return 0
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--stop"]:
+        return stop()
+    uri, why = choose_host()
+    print(f"virtplan demo on {why}:\n  {uri}")
+    keep = None
+    if uri == IN_PROCESS:
+        import libvirt
+
+        keep = libvirt.open(IN_PROCESS)  # the test driver's state lives while a connection is open
+    host = ["--host", f"local={uri}"]
+    stack = str(STACK.relative_to(Path.cwd())) if STACK.is_relative_to(Path.cwd()) else str(STACK)
+    for argv in (["apply", stack, "--yes", *host], ["plan", stack, *host], ["show", stack, *host]):
+        rc = run(argv)
+        if rc != 0:
+            return rc
+    if keep is None:
+        print(f"\nTry it yourself:\n  export VIRTPLAN_URI='{uri}'\n  .venv/bin/virtplan plan {stack}")
+        print(f"  .venv/bin/virtplan destroy {stack}")
+        if uri.startswith("qemu+unix") and str(DEMO_DIR) in uri:
+            print("  .venv/bin/python -m virtplan.demo --stop   # stop the private demo libvirtd")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
