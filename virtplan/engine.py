@@ -19,6 +19,7 @@ from virtplan.model import Stack
 from virtplan.observe import HostState, dhcp_leases, observe_host
 from virtplan.plan import Plan, make_plan
 from virtplan.render import Identity, Renderer
+from virtplan.speccache import SpecCache
 from virtplan.state import StateStore, default_state_path
 
 _quiet = threading.Lock()
@@ -64,6 +65,7 @@ class Engine:
         self.store = store or StateStore(default_state_path(stack.name, stack.path), stack.name)
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.cache = SpecCache(self.store.path.with_suffix(".cache.json"))
 
     def __enter__(self) -> Engine:
         return self
@@ -72,6 +74,8 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # the cache is disposable; never fail on it
+            self.cache.save()
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 conn.close()
@@ -102,7 +106,12 @@ class Engine:
         def read(host_name: str) -> HostState:
             host = self.stack.host(host_name)
             return observe_host(
-                self.connection(host_name), host_name, host.uri, self.wanted(host_name, host.uri), self.stack.name
+                self.connection(host_name),
+                host_name,
+                host.uri,
+                self.wanted(host_name, host.uri),
+                self.stack.name,
+                cache=self.cache,
             )
 
         if len(hosts) == 1:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from virtplan.facts import HostFacts, parse_capabilities
 from virtplan.render import NAMESPACE
+from virtplan.speccache import SpecCache, xml_key
 from virtplan.specs import Owner, Spec, domain_spec, network_spec, owner_of, pool_spec, volume_spec
 
 
@@ -61,12 +63,14 @@ def observe_host(
     wanted: dict[str, set[str]],
     stack_name: str,
     facts: HostFacts | None = None,
+    cache: SpecCache | None = None,
 ) -> HostState:
-    """Read one host. `wanted` maps kind -> keys the stack declares or recorded."""
+    """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
+    remembers parsed domain specs by XML hash."""
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name)
+    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
     _read_networks(conn, libvirt, state)
     pools = _read_pools(conn, libvirt, state)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
@@ -75,6 +79,21 @@ def observe_host(
         if pool is not None and pool.isActive():
             _read_volumes(pool, pool_name, state)
     return state
+
+
+T = TypeVar("T")
+FETCH_THREADS = 8
+_SEQUENTIAL_BELOW = 32
+
+
+def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
+    """fetch(obj) for every object, in order. Many objects are fetched over a few
+    concurrent RPCs on the same connection (libvirt multiplexes calls on one connection
+    and libvirtd serves them from a worker pool), which beats one-by-one round trips."""
+    if len(objects) < _SEQUENTIAL_BELOW:
+        return [fetch(o) for o in objects]
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        return list(pool.map(fetch, objects, chunksize=16))
 
 
 def _inactive_xml(obj: Any, flags: int) -> str:
@@ -93,21 +112,33 @@ def _mine(xml: str, stack_name: str) -> bool:
     return NAMESPACE in xml and f'stack="{stack_name}"' in xml.replace("'", '"')
 
 
-def _read_domains(conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str) -> None:
+def _read_domains(
+    conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str, cache: SpecCache | None
+) -> None:
     flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
-    for dom in conn.listAllDomains(flags):
-        dom_name = dom.name()
-        xml = _inactive_xml(dom, libvirt.VIR_DOMAIN_XML_INACTIVE)
-        if dom_name not in wanted and not _mine(xml, stack_name):
+    domains = conn.listAllDomains(flags)
+    # Only the round trips run in threads; parsing there would just fight over the GIL.
+    xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for dom, xml in zip(domains, xmls, strict=True):
+        name = dom.name()
+        if name not in wanted and not _mine(xml, stack_name):
             continue  # foreign and not declared: none of this stack's business
-        root = ET.fromstring(xml)
+        key = xml_key(xml)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            spec, owner = hit
+        else:
+            root = ET.fromstring(xml)
+            spec, owner = domain_spec(root), owner_of(root)
+            if cache is not None:
+                cache.put(key, spec, owner)
+                spec = dict(spec)
         uuid = dom.UUIDString()
-        spec = domain_spec(root)
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart
-        state.objects[("vm", dom_name)] = ObservedObject("vm", dom_name, uuid, xml, spec, owner_of(root))
+        state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, spec, owner)
 
 
 def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:

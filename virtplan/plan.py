@@ -106,22 +106,41 @@ class PlanError(VirtplanError):
 
 
 # -- desired specs ----------------------------------------------------------------------
-def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
-    """The comparable form of a declared resource: its rendered XML, parsed back, limited
-    to the fields the stack pins, plus the runtime fields (power state, autostart)."""
+def rendered_spec(resource: Resource, renderer: Renderer) -> Spec:
+    """The resource's rendered document parsed back: what libvirt will be given."""
     if isinstance(resource, VM):
-        spec = parse("vm", renderer.domain_xml(resource, reveal_secrets=False))
+        return parse("vm", renderer.domain_xml(resource, reveal_secrets=False))
+    if isinstance(resource, Network):
+        return parse("network", renderer.network_xml(resource))
+    if isinstance(resource, Pool):
+        return parse("pool", renderer.pool_xml(resource))
+    return parse("volume", renderer.volume_xml(resource))  # type: ignore[arg-type]
+
+
+def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
+    """The comparable form of a declared resource, limited to the fields the stack pins,
+    plus the runtime fields (power state, autostart).
+
+    With the built-in templates it is computed from the render contexts (`fastspec`,
+    proven equal to rendering and parsing); with a stack's own templates it is their
+    output parsed back, so overrides take part in diffing."""
+    from virtplan import fastspec
+
+    if renderer.stack.template_dir is not None:
+        spec = rendered_spec(resource, renderer)
+    else:
+        fast = {"vm": fastspec.domain_spec, "network": fastspec.network_spec,
+                "pool": fastspec.pool_spec, "volume": fastspec.volume_spec}[resource.kind]  # fmt: skip
+        spec = fast(resource, renderer)  # type: ignore[operator]
+    if isinstance(resource, VM):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
         spec.update(state=resource.state, autostart=resource.autostart)
     elif isinstance(resource, Network):
-        spec = parse("network", renderer.network_xml(resource))
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
         spec.update(autostart=resource.autostart, active=True)
     elif isinstance(resource, Pool):
-        spec = parse("pool", renderer.pool_xml(resource))
         spec.update(autostart=resource.autostart, active=True)
     elif isinstance(resource, Volume):
-        spec = parse("volume", renderer.volume_xml(resource))
         spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
     else:  # pragma: no cover - the model has no other kinds

@@ -190,31 +190,40 @@ class Renderer:
         return self.env.get_template(template).render(**context)
 
     def network_xml(self, net: Network) -> str:
+        return self._render("network.xml.j2", net=net, n=self.network_context(net))
+
+    def network_context(self, net: Network) -> NetworkContext:
         start, end = net.range_ips if net.cidr and net.dhcp else ("", "")
-        ctx = NetworkContext(
+        return NetworkContext(
             NAMESPACE,
             self.stack.name,
             self.identities.get(net.address, Identity()).uuid,
             (str(start), str(end)),
             self.reservations(net),
         )
-        return self._render("network.xml.j2", net=net, n=ctx)
 
     def pool_xml(self, pool: Pool) -> str:
         return self._render("pool.xml.j2", pool=pool)
 
-    def volume_xml(self, vol: Volume, capacity: int | None = None) -> str:
+    def volume_xml(self, vol: Volume) -> str:
+        return self._render("volume.xml.j2", vol=vol, v=self.volume_context(vol))
+
+    @staticmethod
+    def volume_context(vol: Volume) -> VolumeContext:
         backing = vol.backing
-        ctx = VolumeContext(
-            capacity=capacity if capacity is not None else vol.size_bytes,
+        return VolumeContext(
+            capacity=vol.size_bytes,
             format=vol.format,
             backing_path=volume_path(backing) if backing is not None else None,
             backing_format=backing.format if backing is not None else None,
         )
-        return self._render("volume.xml.j2", vol=vol, v=ctx)
 
     def domain_xml(self, vm: VM, reveal_secrets: bool = True) -> str:
         """The domain XML; with reveal_secrets=False a VNC/SPICE password is masked."""
+        return self._render("domain.xml.j2", vm=vm, d=self.domain_context(vm, reveal_secrets))
+
+    def domain_context(self, vm: VM, reveal_secrets: bool = False) -> DomainContext:
+        """Everything domain.xml.j2 needs beyond the VM itself, resolved against the host."""
         assert vm.host is not None
         facts = self.facts[vm.host.name]
         guest = facts.guest(vm.arch)
@@ -235,7 +244,7 @@ class Renderer:
             seed = SeedView(vm.seed_pool.name, vm.seed_volume_name, target_names(["scsi"] * (scsi_taken + 1))[-1])
             seed_digest = self.seed_digest(vm)
         password = vm.graphics.password if vm.graphics else None
-        ctx = DomainContext(
+        return DomainContext(
             namespace=NAMESPACE,
             stack=self.stack.name,
             type=facts.domain_type(vm.host.domain_type, vm.arch),
@@ -250,7 +259,6 @@ class Renderer:
             graphics_password=_reveal(password, reveal_secrets),
             graphics_password_digest=password.digest() if isinstance(password, Secret) else None,
         )
-        return self._render("domain.xml.j2", vm=vm, d=ctx)
 
     # -- cloud-init -------------------------------------------------------------------
     def seed_files(self, vm: VM, reveal_secrets: bool = True) -> dict[str, str]:

@@ -142,8 +142,8 @@ class Network(Resource):
         if self.dhcp_range:
             start, end = self.dhcp_range
             return ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)
-        hosts = list(self.ip_network.hosts())
-        return hosts[len(hosts) // 2], hosts[-1]
+        net = self.ip_network
+        return net.network_address + net.num_addresses // 2, net.broadcast_address - 1
 
     @property
     def bridge_name(self) -> str:

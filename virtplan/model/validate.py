@@ -164,7 +164,7 @@ def _check_subnet(
     except ValueError as exc:
         errors.add(net, "cidr", f"{net.cidr!r} is not an IPv4 subnet ({exc}); write e.g. '10.10.0.0/24'")
         return
-    if subnet.prefixlen > 29:
+    if subnet.prefixlen > 29:  # keeps range_ips' arithmetic inside the subnet
         errors.add(net, "cidr", f"{net.cidr} is too small; use a /29 or larger")
         return
     if net.host is not None:
