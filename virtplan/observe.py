@@ -96,13 +96,19 @@ def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
         return list(pool.map(fetch, objects, chunksize=16))
 
 
-def _inactive_xml(obj: Any, flags: int) -> str:
-    """The persistent definition; drivers that lack the inactive flag give the only one."""
+GONE = (42, 43, 49, 50)  # VIR_ERR_NO_DOMAIN, _NO_NETWORK, _NO_STORAGE_POOL, _NO_STORAGE_VOL
+
+
+def _inactive_xml(obj: Any, flags: int) -> str | None:
+    """The persistent definition, or None if the object was deleted since it was listed.
+    Drivers that lack the inactive flag give their only definition."""
     import libvirt
 
     try:
         return str(obj.XMLDesc(flags))
     except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return None
         if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
             raise
         return str(obj.XMLDesc(0))
@@ -123,6 +129,8 @@ def _read_domains(
     xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
     for dom, xml in zip(domains, xmls, strict=True):
         name = dom.name()
+        if xml is None:
+            continue
         if name not in wanted and not _mine(xml, stack_name):
             continue  # foreign and not declared: none of this stack's business
         key = xml_key(xml)
@@ -146,6 +154,8 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
     autostart = {n.UUIDString() for n in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART)}
     for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
         xml = _inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
+        if xml is None:
+            continue
         root = ET.fromstring(xml)
         uuid = net.UUIDString()
         spec = network_spec(root)
@@ -160,6 +170,8 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
     pools = {}
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT):
         xml = _inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)
+        if xml is None:
+            continue
         uuid = pool.UUIDString()
         spec = pool_spec(ET.fromstring(xml))
         spec["active"] = uuid in active
@@ -171,7 +183,9 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
 
 def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
     for vol in pool.listAllVolumes():
-        xml = vol.XMLDesc(0)
+        xml = _inactive_xml(vol, 0)
+        if xml is None:
+            continue
         key = f"{pool_name}/{vol.name()}"
         state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, volume_spec(ET.fromstring(xml)))
 

@@ -152,8 +152,8 @@ def ordered(resources: list[Resource]) -> list[Resource]:
     """Dependencies first; among independent resources, networks and pools, then volumes,
     then VMs, in declaration order."""
     position = {id(r): i for i, r in enumerate(resources)}
-    graph = {id(r): {id(d) for d in r.dependencies()} for r in resources}
     by_id = {id(r): r for r in resources}
+    graph = {id(r): {id(d) for d in r.dependencies() if id(d) in by_id} for r in resources}
     sorter = graphlib.TopologicalSorter(graph)
     sorter.prepare()
     out: list[Resource] = []

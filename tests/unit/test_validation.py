@@ -94,6 +94,10 @@ CASES = {
     ),
     "bad firmware": (lambda: base(firmware="coreboot"), "firmware: 'coreboot' is not one of bios, uefi"),
     "bad state": (lambda: base(state="paused"), "state: 'paused' is not one of running, stopped"),
+    "vnc password too long": (
+        lambda: base(graphics=Graphics("vnc", password="0123456789")),
+        "graphics.password: is 10 characters long; VNC allows at most 8",
+    ),
     "bad graphics": (lambda: base(graphics=Graphics("rdp")), "graphics.type: 'rdp' is not one of none, vnc, spice"),
     "bad bus": (
         lambda: _vm_disk(Disk.__new__(Disk), bus="usb"),

@@ -35,6 +35,7 @@ from virtplan.model.stack import Stack
 from virtplan.units import parse_size
 
 MAX_NAME = 64
+VNC_PASSWORD_MAX = 8  # the VNC protocol's limit, enforced by libvirt
 _BAD_NAME_CHARS = re.compile(r"[/\\\s\x00-\x1f\x7f'\"<>&]")
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -274,6 +275,11 @@ def _check_vm_scalars(vm: VM, errors: _Errors) -> None:
         errors.add(vm, "state", f"{vm.state!r} is not one of {', '.join(POWER_STATES)}")
     if vm.graphics is not None and vm.graphics.type not in GRAPHICS_TYPES:
         errors.add(vm, "graphics.type", f"{vm.graphics.type!r} is not one of none, {', '.join(GRAPHICS_TYPES)}")
+    password = vm.graphics.password if vm.graphics is not None else None
+    if vm.graphics is not None and vm.graphics.type == "vnc" and password is not None:
+        length = len(password.reveal())  # type: ignore[union-attr]
+        if length > VNC_PASSWORD_MAX:
+            errors.add(vm, "graphics.password", f"is {length} characters long; VNC allows at most {VNC_PASSWORD_MAX}")
     if not isinstance(vm.shutdown_timeout, (int, float)) or vm.shutdown_timeout < 0:
         errors.add(vm, "shutdown_timeout", "must be a number of seconds, 0 or more")
     if not isinstance(vm.description, str):

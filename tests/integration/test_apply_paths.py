@@ -1,0 +1,200 @@
+"""Apply paths against a real private host: hot-plug, reservation updates, volume growth,
+UEFI and VNC guests, pool directories, failures and crashes that later converge."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from virtplan.engine import Engine
+from virtplan.errors import ApplyError
+from virtplan.model import load_stack
+from virtplan.plan import Action
+from virtplan.state import StateStore
+
+SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65}
+
+
+def header(name: str) -> str:
+    """Each test stack gets its own network and pool (one stack cannot take another's)."""
+    return f"""
+from virtplan import NIC, VM, Disk, Graphics, Host, Network, Pool, Volume
+Host("h", uri="qemu:///system", domain_type="qemu")
+net = Network("{name}-net", cidr="10.{SUBNETS[name]}.0.0/24")
+pool = Pool("{name}-pool", path="/var/lib/libvirt/images/{name}")
+"""
+
+
+@pytest.fixture(scope="module")
+def env(private_host, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paths")
+    conn = private_host.connect()
+
+    def run(body: str, name: str = "paths", destroy: bool = False, allow: set[Action] | None = None):
+        path = tmp / f"{name}.py"
+        path.write_text(header(name) + body)
+        stack = load_stack(path, {"h": private_host.uri})
+        with Engine(stack, StateStore(tmp / f"{name}.json", stack.name)) as engine:
+            plan, obs = engine.plan(destroy=destroy)
+            if allow is not None:
+                assert {c.action for c in plan.changes} <= allow, [(c.address, c.action) for c in plan.changes]
+            engine.apply(plan, obs)
+            return plan
+
+    def replan(body: str, name: str = "paths"):
+        path = tmp / f"{name}.py"
+        path.write_text(header(name) + body)
+        stack = load_stack(path, {"h": private_host.uri})
+        with Engine(stack, StateStore(tmp / f"{name}.json", stack.name)) as engine:
+            return engine.plan()[0]
+
+    yield run, replan, conn, private_host, tmp
+    conn.close()
+
+
+VM_ONE = """
+root = Volume("one.qcow2", pool=pool, size="64MiB")
+VM("one", memory="64MiB", max_memory="128MiB", disks=[root], nics=[NIC(net, ip="10.61.0.10")], shutdown_timeout=0)
+"""
+
+
+HOTPLUGGED = VM_ONE.replace(
+    'disks=[root], nics=[NIC(net, ip="10.61.0.10")]',
+    'disks=[root, Volume("one-extra.qcow2", pool=pool, size="32MiB")], nics=[NIC(net, ip="10.61.0.10"), NIC(net)]',
+)
+
+
+def test_hotplug_disk_and_nic_into_running_vm(env):
+    run, replan, conn, _, _ = env
+    run(VM_ONE)
+    dom = conn.lookupByName("one")
+    domid = dom.ID()
+    body = HOTPLUGGED
+    plan = run(body, allow={Action.CREATE, Action.UPDATE})
+    vm_change = next(c for c in plan.changes if c.address == "h/vm/one")
+    assert {fc.field: fc.policy for fc in vm_change.changes} == {"disks": "live", "nics": "live"}
+    dom = conn.lookupByName("one")
+    live = dom.XMLDesc(0)
+    assert dom.ID() == domid, "hot-plug must not restart the guest"
+    assert "one-extra.qcow2" in live and live.count("<interface type='network'>") == 2
+    assert replan(body).empty
+
+
+def test_fixed_ip_change_updates_the_running_network_in_place(env):
+    run, replan, conn, _, _ = env
+    net_before = conn.networkLookupByName("paths-net")
+    plan = run(HOTPLUGGED.replace("10.61.0.10", "10.61.0.20"), allow={Action.UPDATE})
+    assert [c.address for c in plan.changes] == ["h/network/paths-net"]
+    assert plan.changes[0].changes[0].field == "reservations"
+    net = conn.networkLookupByName("paths-net")
+    assert net.isActive() and net.UUIDString() == net_before.UUIDString()
+    for xml in (net.XMLDesc(0), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)):  # live and persistent
+        assert "ip='10.61.0.20'" in xml and "10.61.0.10" not in xml
+    assert replan(HOTPLUGGED.replace("10.61.0.10", "10.61.0.20")).empty
+
+
+def test_volume_grows_while_attached_to_running_vm_and_while_detached(env):
+    run, replan, conn, _, _ = env
+    body = HOTPLUGGED.replace("10.61.0.10", "10.61.0.20").replace('size="64MiB"', 'size="96MiB"')
+    body += 'Volume("loose.raw", pool=pool, size="1MiB", format="raw")\n'
+    plan = run(body, allow={Action.CREATE, Action.UPDATE})
+    assert {c.address: c.action for c in plan.changes} == {
+        "h/volume/paths-pool/one.qcow2": Action.UPDATE,
+        "h/volume/paths-pool/loose.raw": Action.CREATE,
+    }
+    body = body.replace('size="1MiB"', 'size="3MiB"')
+    plan = run(body, allow={Action.UPDATE})
+    assert {c.address for c in plan.changes} == {"h/volume/paths-pool/loose.raw"}
+    assert conn.storagePoolLookupByName("paths-pool").storageVolLookupByName("loose.raw").info()[1] == 3 * 1024**2
+    dom = conn.lookupByName("one")
+    assert dom.blockInfo("vda")[0] == 96 * 1024**2  # grown through the running guest's block device
+    assert replan(body).empty
+
+
+def test_uefi_vm_with_vnc_starts_and_its_password_stays_secret(env):
+    run, replan, conn, _, tmp = env
+    body = 'VM("uefi", memory="128MiB", firmware="uefi", machine="q35", graphics=Graphics("vnc", password="s3cr3tvn"), shutdown_timeout=0)\n'
+    plan = run(body, name="uefi")
+    assert "s3cr3tvn" not in repr(plan.to_dict())
+    dom = conn.lookupByName("uefi")
+    assert dom.isActive()
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    assert "passwd='s3cr3tvn'" in xml and "<loader" in xml and "listen='127.0.0.1'" in xml
+    assert replan(body, name="uefi").empty
+    assert "s3cr3tvn" not in "".join(p.read_text() for p in tmp.glob("*.json"))
+    changed = replan(body.replace("s3cr3tvn", "n3wpass"), name="uefi")
+    assert [fc.field for fc in changed.changes[0].changes] == ["graphics"]
+    assert "n3wpass" not in repr(changed.to_dict()) and "s3cr3tvn" not in repr(changed.to_dict())
+    run(body, name="uefi", destroy=True)
+
+
+def test_pool_directory_removed_only_if_virtplan_made_it_and_it_is_empty(env):
+    run, _, _, host, _ = env
+    root = Path(f"/proc/{host.pid}/root")
+    existing = root / "var/lib/libvirt/images/premade"
+    existing.mkdir(parents=True)
+    body = (
+        'Pool("made", path="/var/lib/libvirt/images/made-by-virtplan")\n'
+        'Pool("premade", path="/var/lib/libvirt/images/premade")\n'
+    )
+    run(body, name="pools")
+    assert (root / "var/lib/libvirt/images/made-by-virtplan").is_dir()
+    run(body, name="pools", destroy=True)
+    assert not (root / "var/lib/libvirt/images/made-by-virtplan").exists()
+    assert existing.is_dir(), "a directory virtplan did not create is never removed"
+
+
+def test_failure_stops_with_a_report_and_rerun_converges(env):
+    run, replan, conn, _, _ = env
+    body = 'VM("bad", memory="64MiB", nics=[NIC(bridge="no-such-br0")], shutdown_timeout=0)\nVM("good", memory="64MiB", shutdown_timeout=0)\n'
+    with pytest.raises(ApplyError) as info:
+        run(body, name="fail")
+    report = info.value.report
+    assert [o.address for o in report.by_status("failed")] == ["h/vm/bad"]
+    assert "no-such-br0" in str(info.value)
+    fixed = body.replace('nics=[NIC(bridge="no-such-br0")]', "nics=[net]")
+    run(fixed, name="fail")
+    assert replan(fixed, name="fail").empty
+    assert sorted(d.name() for d in conn.listAllDomains() if d.name() in ("bad", "good")) == ["bad", "good"]
+    run(fixed, name="fail", destroy=True)
+
+
+def test_killed_apply_converges_without_duplicates(env, private_host):
+    _, _, conn, _, tmp = env
+    body = "".join(
+        f'VM("crash{i}", memory="64MiB", disks=[Volume("crash{i}.qcow2", pool=pool, size="16MiB")], shutdown_timeout=0)\n'
+        for i in range(8)
+    )
+    path = tmp / "crash.py"
+    path.write_text(header("crash") + body)
+    envvars = {**os.environ, "VIRTPLAN_STATE_DIR": str(tmp / "crash-state"), "VIRTPLAN_URI": private_host.uri}
+    cmd = [sys.executable, "-m", "virtplan.cli", "apply", str(path), "--yes"]
+    proc = subprocess.Popen(cmd, env=envvars, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # kill it once some but not all volumes exist
+        try:
+            if conn.storagePoolLookupByName("crash-pool").listAllVolumes():
+                break
+        except libvirt.libvirtError:
+            pass  # the pool is not defined or not started yet
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(cmd, env=envvars, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "already exists" not in done.stdout + done.stderr
+    plan = subprocess.run(
+        [*cmd[:3], "plan", str(path), "--detailed-exitcode"], env=envvars, capture_output=True, text=True
+    )
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    crash_domains = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith("crash"))
+    assert crash_domains == [f"crash{i}" for i in range(8)]
+    vols = sorted(v.name() for v in conn.storagePoolLookupByName("crash-pool").listAllVolumes())
+    assert vols == [f"crash{i}.qcow2" for i in range(8)]
