@@ -1,0 +1,158 @@
+"""The Pulumi program: load the stack program for the current Pulumi stack and register it.
+
+Configuration (namespace `virtplan`, declared in `Pulumi.yaml`):
+- `program`: the stack program, relative to the project folder (default `stacks/<stack>.py`).
+- `backend`: `native` (default; virtplan's dynamic providers) or `pulumi-libvirt`.
+- `hosts`: host URI overrides, a list of `NAME=URI` (as the CLI's `--host`).
+- `parallelism`: changes at once per host (overrides every host's `workers`).
+- `stateDir`: where virtplan keeps its ownership record (default: as the CLI does).
+
+Every declared resource becomes one Pulumi resource named `<host>/<key>`, depending on the
+resources it refers to, so Pulumi orders creates and deletes as virtplan does. Invalid
+configuration or stacks stop the program with one readable message before anything is
+registered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from virtplan.errors import VirtplanError
+from virtplan.model import Stack, load_stack
+from virtplan.plan import ordered
+from virtplan.pulumi.describe import describe, pulumi_name
+from virtplan.state import default_state_path
+
+BACKENDS = ("native", "pulumi-libvirt")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The program's configuration, read and checked."""
+
+    program: Path
+    backend: str = "native"
+    hosts: dict[str, str] = field(default_factory=dict)
+    parallelism: int | None = None
+    state_dir: Path | None = None
+
+
+@dataclass
+class Registered:
+    """What the program registered: Pulumi resources by virtplan address, and the stack outputs."""
+
+    stack: Stack
+    resources: dict[str, pulumi.Resource]
+    outputs: dict[str, Any]
+
+
+def read_settings(project_dir: Path) -> Settings:
+    """Settings from the `virtplan:*` config of the current Pulumi stack."""
+    cfg = pulumi.Config("virtplan")
+    program = cfg.get("program") or f"stacks/{pulumi.get_stack()}.py"
+    backend = cfg.get("backend") or "native"
+    if backend not in BACKENDS:
+        raise VirtplanError(f"virtplan:backend is {backend!r}; use one of {', '.join(BACKENDS)}")
+    hosts = {}
+    for item in cfg.get_object("hosts") or []:
+        name, sep, uri = str(item).partition("=")
+        if not sep or not name or not uri:
+            raise VirtplanError(f"virtplan:hosts item {item!r}: write NAME=URI, e.g. local=qemu:///system")
+        hosts[name] = uri
+    parallelism = cfg.get_int("parallelism")
+    if parallelism is not None and parallelism < 1:
+        raise VirtplanError(f"virtplan:parallelism is {parallelism}; use a positive number")
+    state_dir = cfg.get("stateDir")
+    path = Path(program)
+    return Settings(
+        program=path if path.is_absolute() else project_dir / path,
+        backend=backend,
+        hosts=hosts,
+        parallelism=parallelism,
+        state_dir=(project_dir / state_dir) if state_dir else None,
+    )
+
+
+def load(settings: Settings) -> Stack:
+    """The validated stack, with host overrides and parallelism applied."""
+    if not settings.program.is_file():
+        raise VirtplanError(
+            f"no stack program {settings.program} for Pulumi stack {pulumi.get_stack()!r}; "
+            "create it or point virtplan:program at one"
+        )
+    stack = load_stack(settings.program, settings.hosts)
+    if settings.parallelism is not None:
+        for host in stack.hosts:
+            host.workers = settings.parallelism
+    return stack
+
+
+def state_path(stack: Stack, settings: Settings) -> Path:
+    """The ownership record the providers share with the CLI for this stack."""
+    if settings.state_dir is not None:
+        return settings.state_dir / f"{stack.name}.json"
+    return default_state_path(stack.name, stack.path).absolute()
+
+
+def run(project_dir: Path) -> Registered:
+    """Load, register and export; stop with a `pulumi.RunError` carrying virtplan's message."""
+    try:
+        settings = read_settings(project_dir)
+        stack = load(settings)
+        if settings.backend == "pulumi-libvirt":
+            from virtplan.pulumi.bridged import register_bridged
+
+            registered = register_bridged(stack)
+        else:
+            registered = register_native(stack, state_path(stack, settings))
+    except VirtplanError as exc:
+        raise pulumi.RunError(f"virtplan: {exc}") from exc
+    for key, value in registered.outputs.items():
+        pulumi.export(key, value)
+    return registered
+
+
+def secret_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Inputs with the secret parts wrapped as Pulumi secrets (the whole cloud-init seed, since
+    raw user-data may hold anything, and the console password), and the outputs to keep secret."""
+    out = dict(inputs)
+    secret_outputs = []
+    if out.get("cloudInit") is not None:
+        out["cloudInit"] = pulumi.Output.secret(out["cloudInit"])
+        secret_outputs.append("cloudInit")
+    graphics = out.get("graphics")
+    if graphics is not None and graphics.get("password") is not None:
+        out["graphics"] = {**graphics, "password": pulumi.Output.secret(graphics["password"])}
+        secret_outputs.append("graphics")
+    return out, secret_outputs
+
+
+def register_native(stack: Stack, state_file: Path) -> Registered:
+    """One virtplan dynamic resource per declared resource, dependencies first."""
+    from virtplan.pulumi.provider import RESOURCES, VirtplanProvider
+
+    template_dir = str(stack.template_dir) if stack.template_dir else None
+    providers = {kind: VirtplanProvider(kind, str(state_file), template_dir) for kind in RESOURCES}
+    resources: dict[str, pulumi.Resource] = {}
+    for resource in ordered(stack.managed()):
+        inputs, secret_outputs = secret_inputs(describe(resource, stack))
+        opts = pulumi.ResourceOptions(
+            depends_on=[resources[d.address] for d in resource.dependencies()],
+            delete_before_replace=True,
+            additional_secret_outputs=secret_outputs,
+        )
+        cls = RESOURCES[resource.kind]
+        resources[resource.address] = cls(pulumi_name(resource), inputs, providers[resource.kind], opts)
+    vms = {
+        pulumi_name(vm): {
+            "uuid": resources[vm.address].uuid,  # type: ignore[attr-defined]
+            "macAddresses": resources[vm.address].macAddresses,  # type: ignore[attr-defined]
+            "ipAddresses": resources[vm.address].ipAddresses,  # type: ignore[attr-defined]
+        }
+        for vm in stack.vms
+    }
+    return Registered(stack, resources, {"vms": vms})
