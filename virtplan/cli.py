@@ -241,6 +241,15 @@ def _set_debug(debug: bool) -> None:
     _debug = debug
 
 
+def _register_command_modules() -> None:
+    from virtplan.commands import register_all
+
+    register_all(app)
+
+
+_register_command_modules()
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one-line messages."""
     try:

@@ -1,0 +1,19 @@
+"""Command groups of the `virtplan` CLI that live outside cli.py.
+
+Each module here defines `register(app)` adding its commands to the typer app; cli.py
+calls every one of them at import. Keep module imports light (typer only): heavy
+imports belong inside the command functions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+
+def register_all(app: Any) -> None:
+    """Add the commands of every module in this package to `app`, in name order."""
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        module.register(app)
