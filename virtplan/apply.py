@@ -22,7 +22,7 @@ from virtplan.errors import ApplyError
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.observe import HostState, ObservedObject
 from virtplan.plan import Plan, ResourceChange
-from virtplan.render import Renderer
+from virtplan.render import Renderer, console_log_path
 from virtplan.seed import build_seed_iso
 from virtplan.state import StateStore
 from virtplan.xmlmerge import device_xml, keep_device_addresses
@@ -225,7 +225,10 @@ class HostApplier:
             created_dir = True
             obj.create()
         obj.setAutostart(1 if pool.autostart else 0)
-        self.store.put(self.host.uri, change.address, id=obj.UUIDString(), pending=False, created_dir=created_dir)
+        self.store.put(
+            self.host.uri, change.address, id=obj.UUIDString(), pending=False, created_dir=created_dir,
+            applied=self._applied(change),
+        )  # fmt: skip
 
     def pool_update(self, change: ResourceChange) -> None:
         obj = self.conn.storagePoolLookupByName(change.key)
@@ -234,6 +237,7 @@ class HostApplier:
                 obj.create()
             elif fc.field == "autostart":
                 obj.setAutostart(1 if fc.after else 0)
+        self.store.put(self.host.uri, change.address, applied=self._applied(change))
 
     def pool_delete(self, change: ResourceChange) -> None:
         record = self.store.get(self.host.uri, change.address) or {}
@@ -257,7 +261,7 @@ class HostApplier:
             obj = self._upload(pool, vol.name, Path(vol.source), vol.format)
         else:
             obj = pool.createXML(self.renderer.volume_xml(vol), 0)
-        self.store.put(self.host.uri, change.address, id=obj.path(), pending=False)
+        self.store.put(self.host.uri, change.address, id=obj.path(), pending=False, applied=self._applied(change))
 
     def _upload(self, pool: Any, name: str, path: Path, fmt: str) -> Any:
         size = path.stat().st_size
@@ -285,6 +289,7 @@ class HostApplier:
             else:
                 pool_name, _, name = change.key.partition("/")
                 self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).resize(fc.after, 0)
+        self.store.put(self.host.uri, change.address, applied=self._applied(change))
 
     def _running_user(self, key: str) -> tuple[Any, str] | None:
         """A running domain with `key` attached, and the disk's target device."""
@@ -313,6 +318,7 @@ class HostApplier:
         vm: VM = self.resource(change)
         if vm.cloud_init is not None:
             self._write_seed(vm)
+        self._claim_console_log(vm)
         dom = self.conn.defineXML(self.renderer.domain_xml(vm))
         dom.setAutostart(1 if vm.autostart else 0)
         if vm.state == "running":
@@ -334,6 +340,8 @@ class HostApplier:
         fields = {fc.field: fc for fc in change.changes}
         if "cloud_init" in fields and vm.cloud_init is not None:
             self._write_seed(vm)
+        if "console_log" in fields:
+            self._claim_console_log(vm)
         dom = self.conn.lookupByName(vm.name)
         if set(fields) - {"state", "autostart"}:
             dom = self.conn.defineXML(keep_device_addresses(self.renderer.domain_xml(vm), obj.xml))
@@ -394,7 +402,7 @@ class HostApplier:
         dom.undefineFlags(flags)
         self.store.forget(self.host.uri, change.address)
         if not keep_seed:
-            self._delete_seed(change.address)
+            self._delete_auxiliary(change.address)
 
     def _write_seed(self, vm: VM) -> None:
         """(Re)write the VM's NoCloud seed volume; recorded before it is created."""
@@ -422,23 +430,50 @@ class HostApplier:
         stream.finish()
         self.store.put(self.host.uri, address, id=vol.path(), pending=False, seed_of=vm.address)
 
-    def _delete_seed(self, vm_address: str) -> None:
+    def _claim_console_log(self, vm: VM) -> None:
+        """Record the console log file (written by libvirt's virtlogd) as the VM's own."""
+        if console_log_path(vm) is None or vm.seed_pool is None:
+            return
+        address = f"{self.host.name}/volume/{vm.seed_pool.name}/{vm.console_log_name}"
+        self.store.put(self.host.uri, address, kind="volume", pending=True, log_of=vm.address)
+
+    def _delete_auxiliary(self, vm_address: str) -> None:
+        """Delete the volumes a VM owns besides its disks: its seed and its console log."""
         import libvirt
 
         for address, record in self.store.records(self.host.uri).items():
-            if record.get("seed_of") != vm_address:
+            if vm_address not in (record.get("seed_of"), record.get("log_of")):
                 continue
             _, _, key = address.split("/", 2)
             pool_name, _, name = key.partition("/")
             try:
-                self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).delete(0)
+                pool = self.conn.storagePoolLookupByName(pool_name)
+                if record.get("log_of"):
+                    pool.refresh(0)  # libvirt learns of files virtlogd created only on refresh
+                pool.storageVolLookupByName(name).delete(0)
             except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):
+                gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
+                if exc.get_error_code() not in (*gone, libvirt.VIR_ERR_OPERATION_INVALID):
                     raise
             self.store.forget(self.host.uri, address)
 
     def _record(self, change: ResourceChange, identity: str) -> None:
-        self.store.put(self.host.uri, change.address, kind=change.kind, id=identity, pending=False)
+        self.store.put(
+            self.host.uri, change.address, kind=change.kind, id=identity, pending=False, applied=self._applied(change)
+        )
+
+    def _applied(self, change: ResourceChange) -> dict[str, Any] | None:
+        """The spec applied to this address, recorded so `virtplan drift` can tell changes
+        made outside virtplan from the stack's own pending changes."""
+        from virtplan.plan import desired_spec
+
+        resource = self.desired.get(change.address)
+        if resource is None:
+            return None
+        try:
+            return desired_spec(resource, self.renderer)
+        except (ValueError, OSError):
+            return None
 
 
 def shutdown_timeout(declared: Resource | None, observed: ObservedObject | None) -> float:

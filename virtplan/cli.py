@@ -181,19 +181,25 @@ def show(
     if not rows:
         console.print("Nothing deployed by this stack.")
         return
+    width = max(len(row["name"]) for row in rows) + 2
     current = None
     for row in rows:
         if row["host"] != current:
             current = row["host"]
             console.print(f"[bold]Host {current}[/bold]")
         if row["kind"] == "vm":
-            nics = "; ".join(f"{n['network']} {n['mac']} {n['ip'] or '(no lease)'}" for n in row["nics"])
+            guest = row.get("guest") or {}
+            nics = "; ".join(
+                f"{n['network']} {n['mac']} {n['ip'] or '(no lease)'}"
+                + (" (guest confirms)" if n["ip"] and guest.get("ip") == n["ip"] else "")
+                for n in row["nics"]
+            )
             size = format_size(row["memory"]) if row.get("memory") else "?"
-            console.print(f"  vm       {row['name']:<24} {row['state']:<8} {row['vcpus']} vCPU, {size}  {nics}")
+            console.print(f"  vm       {row['name']:<{width}} {row['state']:<8} {row['vcpus']} vCPU, {size}  {nics}")
         else:
             detail = row.get("detail")
             detail = format_size(detail) if isinstance(detail, int) else (detail or "")
-            console.print(f"  {row['kind']:<8} {row['name']:<24} {row['state']:<8} {detail}")
+            console.print(f"  {row['kind']:<8} {row['name']:<{width}} {row['state']:<8} {detail}")
 
 
 @app.command()

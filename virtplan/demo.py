@@ -2,7 +2,8 @@
 
 Where the demo runs, in order of preference:
 1. the host named by VIRTPLAN_URI;
-2. the machine's own libvirt (qemu:///system) when a daemon answers there;
+2. the machine's own libvirt (qemu:///system) when a daemon answers there (unless
+   VIRTPLAN_DEMO_PRIVATE=1);
 3. a private libvirtd started for the demo (the same machinery as the tests), kept
    running in /var/tmp/virtplan-demo so the commands it prints keep working;
 4. where no daemon can be started (not root, libvirt missing), libvirt's in-process
@@ -26,7 +27,7 @@ def choose_host() -> tuple[str, str]:
 
     if os.environ.get("VIRTPLAN_URI"):
         return os.environ["VIRTPLAN_URI"], "the host named by VIRTPLAN_URI"
-    if daemon_reachable("qemu:///system", timeout=3):
+    if os.environ.get("VIRTPLAN_DEMO_PRIVATE") != "1" and daemon_reachable("qemu:///system", timeout=3):
         return "qemu:///system", "the machine's own libvirt daemon"
     host = PrivateHost(DEMO_DIR, "demo", qemu_caps_cache=Path("/var/tmp/virtplan-qemu-caps"))
     if daemon_reachable(host.uri, timeout=3):
@@ -62,6 +63,32 @@ def stop() -> int:
     return 0
 
 
+def wait_for_guests(uri: str, timeout: float = 90) -> bool:
+    """Wait until every running demo VM has reported from inside (its GUEST console line)."""
+    import time
+
+    from virtplan.engine import Engine
+    from virtplan.model import load_stack
+
+    print("\nwaiting for the guests to report from inside ...", flush=True)
+    deadline = time.monotonic() + timeout
+    with Engine(load_stack(STACK, {"local": uri})) as engine:
+        pending = {vm.name for vm in engine.stack.vms if vm.state == "running"}
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                report = engine.guest_report("local", name)
+                if report:
+                    print(f"  {name}: ip={report.get('ip')} hostname={report.get('hostname')} "
+                          f"instance-id={report.get('instance-id')} says {report.get('value')!r}")  # fmt: skip
+                    pending.discard(name)
+            time.sleep(0.5)
+    if pending:
+        print(f"error: no report from {', '.join(sorted(pending))} within {timeout:.0f} s; "
+              "see `virtplan console-log stacks/demo.py VM`", file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
 def main() -> int:
     if sys.argv[1:] == ["--stop"]:
         return stop()
@@ -72,12 +99,19 @@ def main() -> int:
         import libvirt
 
         keep = libvirt.open(IN_PROCESS)  # the test driver's state lives while a connection is open
+        os.environ["VIRTPLAN_DEMO_GUESTS"] = "none"
+        print("The test driver cannot upload images or boot guests: the demo VMs are declared without one.")
     host = ["--host", f"local={uri}"]
     stack = str(STACK.relative_to(Path.cwd())) if STACK.is_relative_to(Path.cwd()) else str(STACK)
-    for argv in (["apply", stack, "--yes", *host], ["plan", stack, *host], ["show", stack, *host]):
+    for argv in (["apply", stack, "--yes", *host], ["plan", stack, *host]):
         rc = run(argv)
         if rc != 0:
             return rc
+    if uri != IN_PROCESS and not wait_for_guests(uri):
+        return 1
+    rc = run(["show", stack, *host])
+    if rc != 0:
+        return rc
     if keep is None:
         print(f"\nTry it yourself:\n  export VIRTPLAN_URI='{uri}'\n  .venv/bin/virtplan plan {stack}")
         print(f"  .venv/bin/virtplan destroy {stack}")

@@ -141,6 +141,17 @@ class Engine:
         conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
         return apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
 
+    def guest_report(self, host: str, vm_name: str) -> dict[str, str] | None:
+        """The last report a probe-style guest printed on its console (see virtplan.probe):
+        what the guest itself says its address, hostname and instance-id are."""
+        from virtplan.console import read_console_log
+        from virtplan.probe.parse import parse_guest_line
+
+        declared = [v for v in self.stack.vms if v.name == vm_name and v.host is not None and v.host.name == host]
+        if not declared or declared[0].seed_pool is None or not (declared[0].serial and declared[0].console_log):
+            return None
+        return parse_guest_line(read_console_log(self.connection(host), declared[0]))
+
     # -- show ---------------------------------------------------------------------------
     def inventory(self, observation: Observation | None = None) -> list[dict[str, Any]]:
         """Every owned object per host with its state, and for VMs their MACs and IPs."""
@@ -164,6 +175,7 @@ class Engine:
                     ]
                     row["memory"] = o.spec.get("memory")
                     row["vcpus"] = o.spec.get("vcpus")
+                    row["guest"] = self.guest_report(host.name, o.key) if o.spec.get("state") == "running" else None
                 elif o.kind in ("network", "pool"):
                     row["state"] = "active" if o.spec.get("active") else "inactive"
                     row["detail"] = o.spec.get("cidr") or o.spec.get("path") or o.spec.get("bridge")

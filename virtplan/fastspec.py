@@ -38,6 +38,10 @@ def domain_spec(vm: VM, r: Renderer) -> Spec:
         "graphics": graphics,
         "serial": bool(vm.serial),
         "description": vm.description or "",
+        "kernel": d.kernel,
+        "initrd": d.initrd,
+        "cmdline": vm.cmdline or None,
+        "console_log": d.console_log,
     }
 
 

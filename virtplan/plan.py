@@ -141,7 +141,8 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     elif isinstance(resource, Pool):
         spec.update(autostart=resource.autostart, active=True)
     elif isinstance(resource, Volume):
-        spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
+        if resource.format == "qcow2" and resource.source is None:
+            spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
     else:  # pragma: no cover - the model has no other kinds
         raise TypeError(resource)
@@ -339,8 +340,8 @@ class _Planner:
         seeds = set()
         for host in self.observed.values():
             for address, record in self.store.records(host.uri).items():
-                if record.get("seed_of"):
-                    seeds.add(address)
+                if record.get("seed_of") or record.get("log_of"):
+                    seeds.add(address)  # owned through their VM, deleted with it
         return seeds
 
     def delete_risk(self, obj: ObservedObject, host: HostState, gone: set[str]) -> str | None:

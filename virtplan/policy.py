@@ -27,6 +27,7 @@ FIELDS: dict[str, dict[str, Policy]] = {
         "disks": L, "nics": L,  # additions at the end are live; anything else restarts
         "cloud_init": R, "graphics": R, "serial": R,
         "description": L, "autostart": L, "state": L,
+        "kernel": R, "initrd": R, "cmdline": R, "console_log": R,
     },
     "network": {
         "mode": X, "bridge": X, "cidr": X, "gateway": X,

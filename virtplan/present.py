@@ -64,6 +64,8 @@ def field_line(fc: FieldChange, action: Action) -> str:
     if action == Action.CREATE:
         return f"{fc.field} = {escape(value(fc.field, fc.after))}"
     before, after = escape(value(fc.field, fc.before)), escape(value(fc.field, fc.after))
+    if before == after and isinstance(fc.before, int) and isinstance(fc.after, int):
+        before, after = f"{fc.before} B", f"{fc.after} B"  # a difference below the display precision
     return f"{fc.field}: {before} -> {after}  [dim]({fc.policy})[/dim]"
 
 

@@ -107,6 +107,9 @@ class DomainContext:
     seed_volume: str | None
     graphics_password: str | None
     graphics_password_digest: str | None
+    kernel: str | None = None
+    initrd: str | None = None
+    console_log: str | None = None
 
     @property
     def needs_scsi(self) -> bool:
@@ -135,6 +138,13 @@ class VolumeContext:
     format: str
     backing_path: str | None
     backing_format: str | None
+
+
+def console_log_path(vm: VM) -> str | None:
+    """Where the serial console is logged: a file in the seed pool, or None."""
+    if not (vm.serial and vm.console_log) or vm.seed_pool is None:
+        return None
+    return str(Path(vm.seed_pool.path) / vm.console_log_name)
 
 
 def volume_path(vol: Volume) -> str:
@@ -258,6 +268,9 @@ class Renderer:
             seed_volume=f"{seed.pool}/{seed.volume}" if seed else None,
             graphics_password=_reveal(password, reveal_secrets),
             graphics_password_digest=password.digest() if isinstance(password, Secret) else None,
+            kernel=volume_path(vm.kernel) if vm.kernel is not None else None,
+            initrd=volume_path(vm.initrd) if vm.initrd is not None else None,
+            console_log=console_log_path(vm),
         )
 
     # -- cloud-init -------------------------------------------------------------------

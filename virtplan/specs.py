@@ -107,7 +107,16 @@ def domain_spec(root: ET.Element) -> Spec:
         "graphics": graphics,
         "serial": root.find("devices/serial") is not None,
         "description": root.findtext("description") or "",
+        "kernel": os_el.findtext("kernel") if os_el is not None else None,
+        "initrd": os_el.findtext("initrd") if os_el is not None else None,
+        "cmdline": os_el.findtext("cmdline") if os_el is not None else None,
+        "console_log": _console_log(root),
     }
+
+
+def _console_log(root: ET.Element) -> str | None:
+    log = root.find("devices/serial/log")
+    return log.get("file") if log is not None else None
 
 
 def network_spec(root: ET.Element) -> Spec:

@@ -44,6 +44,10 @@ def lab_stack():
             description='web server <1> & "friends"',
             autostart=True,
         )
+        kernel = Volume("vmlinuz", pool=pool, size="16MiB", format="raw")
+        initrd = Volume("initrd.img", pool=pool, size="4MiB", format="raw")
+        VM("direct", memory="128MiB", max_memory="192MiB", disks=[Volume("direct.qcow2", pool=pool, size="64MiB")],
+           kernel=kernel, initrd=initrd, cmdline="console=ttyS0 quiet", nics=[NIC(net)])  # fmt: skip
         VM("uefi-box", memory="256MiB", firmware="uefi", machine="q35", nics=[NIC(bridge="br0", mac="52:54:00:aa:00:02")],
            graphics="spice", serial=False, state="stopped")  # fmt: skip
     validate(stack)
@@ -110,7 +114,11 @@ def test_parse_of_render_is_the_model():
     assert spec["nics"] == [{"network": "lab-net", "bridge": None, "model": "virtio", "mac": "52:54:00:aa:00:01"}]
     assert spec["description"] == web1.description
     assert spec["graphics"]["type"] == "vnc" and spec["graphics"]["listen"] == "127.0.0.1"
-    uefi = parse("vm", r.domain_xml(stack.vms[1]))
+    assert spec["console_log"] == "/var/lib/virtplan/lab/web1-console.log"
+    direct = parse("vm", r.domain_xml(next(v for v in stack.vms if v.name == "direct")))
+    assert direct["kernel"] == "/var/lib/virtplan/lab/vmlinuz" and direct["initrd"] == "/var/lib/virtplan/lab/initrd.img"
+    assert direct["cmdline"] == "console=ttyS0 quiet"
+    uefi = parse("vm", r.domain_xml(next(v for v in stack.vms if v.name == "uefi-box")))
     assert uefi["firmware"] == "uefi" and uefi["machine"] == "pc-q35-7.2" and uefi["serial"] is False
     assert uefi["nics"][0]["bridge"] == "br0"
     net = parse("network", r.network_xml(stack.networks[0]))

@@ -305,6 +305,9 @@ class VM(Resource):
 
     `memory` is what the guest gets now; `max_memory` (default: `memory`) is the ceiling
     up to which memory can grow live. The same holds for `vcpus` and `max_vcpus`.
+    `kernel`/`initrd` (volumes, so remote hosts work) and `cmdline` boot a kernel directly.
+    With `serial` and `console_log`, the serial console is also written to
+    `<vm>-console.log` in the first disk's pool, where `virtplan console-log` reads it.
     """
 
     kind: ClassVar[str] = "vm"
@@ -330,8 +333,13 @@ class VM(Resource):
         state: str = "running",
         description: str = "",
         shutdown_timeout: float = 60.0,
+        kernel: Volume | None = None,
+        initrd: Volume | None = None,
+        cmdline: str | None = None,
+        console_log: bool = True,
     ):
         self.name, self._host, self.vcpus, self.memory = name, host, vcpus, memory
+        self.kernel, self.initrd, self.cmdline, self.console_log = kernel, initrd, cmdline, console_log
         self.max_vcpus, self.max_memory, self.machine, self.arch = max_vcpus, max_memory, machine, arch
         self.firmware = firmware
         self.disks = [d if isinstance(d, Disk) else Disk(d) for d in (disks or [])]
@@ -344,6 +352,7 @@ class VM(Resource):
 
     def dependencies(self) -> list[Resource]:
         deps: list[Resource] = [d.volume for d in self.disks]
+        deps += [v for v in (self.kernel, self.initrd) if v is not None]
         deps += [n.network for n in self.nics if n.network is not None]
         return deps
 
@@ -368,10 +377,16 @@ class VM(Resource):
     def seed_volume_name(self) -> str:
         return f"{self.name}-cidata.iso"
 
+    @property
+    def console_log_name(self) -> str:
+        """The serial console's log, a file in the seed pool so libvirt can stream it back."""
+        return f"{self.name}-console.log"
+
     def declared(self) -> set[str]:
         fields = {
             "type", "vcpus", "max_vcpus", "memory", "max_memory", "firmware", "disks", "nics",
             "cloud_init", "graphics", "serial", "autostart", "state", "description",
+            "kernel", "initrd", "cmdline", "console_log",
         }  # fmt: skip
         if self.machine:
             fields.add("machine")

@@ -212,6 +212,12 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
     if vol.source is not None and not Path(vol.source).is_file():
         errors.add(vol, "source", f"image file {vol.source} does not exist")
         return
+    if vol.source is not None and vol.format in VOLUME_FORMATS:
+        from virtplan.images import image_format
+
+        actual = image_format(Path(vol.source))
+        if actual != vol.format:
+            errors.add(vol, "format", f"is {vol.format!r} but {vol.source} is a {actual} image; say format={actual!r}")
     if vol.size is not None:
         size = errors.check(vol, "size", lambda: parse_size(vol.size))  # type: ignore[arg-type]
         if size == 0:
@@ -255,6 +261,19 @@ def _check_vms(stack: Stack, errors: _Errors) -> None:
             _check_nic(vm, i, nic, errors, macs, ips)
         if vm.cloud_init is not None and vm.seed_pool is None:
             errors.add(vm, "cloud_init", "needs at least one disk: the seed volume goes into its pool")
+        _check_direct_boot(vm, errors)
+
+
+def _check_direct_boot(vm: VM, errors: _Errors) -> None:
+    for field in ("kernel", "initrd"):
+        value = getattr(vm, field)
+        if value is not None and not isinstance(value, Volume):
+            hint = f"for example Volume({field!r}, pool=..., source=...)"
+            errors.add(vm, field, f"must be a Volume of this stack ({hint})")
+    if vm.initrd is not None and vm.kernel is None:
+        errors.add(vm, "initrd", "an initrd needs kernel= as well")
+    if vm.cmdline is not None and (vm.kernel is None or not isinstance(vm.cmdline, str)):
+        errors.add(vm, "cmdline", "a kernel command line needs kernel= (and must be a string)")
 
 
 def _check_vm_scalars(vm: VM, errors: _Errors) -> None:
@@ -368,6 +387,10 @@ def _ref_field(resource: Resource, dep: Resource) -> str:
         for i, nic in enumerate(resource.nics):
             if nic.network is dep:
                 return f"nics[{i}].network"
+        if dep is resource.kernel:
+            return "kernel"
+        if dep is resource.initrd:
+            return "initrd"
     return "reference"
 
 
