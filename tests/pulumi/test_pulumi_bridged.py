@@ -125,7 +125,8 @@ def test_demo_is_refused_with_every_reason(program: Any) -> None:
     with pytest.raises(pulumi.RunError) as info:
         program(BACKEND, stack="demo")
     message = str(info.value)
-    assert "pulumi-libvirt backend cannot express 2 declared feature(s)" in message
+    assert "pulumi-libvirt backend cannot express 4 declared feature(s)" in message
+    assert "local/vm/demo-1: console_log (no serial log file; set console_log=False for this backend)" in message
     assert "local/vm/demo-1: max_memory" in message and "local/vm/demo-2: max_memory" in message
     assert "nothing was registered" in message
 
@@ -144,7 +145,7 @@ use_templates({str(templates)!r})
 Host("h", uri="test:///default")
 net = Network("n", cidr="10.1.0.0/24", gateway="10.1.0.9", dhcp_range=("10.1.0.100", "10.1.0.200"))
 pool = Pool("p", path="/srv/p", autostart=False)
-img = Volume("img", pool=pool, source={str(image)!r}, size="1MiB")
+img = Volume("img", pool=pool, source={str(image)!r}, size="1MiB", format="raw")
 d = Volume("d", pool=pool, size="1GiB")
 VM("v", memory="100000KiB", max_memory="1GiB", vcpus=1, max_vcpus=2, firmware="uefi",
    disks=[Disk(img, bus="sata", boot=1, target="sda"), d], nics=[NIC(net, model="e1000")],
@@ -166,8 +167,31 @@ VM("v", memory="100000KiB", max_memory="1GiB", vcpus=1, max_vcpus=2, firmware="u
         "h/vm/v: disks[0].target",
         "h/vm/v: nics[0].model='e1000'",
         "h/vm/v: graphics.password",
+        "h/vm/v: console_log",
     ]
     assert len(problems) == len(expected)
     for problem, start in zip(problems, expected, strict=True):
         assert problem.startswith(start), (problem, start)
     assert unsupported(load_stack(BRIDGEABLE)) == []
+
+
+@pulumi.runtime.test
+def test_direct_kernel_boot_maps_to_kernel_and_cmdlines(program: Any, checks: Any, tmp_path: Path) -> pulumi.Output:
+    stack = tmp_path / "direct.py"
+    stack.write_text(
+        "from virtplan import VM, Host, Pool, Volume\n"
+        "Host('lab', uri='qemu+ssh://root@lab.example/system', domain_type='qemu')\n"
+        "pool = Pool('p', path='/srv/p')\n"
+        "kernel = Volume('vmlinuz', pool=pool, size='16MiB', format='raw')\n"
+        "initrd = Volume('initrd.img', pool=pool, size='4MiB', format='raw')\n"
+        "VM('direct', memory='128MiB', disks=[Volume('d.qcow2', pool=pool, size='64MiB')], kernel=kernel,\n"
+        "   initrd=initrd, cmdline='console=ttyS0 quiet', console_log=False)\n"
+    )
+    run = program({**BACKEND, "virtplan:program": str(stack)}, stack="direct")
+
+    def check() -> None:
+        direct = run.one(LV + "domain:Domain", "lab/direct").plain
+        assert direct["kernel"] == "id-lab/p/vmlinuz" and direct["initrd"] == "id-lab/p/initrd.img"
+        assert direct["cmdlines"] == [{"console": "ttyS0"}, {"_": "quiet"}]
+
+    return checks.on(run.settled(check), lambda _: None, "direct boot")

@@ -104,7 +104,12 @@ def test_demo_inputs_use_wire_names_and_follow_references(program: Any, checks: 
                 },
             }
         ]  # fmt: skip
-        assert "cloudInit" not in vm and "graphics" not in vm  # None inputs are not sent
+        assert "graphics" not in vm  # None inputs are not sent
+        assert (
+            vm["cloudInit"]["hostname"] == "demo-1" and "probe_value: hello from demo-1" in vm["cloudInit"]["userData"]
+        )
+        assert vm["kernel"]["name"] == "probe-vmlinuz" and vm["initrd"]["name"] == "probe-initrd.img"
+        assert vm["cmdline"] == "console=ttyS0 quiet"
         net = run.one(DYNAMIC + "Network", "local/demo-net").plain
         assert net["reservations"] == [{"vm": "demo-1", "nic": 0.0, "ip": "10.77.0.10"}]
         assert net["cidr"] == "10.77.0.0/24" and net["mode"] == "nat"

@@ -118,7 +118,7 @@ def test_create_adopt_read_delete(private_host: PrivateHost, tmp_path: Path, con
     assert vol["volumePath"] == str(private_host.workdir / "t1-pool" / "t1-1.qcow2")
     assert set(lab.records()) == {
         "local/network/t1-net", "local/pool/t1-pool", "local/volume/t1-pool/t1-1.qcow2",
-        "local/volume/t1-pool/t1-1-cidata.iso", "local/vm/t1-1",
+        "local/volume/t1-pool/t1-1-cidata.iso", "local/volume/t1-pool/t1-1-console.log", "local/vm/t1-1",
     }  # fmt: skip
 
     # create again: the objects exist and are this stack's own, so they are adopted, not recreated
@@ -270,10 +270,11 @@ def test_delete_removes_only_what_it_created(private_host: PrivateHost, tmp_path
         pool.refresh(0)
         return set(pool.listVolumes())
 
-    assert volumes() == {"t5-1.qcow2", "t5-1-cidata.iso", "notes.raw"}
+    assert volumes() == {"t5-1.qcow2", "t5-1-cidata.iso", "t5-1-console.log", "notes.raw"}
     lab.providers["vm"].delete(lab.addresses["vm"], lab.outs["vm"])
     assert "t5-1" not in [d.name() for d in conn.listAllDomains()]
-    assert volumes() == {"t5-1.qcow2", "notes.raw"}  # the seed went with its VM; disks are their own resources
+    # The seed and the console log went with their VM; disks are their own resources.
+    assert volumes() == {"t5-1.qcow2", "notes.raw"}
     lab.providers["volume"].delete(lab.addresses["volume"], lab.outs["volume"])
     assert volumes() == {"notes.raw"}
     lab.providers["pool"].delete(lab.addresses["pool"], lab.outs["pool"])

@@ -26,7 +26,7 @@ from virtplan.model import VM, Network, Pool, Stack, Volume
 from virtplan.plan import ordered
 from virtplan.pulumi.describe import pulumi_name
 from virtplan.pulumi.program import Registered
-from virtplan.render import Renderer, template_dirs
+from virtplan.render import Renderer, console_log_path, template_dirs
 
 MiB = 1024**2
 XML_TEMPLATES = ("domain.xml.j2", "network.xml.j2", "pool.xml.j2", "volume.xml.j2")
@@ -84,6 +84,8 @@ def _vm_problems(vm: VM) -> list[str]:
             found.append(f"{where}: nics[{i}].model={nic.model!r} (only virtio)")
     if vm.graphics is not None and vm.graphics.password is not None:
         found.append(f"{where}: graphics.password (no console password)")
+    if console_log_path(vm) is not None:
+        found.append(f"{where}: console_log (no serial log file; set console_log=False for this backend)")
     return found
 
 
@@ -181,6 +183,12 @@ def _domain(
             args[key] = value
     if vm.serial:
         args["consoles"] = [libvirt.DomainConsoleArgs(type="pty", target_port="0", target_type="serial")]
+    if vm.kernel is not None:
+        args["kernel"] = done[vm.kernel.address].id
+    if vm.initrd is not None:
+        args["initrd"] = done[vm.initrd.address].id
+    if vm.cmdline:
+        args["cmdlines"] = [cmdline_arg(word) for word in vm.cmdline.split()]
     if vm.graphics is not None:
         args["graphics"] = libvirt.DomainGraphicsArgs(
             type=vm.graphics.type, listen_type="address", listen_address=vm.graphics.listen, autoport=True
@@ -200,6 +208,12 @@ def _domain(
         )
         args["cloudinit"] = seed.id
     return libvirt.Domain(name, opts=opts, **args)
+
+
+def cmdline_arg(word: str) -> dict[str, str]:
+    """One kernel argument as terraform-provider-libvirt takes it: {key: value}, or {"_": flag}."""
+    key, sep, value = word.partition("=")
+    return {key: value} if sep else {"_": word}
 
 
 def _nic(libvirt: Any, vm: VM, i: int, mac: str, done: dict[str, Any]) -> Any:

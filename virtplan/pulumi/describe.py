@@ -173,6 +173,10 @@ def _vm(vm: VM) -> Inputs:
         "state": vm.state,
         "description": vm.description,
         "shutdownTimeout": vm.shutdown_timeout,
+        "kernel": None if vm.kernel is None else {"name": vm.kernel.name, **_volume(vm.kernel)},
+        "initrd": None if vm.initrd is None else {"name": vm.initrd.name, **_volume(vm.initrd)},
+        "cmdline": vm.cmdline,
+        "consoleLog": vm.console_log,
     }
 
 
@@ -296,6 +300,9 @@ class _Builder:
             cloud_init=cloud_init, graphics=graphics, serial=bool(d.get("serial", True)),
             autostart=bool(d.get("autostart", False)), state=d.get("state") or "running",
             description=d.get("description") or "", shutdown_timeout=_num(d.get("shutdownTimeout", 60.0)),
+            kernel=self.volume(d["kernel"]) if d.get("kernel") else None,
+            initrd=self.volume(d["initrd"]) if d.get("initrd") else None,
+            cmdline=d.get("cmdline"), console_log=bool(d.get("consoleLog", True)),
         )  # fmt: skip
 
     def reservation_holders(self, net: Network, reservations: list[Inputs]) -> None:
@@ -402,6 +409,7 @@ _DRIFT_INPUTS: dict[str, dict[str, Any]] = {
     "vm": {
         "vcpus": int, "max_vcpus": int, "memory": size_text, "max_memory": size_text, "firmware": str,
         "machine": str, "arch": str, "serial": bool, "autostart": bool, "state": str, "description": str,
+        "cmdline": str,
     },
     "network": {
         "mode": str, "bridge": str, "cidr": str, "gateway": str, "dhcp": bool, "domain": str, "autostart": bool,

@@ -22,4 +22,5 @@ VM(
     autostart=True,
     state="stopped",
     description="bridged app",
+    console_log=False,  # the bridged provider has no serial log file
 )
