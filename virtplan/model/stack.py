@@ -156,8 +156,16 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
         if added_path:
             sys.path.remove(folder)
     apply_host_overrides(stack, host_uris or {})
+    _anchor_sources(stack, file.resolve().parent)
     validate(stack)
     return stack
+
+
+def _anchor_sources(stack: Stack, folder: Path) -> None:
+    """Relative image paths (Volume(source=...)) are relative to the stack file's folder."""
+    for vol in stack.volumes:
+        if isinstance(vol.source, str) and not Path(vol.source).is_absolute():
+            vol.source = str(folder / vol.source)
 
 
 def apply_host_overrides(stack: Stack, host_uris: dict[str, str]) -> None:
