@@ -6,9 +6,11 @@ changes, 1 any error (one readable message; the traceback only with --debug).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,11 +59,27 @@ def _engine(stack_file: Path, hosts: list[str] | None) -> Any:
     return Engine(load_stack(stack_file, _host_overrides(hosts)))
 
 
+FormatOpt = Annotated[str, typer.Option("--format", help="text, json or markdown")]
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--lock-timeout",
+        help="Seconds to wait for another apply of this stack to finish (0: fail at once).",
+        min=0,
+    ),
+]
+PLAN_FORMATS = ("text", "json", "markdown")
+
+
 @app.command()
 def plan(
     stack: StackArg,
     host: HostOpt = None,
-    format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    format: FormatOpt = "text",
+    out: Annotated[Path | None, typer.Option("--out", help="Save the plan as JSON, to apply exactly it later.")] = None,
+    commands: Annotated[
+        bool, typer.Option("--commands", help="Also give the equivalent virsh commands of each change.")
+    ] = False,
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
     ] = False,
@@ -69,26 +87,66 @@ def plan(
 ) -> None:
     """Show what apply would change, and why. Changes nothing."""
     _set_debug(debug)
+    if format not in PLAN_FORMATS:
+        raise StackLoadError(f"--format {format!r}: use text, json or markdown")
     with _engine(stack, host) as engine:
-        the_plan, _ = engine.plan()
-    _print_plan(the_plan, format)
+        the_plan, observation = engine.plan()
+        report = _drift(engine, observation)
+        cmds = _virsh_commands(engine, the_plan, observation) if commands else None
+        doc = None
+        if out is not None or format != "text":
+            from virtplan.planfile import plan_document
+
+            doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
+                                drift=report.to_list(), commands=cmds)  # fmt: skip
+    if out is not None and doc is not None:
+        from virtplan.planfile import write_plan
+
+        write_plan(doc, out)
+    if format == "json" and doc is not None:
+        from virtplan.planfile import dumps
+
+        typer.echo(dumps(doc), nl=False)
+    elif format == "markdown" and doc is not None:
+        from virtplan.graph import mermaid, stack_graph
+        from virtplan.markdown import plan_markdown
+
+        typer.echo(plan_markdown(doc, mermaid(stack_graph(engine.stack, the_plan))), nl=False)
+    else:
+        _print_plan_text(the_plan, report)
+        if cmds is not None:
+            from virtplan.virsh import script
+
+            typer.echo("")
+            typer.echo(script(the_plan, cmds))
+    if out is not None:
+        where = sys.stdout if format == "text" else sys.stderr
+        print(f"Saved the plan to {out}; `virtplan apply {out}` applies exactly it.", file=where)
     if detailed_exitcode and not the_plan.empty:
         raise typer.Exit(2)
 
 
 @app.command()
 def apply(
-    stack: StackArg,
+    stack: Annotated[Path, typer.Argument(help="Stack program (stacks/demo.py), or a plan saved by `plan --out`")],
     host: HostOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     allow_destroy: Annotated[
-        bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes.")
+        bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes or a saved plan.")
     ] = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
     debug: DebugOpt = False,
 ) -> None:
-    """Plan, confirm, then apply through libvirt."""
+    """Plan, confirm, then apply through libvirt; or apply a saved plan exactly."""
     _set_debug(debug)
-    _run(stack, host, yes, allow_destroy, destroy=False)
+    from virtplan.planfile import looks_like_plan_file
+
+    if stack.suffix == ".json" or looks_like_plan_file(stack):
+        if host:
+            raise StackLoadError("--host cannot change a saved plan: it is applied to the hosts it was made for")
+        _apply_saved(stack, allow_destroy, lock_timeout)
+        return
+    _run(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout)
 
 
 @app.command()
@@ -99,26 +157,106 @@ def destroy(
     allow_destroy: Annotated[
         bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes.")
     ] = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
     debug: DebugOpt = False,
 ) -> None:
     """Delete everything this stack owns (and nothing else)."""
     _set_debug(debug)
-    _run(stack, host, yes, allow_destroy, destroy=True)
+    _run(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout)
 
 
-def _run(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool) -> None:
+def _run(
+    stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool, lock_timeout: float = 0.0
+) -> None:
+    console = _console()
+    with _engine(stack, host) as engine, _locked(engine, lock_timeout):
+        the_plan, observation = engine.plan(destroy=destroy)
+        _print_plan_text(the_plan, None if destroy else _drift(engine, observation))
+        if not the_plan.empty:
+            _confirm(the_plan, yes, allow_destroy, console)
+            report = _apply_with_progress(engine, the_plan, observation, console)
+        _after_apply(engine, observation)
+    if not the_plan.empty:
+        done = len(report.by_status("done"))
+        console.print(f"[bold green]Apply complete:[/bold green] {done} change(s) applied.")
+
+
+def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
+    """Apply a saved plan: refuse if stale, else apply exactly its changes (no prompt:
+    the plan was reviewed; destructive changes still need --allow-destroy)."""
+    from virtplan import planfile
+    from virtplan.engine import Engine
+    from virtplan.model import load_stack
+
+    console = _console()
+    doc = planfile.read_plan(path)
+    stack_file = planfile.stack_file_of(doc, path)
+    planfile.check_stack_file(doc, stack_file)
+    engine = Engine(load_stack(stack_file, dict(doc["hosts"])))
+    if engine.stack.name != doc["stack"]:
+        raise planfile.StalePlan([f"it is for stack {doc['stack']!r}, but {stack_file} is stack {engine.stack.name!r}"])
+    console.print(f"Applying the saved plan {path} (stack {doc['stack']}, made {doc.get('created_at', '?')}).")
+    with engine, _locked(engine, lock_timeout):
+        the_plan, observation = engine.plan(destroy=bool(doc.get("destroy")))
+        planfile.check_current(doc, the_plan, engine.stack, observation.hosts, engine.store)
+        _print_plan_text(the_plan, None)
+        if the_plan.empty:
+            _after_apply(engine, observation)
+            return
+        risky = the_plan.destructive()
+        if risky and not allow_destroy:
+            names = "\n".join(f"  - {c.action.value} {c.address}: {c.destructive}" for c in risky)
+            raise ConfirmationRequired(
+                f"the saved plan has destructive changes; nothing was applied:\n{names}\nRe-run with --allow-destroy."
+            )
+        report = _apply_with_progress(engine, the_plan, observation, console)
+        _after_apply(engine, observation)
+    done = len(report.by_status("done"))
+    console.print(f"[bold green]Apply complete:[/bold green] {done} change(s) applied.")
+
+
+@contextlib.contextmanager
+def _locked(engine: Any, timeout: float) -> Iterator[None]:
+    """The stack's lock and its hosts' locks, held while observing and applying."""
+    from virtplan.lock import ApplyLocks
+
+    hosts = {h.name: h.uri for h in engine.stack.hosts}
+    with ApplyLocks(engine.stack.name, engine.store.path, hosts, timeout) as locks:
+        for note in locks.notes():
+            print(f"note: {note}", file=sys.stderr)
+        yield
+
+
+def _drift(engine: Any, observation: Any, pending: bool = False) -> Any:
+    from virtplan.drift import detect
+
+    return detect(engine.stack, observation.hosts, engine.store, observation.renderer, pending=pending)
+
+
+def _after_apply(engine: Any, observation: Any) -> None:
+    """After a complete apply: drop records of objects deleted outside virtplan that the
+    stack no longer declares, and complete the records of what was applied."""
+    from virtplan.drift import forget_vanished, record_baseline
+
+    forget_vanished(engine.stack, observation.hosts, engine.store)
+    record_baseline(engine.stack, observation.hosts, engine.store, observation.renderer)
+
+
+def _virsh_commands(engine: Any, the_plan: Any, observation: Any) -> dict[str, list[str]]:
+    from virtplan.virsh import plan_commands
+
+    return plan_commands(the_plan, engine.stack, observation.renderer, observation.hosts, engine.store)
+
+
+def _print_plan_text(the_plan: Any, drift: Any) -> None:
     from virtplan.present import plan_text
 
     console = _console()
-    with _engine(stack, host) as engine:
-        the_plan, observation = engine.plan(destroy=destroy)
-        console.print(plan_text(the_plan))
-        if the_plan.empty:
-            return
-        _confirm(the_plan, yes, allow_destroy, console)
-        report = _apply_with_progress(engine, the_plan, observation, console)
-    done = len(report.by_status("done"))
-    console.print(f"[bold green]Apply complete:[/bold green] {done} change(s) applied.")
+    if drift is not None and not drift.empty:
+        from virtplan.drift import drift_lines
+
+        console.print("\n".join(drift_lines(drift, the_plan.hosts)))
+    console.print(plan_text(the_plan))
 
 
 def _confirm(the_plan: Any, yes: bool, allow_destroy: bool, console: Any) -> None:
@@ -229,17 +367,6 @@ def render(
                     for name, content in renderer.seed_files(r, reveal_secrets=show_secrets).items():
                         typer.echo(f"# --- {r.address} cloud-init {name} ---")
                         typer.echo(content)
-
-
-def _print_plan(the_plan: Any, format: str) -> None:
-    from virtplan.present import plan_text
-
-    if format == "json":
-        typer.echo(json.dumps(the_plan.to_dict(), indent=2, default=str))
-    elif format == "text":
-        _console().print(plan_text(the_plan))
-    else:
-        raise StackLoadError(f"--format {format!r}: use text or json")
 
 
 def _set_debug(debug: bool) -> None:

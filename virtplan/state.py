@@ -64,6 +64,16 @@ class StateStore:
 
         self._write(change)
 
+    def put_many(self, uri: str, records: dict[str, dict[str, Any]]) -> None:
+        """Create or update several records (address -> fields) in one write."""
+
+        def change(data: dict[str, Any]) -> None:
+            host = data["hosts"].setdefault(uri, {})
+            for address, fields in records.items():
+                host.setdefault(address, {}).update(fields)
+
+        self._write(change)
+
     def forget(self, uri: str, address: str) -> None:
         def change(data: dict[str, Any]) -> None:
             host = data["hosts"].get(uri, {})

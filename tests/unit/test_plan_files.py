@@ -1,0 +1,122 @@
+"""Saved plan documents: round trip, secrets masked and checked by hash, staleness found
+and named, fingerprints blind to usage counters."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from plan_review_fixtures import PASSWORD, VNC_PASSWORD, lab, renderer_for, scenario
+
+from virtplan.model.secrets import Secret
+from virtplan.observe import ObservedObject
+from virtplan.plan import make_plan
+from virtplan.planfile import (
+    FORMAT,
+    PlanFileError,
+    StalePlan,
+    check_current,
+    looks_like_plan_file,
+    plan_document,
+    plan_from_document,
+    read_plan,
+    stable_fingerprint,
+    write_plan,
+)
+
+
+@pytest.mark.parametrize("kind", ["create", "change", "none"])
+def test_round_trip(tmp_path, kind):
+    stack, plan, observed, store, _ = scenario(tmp_path, kind)
+    doc = plan_document(plan, stack, observed, store)
+    path = tmp_path / "plan.json"
+    write_plan(doc, path)
+    assert looks_like_plan_file(path) and not looks_like_plan_file(tmp_path / "x.py")
+    loaded = read_plan(path)
+    assert loaded == json.loads(json.dumps(doc))
+    again = plan_from_document(loaded)
+    assert (again.stack, again.stack_hash, again.hosts, again.version) == (plan.stack, plan.stack_hash, plan.hosts,
+                                                                           plan.version)  # fmt: skip
+    assert len(again.changes) == len(plan.changes)
+    for a, b in zip(again.changes, plan.changes, strict=True):
+        assert (a.address, a.host, a.kind, a.key, a.action, a.reason, a.destructive, a.depends_on) == (
+            b.address, b.host, b.kind, b.key, b.action, b.reason, b.destructive, b.depends_on)  # fmt: skip
+        assert [(f.field, f.policy) for f in a.changes] == [(f.field, f.policy) for f in b.changes]
+        for fa, fb in zip(a.changes, b.changes, strict=True):
+            if fa.field not in ("cloud_init", "graphics"):
+                assert (fa.before, fa.after) == (fb.before, fb.after)
+    # a plan of a plan document is the same document
+    assert plan_document(again, stack, observed, store)["changes"] == doc["changes"]
+
+
+def test_no_secret_in_the_document(tmp_path):
+    stack, plan, observed, store, _ = scenario(tmp_path, "create")
+    text = json.dumps(plan_document(plan, stack, observed, store))
+    for secret in (PASSWORD, VNC_PASSWORD):
+        digest = Secret(secret).digest()
+        for form in (secret, digest, digest[:16]):
+            assert form not in text
+    vm = next(c for c in json.loads(text)["changes"] if c["address"] == "kvm1/vm/web1")
+    fields = {f["field"]: f["after"] for f in vm["changes"]}
+    assert fields["cloud_init"] == "(sensitive)"
+    assert fields["graphics"] == {"type": "vnc", "listen": "127.0.0.1", "password": "(sensitive)"}
+
+
+def test_secret_changed_since_planning_is_refused(tmp_path):
+    stack, plan, observed, store, _renderer = scenario(tmp_path, "create")
+    doc = plan_document(plan, stack, observed, store)
+    check_current(doc, plan, stack, observed, store)  # the same: accepted
+    other = lab(password="another-password")
+    replan = make_plan(other, renderer_for(other, observed["kvm1"]), observed, store)
+    with pytest.raises(StalePlan) as err:
+        check_current(doc, replan, other, observed, store)
+    assert "the secret values of vm web1 (cloud_init) changed after this plan was made" in str(err.value)
+
+
+def test_stale_objects_are_named(tmp_path):
+    stack, plan, observed, store, _renderer = scenario(tmp_path, "change")
+    doc = plan_document(plan, stack, observed, store)
+    host = observed["kvm1"]
+    host.objects[("network", "lab-net")].spec["domain"] = "elsewhere.test"
+    del host.objects[("volume", "lab-pool/base.qcow2")]
+    with pytest.raises(StalePlan) as err:
+        check_current(doc, plan, stack, observed, store)
+    message = str(err.value)
+    assert message.startswith("stale plan, nothing was applied; run plan again:")
+    assert "  - network lab-net was changed after this plan was made" in message
+    assert "  - volume lab-pool/base.qcow2 was deleted after this plan was made" in message
+
+
+def test_changed_plan_is_refused(tmp_path):
+    stack, plan, observed, store, _ = scenario(tmp_path, "change")
+    doc = plan_document(plan, stack, observed, store)
+    tampered = copy.deepcopy(doc)
+    tampered["changes"][0]["reason"] = "something else"
+    with pytest.raises(StalePlan, match=r"stale plan: the planned change of vm old is different now; run plan again"):
+        check_current(tampered, plan, stack, observed, store)
+
+
+def test_usage_counters_are_not_changes():
+    xml = ("<volume><name>v</name><capacity unit='bytes'>10</capacity><allocation unit='bytes'>{}</allocation>"
+           "<target><path>/p/v</path><timestamps><atime>{}</atime></timestamps></target></volume>")  # fmt: skip
+    spec = {"format": "raw", "capacity": 10, "backing": None}
+    one = ObservedObject("volume", "p/v", "/p/v", xml.format(1, 2), spec)
+    two = ObservedObject("volume", "p/v", "/p/v", xml.format(4096, 3), spec)
+    assert stable_fingerprint(one) == stable_fingerprint(two)
+    grown = ObservedObject("volume", "p/v", "/p/v", xml.format(1, 2).replace(">10<", ">20<"), spec | {"capacity": 20})
+    assert stable_fingerprint(grown) != stable_fingerprint(one)
+
+
+def test_unreadable_and_foreign_files(tmp_path):
+    with pytest.raises(PlanFileError, match="not found"):
+        read_plan(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    with pytest.raises(PlanFileError, match="is not a virtplan plan"):
+        read_plan(tmp_path / "other.json")
+    (tmp_path / "future.json").write_text(json.dumps({"format": FORMAT, "format_version": 99}))
+    with pytest.raises(PlanFileError, match="plan format 99"):
+        read_plan(tmp_path / "future.json")
+    (tmp_path / "old.json").write_text(json.dumps({"format": FORMAT, "format_version": 1, "virtplan_version": "0.0.1"}))
+    with pytest.raises(StalePlan, match="made by virtplan 0.0.1"):
+        read_plan(tmp_path / "old.json")
