@@ -11,6 +11,8 @@ PACKAGES=(
   qemu-system-x86 qemu-utils ovmf                             # guests, qemu-img, UEFI firmware
   dnsmasq-base iptables iproute2                              # libvirt NAT networks
   busybox-static                                              # userland of the tiny test guest
+  virtinst                                                    # virt-clone, compared in bench/clone.py
+  genisoimage                                                 # seed ISOs in `plan --commands` (replayed in tests)
   libvirt-dev pkg-config gcc python3-dev                      # to compile libvirt-python
   python3-venv
 )

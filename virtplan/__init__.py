@@ -15,6 +15,7 @@ from virtplan.model import (
     Network,
     Pool,
     Secret,
+    Snapshot,
     Stack,
     Volume,
     current_stack,
@@ -25,6 +26,6 @@ from virtplan.model import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Stack",
+    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",
     "Volume", "__version__", "current_stack", "load_stack", "use_templates",
 ]  # fmt: skip

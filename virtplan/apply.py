@@ -22,6 +22,7 @@ from virtplan.errors import ApplyError
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.observe import HostState, ObservedObject
 from virtplan.plan import Plan, ResourceChange
+from virtplan.pools import refresh_pool
 from virtplan.render import Renderer, console_log_path
 from virtplan.seed import build_seed_iso
 from virtplan.state import StateStore
@@ -108,6 +109,8 @@ class HostApplier:
     ):
         self.conn, self.host, self.stack, self.renderer = conn, host, stack, renderer
         self.store, self.desired = store, desired
+        self.applied: dict[str, dict[str, Any]] = {}  # address -> {"applied": spec}, written by run()
+        self._applied_lock = threading.Lock()
 
     # -- scheduling -------------------------------------------------------------------
     def run(self, changes: list[ResourceChange], workers: int, progress: ProgressFn | None) -> list[Outcome]:
@@ -144,6 +147,8 @@ class HostApplier:
                         if progress:
                             progress("failed", change, message)
         outcomes += [Outcome(c.address, c.action.value, "not run") for c in pending]
+        if self.applied:
+            self.store.put_many(self.host.uri, self.applied)
         return outcomes
 
     def execute(self, change: ResourceChange) -> None:
@@ -225,10 +230,8 @@ class HostApplier:
             created_dir = True
             obj.create()
         obj.setAutostart(1 if pool.autostart else 0)
-        self.store.put(
-            self.host.uri, change.address, id=obj.UUIDString(), pending=False, created_dir=created_dir,
-            applied=self._applied(change),
-        )  # fmt: skip
+        self.store.put(self.host.uri, change.address, id=obj.UUIDString(), pending=False, created_dir=created_dir)
+        self._note_applied(change)
 
     def pool_update(self, change: ResourceChange) -> None:
         obj = self.conn.storagePoolLookupByName(change.key)
@@ -237,13 +240,13 @@ class HostApplier:
                 obj.create()
             elif fc.field == "autostart":
                 obj.setAutostart(1 if fc.after else 0)
-        self.store.put(self.host.uri, change.address, applied=self._applied(change))
+        self._note_applied(change)
 
     def pool_delete(self, change: ResourceChange) -> None:
         record = self.store.get(self.host.uri, change.address) or {}
         obj = self.conn.storagePoolLookupByName(change.key)
         if obj.isActive():
-            obj.refresh(0)
+            refresh_pool(obj)
             empty = obj.numOfVolumes() == 0
             obj.destroy()
             if record.get("created_dir") and empty:
@@ -259,9 +262,12 @@ class HostApplier:
         self.store.put(self.host.uri, change.address, kind="volume", pending=True)
         if vol.source is not None:
             obj = self._upload(pool, vol.name, Path(vol.source), vol.format)
+        elif vol.copy_of is not None:  # a full copy, made by libvirt on the host (chains flattened)
+            obj = pool.createXMLFrom(self.renderer.volume_xml(vol), self.conn.storageVolLookupByPath(vol.copy_of), 0)
         else:
             obj = pool.createXML(self.renderer.volume_xml(vol), 0)
-        self.store.put(self.host.uri, change.address, id=obj.path(), pending=False, applied=self._applied(change))
+        self.store.put(self.host.uri, change.address, id=obj.path(), pending=False)
+        self._note_applied(change)
 
     def _upload(self, pool: Any, name: str, path: Path, fmt: str) -> Any:
         size = path.stat().st_size
@@ -273,7 +279,7 @@ class HostApplier:
         with path.open("rb") as f:
             stream.sendAll(lambda _s, n, fh: fh.read(min(n, CHUNK)), f)
         stream.finish()
-        pool.refresh(0)
+        refresh_pool(pool)
         return obj
 
     def volume_update(self, change: ResourceChange) -> None:
@@ -289,7 +295,7 @@ class HostApplier:
             else:
                 pool_name, _, name = change.key.partition("/")
                 self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).resize(fc.after, 0)
-        self.store.put(self.host.uri, change.address, applied=self._applied(change))
+        self._note_applied(change)
 
     def _running_user(self, key: str) -> tuple[Any, str] | None:
         """A running domain with `key` attached, and the disk's target device."""
@@ -309,8 +315,12 @@ class HostApplier:
         self.volume_create(change)
 
     def volume_delete(self, change: ResourceChange) -> None:
+        from virtplan.protection import refuse_if_backing
+
         pool_name, _, name = change.key.partition("/")
-        self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).delete(0)
+        vol = self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+        refuse_if_backing(self, change.address, vol.path())  # overlays of other stacks (clones)
+        vol.delete(0)
         self.store.forget(self.host.uri, change.address)
 
     # -- VMs --------------------------------------------------------------------------
@@ -319,7 +329,7 @@ class HostApplier:
         if vm.cloud_init is not None:
             self._write_seed(vm)
         self._claim_console_log(vm)
-        dom = self.conn.defineXML(self.renderer.domain_xml(vm))
+        dom = self.conn.defineXML(self._with_layers(self.renderer.domain_xml(vm)))
         dom.setAutostart(1 if vm.autostart else 0)
         if vm.state == "running":
             dom.create()
@@ -344,7 +354,7 @@ class HostApplier:
             self._claim_console_log(vm)
         dom = self.conn.lookupByName(vm.name)
         if set(fields) - {"state", "autostart"}:
-            dom = self.conn.defineXML(keep_device_addresses(self.renderer.domain_xml(vm), obj.xml))
+            dom = self.conn.defineXML(self._with_layers(keep_device_addresses(self.renderer.domain_xml(vm), obj.xml)))
         running = bool(dom.isActive())
         live = libvirt.VIR_DOMAIN_AFFECT_LIVE
         if running and not restart:
@@ -396,13 +406,37 @@ class HostApplier:
         timeout = shutdown_timeout(self.desired.get(change.address), obj)
         if dom.isActive():
             graceful_stop(dom, timeout)
-        flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
         if obj is not None and obj.spec.get("firmware") == "uefi":
             flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         dom.undefineFlags(flags)
         self.store.forget(self.host.uri, change.address)
+        self._forget_snapshots(change.address)
         if not keep_seed:
             self._delete_auxiliary(change.address)
+
+    def _with_layers(self, domain_xml: str) -> str:
+        """Disks on frozen volumes point at their top copy-on-write layer (virtplan.layers)."""
+        from virtplan.layers import apply_layers
+
+        return apply_layers(domain_xml, self.store, self.host.uri, self.host.name)
+
+    def _forget_snapshots(self, vm_address: str) -> None:
+        """Snapshot and freeze records of a deleted VM (their layers go with the volumes)."""
+        for address, record in self.store.records(self.host.uri).items():
+            if record.get("kind") in ("snapshot", "freeze") and record.get("vm") == vm_address:
+                self.store.forget(self.host.uri, address)
+
+    # -- snapshots (virtplan.snapshots) ---------------------------------------------------
+    def snapshot_create(self, change: ResourceChange) -> None:
+        from virtplan.snapshots import create_declared
+
+        create_declared(self, change)
+
+    def snapshot_delete(self, change: ResourceChange) -> None:
+        from virtplan.snapshots import delete_declared
+
+        delete_declared(self, change)
 
     def _write_seed(self, vm: VM) -> None:
         """(Re)write the VM's NoCloud seed volume; recorded before it is created."""
@@ -449,7 +483,7 @@ class HostApplier:
             try:
                 pool = self.conn.storagePoolLookupByName(pool_name)
                 if record.get("log_of"):
-                    pool.refresh(0)  # libvirt learns of files virtlogd created only on refresh
+                    refresh_pool(pool)  # libvirt learns of files virtlogd created only on refresh
                 pool.storageVolLookupByName(name).delete(0)
             except libvirt.libvirtError as exc:
                 gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
@@ -458,22 +492,24 @@ class HostApplier:
             self.store.forget(self.host.uri, address)
 
     def _record(self, change: ResourceChange, identity: str) -> None:
-        self.store.put(
-            self.host.uri, change.address, kind=change.kind, id=identity, pending=False, applied=self._applied(change)
-        )
+        self.store.put(self.host.uri, change.address, kind=change.kind, id=identity, pending=False)
+        self._note_applied(change)
 
-    def _applied(self, change: ResourceChange) -> dict[str, Any] | None:
-        """The spec applied to this address, recorded so `virtplan drift` can tell changes
-        made outside virtplan from the stack's own pending changes."""
+    def _note_applied(self, change: ResourceChange) -> None:
+        """Remember the spec applied to this address; `run` records them all in one write
+        (one per change would rewrite the state file per object), so `virtplan drift` can
+        tell changes made outside virtplan from the stack's own pending changes."""
         from virtplan.plan import desired_spec
 
         resource = self.desired.get(change.address)
         if resource is None:
-            return None
+            return
         try:
-            return desired_spec(resource, self.renderer)
+            spec = desired_spec(resource, self.renderer)
         except (ValueError, OSError):
-            return None
+            return
+        with self._applied_lock:
+            self.applied[change.address] = {"applied": spec}
 
 
 def shutdown_timeout(declared: Resource | None, observed: ObservedObject | None) -> float:
@@ -508,30 +544,29 @@ def graceful_stop(dom: Any, timeout: float) -> None:
 
 
 def _update_reservations(net: Any, before: list[dict[str, Any]], after: list[dict[str, Any]], flags: int) -> None:
+    """Turn the persistent reservations `before` into `after`, and the running network's too.
+
+    `before` is the persistent config; the running network may differ (someone edited only
+    one of them), so live changes tolerate an entry that is already gone or already there.
+    """
     import libvirt
 
     def host_xml(r: dict[str, Any]) -> str:
         name = f" name='{_xml_text(r['name'])}'" if r.get("name") else ""
         return f"<host mac='{r['mac']}'{name} ip='{r['ip']}'/>"
 
-    for r in before:
-        if r not in after:
-            net.update(
-                libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                -1,
-                host_xml(r),
-                flags,
-            )
-    for r in after:
-        if r not in before:
-            net.update(
-                libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
-                libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
-                -1,
-                host_xml(r),
-                flags,
-            )
+    section = libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST
+    changes = [(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, r) for r in before if r not in after]
+    changes += [(libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, r) for r in after if r not in before]
+    for command, r in changes:
+        net.update(command, section, -1, host_xml(r), libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
+        if flags & libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE:
+            try:
+                net.update(command, section, -1, host_xml(r), libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                # Not in the running network (delete) or already in it (add): nothing to do there.
+                if exc.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
+                    raise
 
 
 def _xml_text(value: str) -> str:

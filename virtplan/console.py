@@ -11,6 +11,7 @@ from typing import Any
 
 from virtplan.errors import VirtplanError
 from virtplan.model import VM
+from virtplan.pools import refresh_pool
 
 
 class NoConsoleLog(VirtplanError):
@@ -28,7 +29,7 @@ def read_console_log(conn: Any, vm: VM) -> str:
         )
     try:
         pool = conn.storagePoolLookupByName(vm.seed_pool.name)
-        pool.refresh(0)  # virtlogd creates the file behind libvirt's back
+        refresh_pool(pool)  # virtlogd creates the file behind libvirt's back
         vol = pool.storageVolLookupByName(vm.console_log_name)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):

@@ -17,8 +17,10 @@ from virtplan.apply import ApplyReport, ProgressFn, apply_plan
 from virtplan.errors import ConnectionFailed
 from virtplan.model import Stack
 from virtplan.observe import HostState, dhcp_leases, observe_host
-from virtplan.plan import Plan, make_plan
+from virtplan.plan import Plan, PlanError, make_plan
+from virtplan.protection import check_plan
 from virtplan.render import Identity, Renderer
+from virtplan.snapshots import observe_snapshots
 from virtplan.speccache import SpecCache
 from virtplan.state import StateStore, default_state_path
 
@@ -90,7 +92,7 @@ class Engine:
     # -- observe ------------------------------------------------------------------------
     def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
         """Keys per kind worth reading on a host: declared ones and recorded ones."""
-        wanted: dict[str, set[str]] = {"vm": set(), "network": set(), "pool": set(), "volume": set()}
+        wanted: dict[str, set[str]] = {"vm": set(), "network": set(), "pool": set(), "volume": set(), "snapshot": set()}
         for r in self.stack.managed():
             if r.host is not None and r.host.name == host:
                 wanted[r.kind].add(r.key)
@@ -105,7 +107,7 @@ class Engine:
 
         def read(host_name: str) -> HostState:
             host = self.stack.host(host_name)
-            return observe_host(
+            state = observe_host(
                 self.connection(host_name),
                 host_name,
                 host.uri,
@@ -113,6 +115,8 @@ class Engine:
                 self.stack.name,
                 cache=self.cache,
             )
+            observe_snapshots(self.connection(host_name), state, self.stack, self.store)
+            return state
 
         if len(hosts) == 1:
             states = [read(hosts[0].name)]
@@ -135,6 +139,9 @@ class Engine:
     def plan(self, destroy: bool = False, observation: Observation | None = None) -> tuple[Plan, Observation]:
         observation = observation or self.observe()
         plan = make_plan(self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
+        if protected:
+            raise PlanError(protected)
         return plan, observation
 
     def apply(self, plan: Plan, observation: Observation, progress: ProgressFn | None = None) -> ApplyReport:
@@ -165,7 +172,8 @@ class Engine:
                 n for o in owned if o.kind == "vm" for n in (x.get("network") for x in o.spec.get("nics", [])) if n
             }
             leases = dhcp_leases(self.connection(host.name), networks) if networks else {}
-            for o in sorted(owned, key=lambda o: ({"network": 0, "pool": 1, "volume": 2, "vm": 3}[o.kind], o.key)):
+            order = {"network": 0, "pool": 1, "volume": 2, "vm": 3, "snapshot": 4}
+            for o in sorted(owned, key=lambda o: (order[o.kind], o.key)):
                 row: dict[str, Any] = {"host": host.name, "kind": o.kind, "name": o.key}
                 if o.kind == "vm":
                     row["state"] = o.spec.get("state")

@@ -10,7 +10,7 @@ path, so its own templates take part in diffing.
 
 from __future__ import annotations
 
-from virtplan.model import VM, Network, Pool, Volume
+from virtplan.model import VM, Network, Pool, Snapshot, Volume
 from virtplan.render import Renderer, volume_path
 from virtplan.specs import Spec
 
@@ -79,4 +79,8 @@ def volume_spec(vol: Volume, r: Renderer) -> Spec:
     return {"format": v.format, "capacity": v.capacity, "backing": v.backing_path}
 
 
-__all__ = ["domain_spec", "network_spec", "pool_spec", "volume_path", "volume_spec"]
+def snapshot_spec(snap: Snapshot, _r: Renderer) -> Spec:
+    return snap.spec()
+
+
+__all__ = ["domain_spec", "network_spec", "pool_spec", "snapshot_spec", "volume_path", "volume_spec"]

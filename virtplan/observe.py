@@ -78,7 +78,24 @@ def observe_host(
         pool = pools.get(pool_name)
         if pool is not None and pool.isActive():
             _read_volumes(pool, pool_name, state)
+    _disks_as_pool_volumes(state)
     return state
+
+
+def _disks_as_pool_volumes(state: HostState) -> None:
+    """A disk given as a file inside a dir pool's folder is that pool's volume ("pool/name"),
+    however the domain XML names it (hand-made domains usually give a file path)."""
+    folders = {str(o.spec.get("path") or "").rstrip("/"): o.key for o in state.of_kind("pool")}
+    folders.pop("", None)
+    if not folders:
+        return
+    for vm in state.of_kind("vm"):
+        for disk in vm.spec.get("disks", []):
+            volume = disk.get("volume")
+            if isinstance(volume, str) and volume.startswith("/"):
+                folder, _, name = volume.rpartition("/")
+                if folder in folders:
+                    disk["volume"] = f"{folders[folder]}/{name}"
 
 
 T = TypeVar("T")

@@ -37,7 +37,7 @@ SYMBOLS = {
     Action.REPLACE: "-/+",
     Action.DELETE: "-",
 }
-KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2}
+KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
 
 
 @dataclass
@@ -126,6 +126,8 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     output parsed back, so overrides take part in diffing."""
     from virtplan import fastspec
 
+    if resource.kind == "snapshot":  # no XML of its own: what kind of snapshot it is
+        return resource.spec()  # type: ignore[attr-defined]
     if renderer.stack.template_dir is not None:
         spec = rendered_spec(resource, renderer)
     else:
@@ -227,7 +229,8 @@ class _Planner:
             self.add(resource, Action.CREATE, "missing on the host", fields, deps)
             return
         if not self.owned(obj, resource.address, host):
-            self.clash(resource, obj, host, resource.kind, resource.key)
+            if not self.imported(resource, obj, host):
+                self.clash(resource, obj, host, resource.kind, resource.key)
             return
         desired = desired_spec(resource, self.renderer)
         diffs = [
@@ -264,6 +267,22 @@ class _Planner:
             action, reason = Action.UPDATE, f"{names} changed"
         change = self.add(resource, action, reason, diffs, deps, obj)
         change.destructive = self.destructive(resource, action, obj, host)
+
+    def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
+        """An object `virtplan import` declared for this stack, not adopted yet: virtplan
+        changes nothing on it, so it must match the stack exactly (then the plan is empty)."""
+        record = self.store.get(host.uri, resource.address)
+        if not record or not record.get("claim") or record.get("claim") != obj.uuid:
+            return False
+        desired = desired_spec(resource, self.renderer)
+        differ = sorted(k for k, v in desired.items() if obj.spec.get(k) != v)
+        if differ:
+            self.errors.append(FieldError(
+                resource.address, differ[0],
+                f"was imported but is not adopted, and the host differs in {', '.join(differ)}; virtplan changes "
+                "only what it owns: make the stack match the host, run `virtplan adopt`, then change it",
+            ))  # fmt: skip
+        return True
 
     def refine(self, resource: Resource, d: FieldChange, obj: ObservedObject) -> FieldChange:
         """Field changes whose policy depends on the values."""
@@ -325,6 +344,8 @@ class _Planner:
                 address = f"{host.name}/{obj.kind}/{obj.key}"
                 if address in declared or address in seeds or not self.owned(obj, address, host):
                     continue
+                if obj.kind == "volume" and self.layer_kept(address, host, declared):
+                    continue
                 change = ResourceChange(address, host.name, obj.kind, obj.key, Action.DELETE, reason,
                                         fingerprint=obj.fingerprint)  # fmt: skip
                 out.append(change)
@@ -336,6 +357,11 @@ class _Planner:
             change.destructive = self.delete_risk(found, where, gone)
         return out
 
+    def layer_kept(self, address: str, host: HostState, declared: set[str]) -> bool:
+        """A copy-on-write layer of a declared volume (see virtplan.layers) goes with it."""
+        record = self.store.get(host.uri, address)
+        return bool(record and record.get("layer_of") in declared)
+
     def seed_addresses(self) -> set[str]:
         seeds = set()
         for host in self.observed.values():
@@ -345,6 +371,8 @@ class _Planner:
         return seeds
 
     def delete_risk(self, obj: ObservedObject, host: HostState, gone: set[str]) -> str | None:
+        if obj.kind == "snapshot":
+            return "the snapshot is deleted; the VM can no longer be reverted to it"
         if obj.kind == "volume":
             return "the volume and all data on it are deleted"
         if obj.kind == "vm" and obj.spec.get("state") == "running":
@@ -379,6 +407,7 @@ def _order_deletions(
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
                       if any(x.get("volume") == d.key for x in o.spec.get("disks", []))]  # fmt: skip
             users += [f"{d.host}/volume/{o.key}" for o in host.of_kind("volume") if o.spec.get("backing") == path]
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm") if f"file='{path}'" in o.xml]  # a layer
         elif d.kind == "pool":
             users += [
                 a
@@ -388,8 +417,10 @@ def _order_deletions(
         elif d.kind == "network":
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
                       if any(n.get("network") == d.key for n in o.spec.get("nics", []))]  # fmt: skip
+        elif d.kind == "vm":  # its snapshots go first
+            users += [a for a, x in by_addr.items() if x.kind == "snapshot" and x.key.startswith(d.key + "/")]
         d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
-    rank = {"vm": 0, "volume": 1, "pool": 2, "network": 2}
+    rank = {"snapshot": 0, "vm": 0, "volume": 1, "pool": 2, "network": 2}
     return sorted(deletes, key=lambda d: (rank[d.kind], d.address))
 
 

@@ -36,12 +36,14 @@ FIELDS: dict[str, dict[str, Policy]] = {
     },
     "pool": {"type": FIXED, "path": FIXED, "autostart": L, "active": L},
     "volume": {"format": X, "backing": X, "capacity": L},  # shrinking replaces
+    "snapshot": {"memory": FIXED},  # a snapshot keeps the moment it was taken
 }  # fmt: skip
 
 IMMUTABLE_HINTS = {
     ("pool", "type"): "declare a new pool with the new type and move volumes to it",
     ("pool", "path"): "declare a new pool at the new path and move volumes to it",
     ("volume", "capacity"): "volumes only grow; declare a new volume to get a smaller one",
+    ("snapshot", "memory"): "a snapshot keeps the moment it was taken; declare one under a new name instead",
 }
 
 

@@ -25,7 +25,7 @@ def value(field: str, v: Any) -> str:
     """One field value as a reviewer wants to read it."""
     if v is None:
         return "(none)"
-    if field in SIZE_FIELDS and isinstance(v, int):
+    if field in SIZE_FIELDS and isinstance(v, int) and not isinstance(v, bool):  # a snapshot's memory is a flag
         return format_size(v)
     if field == "cloud_init":
         return f"seed sha256:{v[:12]}"

@@ -221,6 +221,8 @@ class Renderer:
     @staticmethod
     def volume_context(vol: Volume) -> VolumeContext:
         backing = vol.backing
+        if isinstance(backing, str):  # an image on the host the stack does not manage
+            return VolumeContext(vol.size_bytes, vol.format, backing, vol.backing_format or "qcow2")
         return VolumeContext(
             capacity=vol.size_bytes,
             format=vol.format,

@@ -62,8 +62,8 @@ def domain_spec(root: ET.Element) -> Spec:
             if source.get("pool"):
                 volume = f"{source.get('pool')}/{source.get('volume')}"
             else:
-                volume = source.get("file") or source.get("dev")
-        if disk.get("device") == "cdrom" and volume == seed_volume:
+                volume = layered_volume(disk) or source.get("file") or source.get("dev")
+        if disk.get("device") == "cdrom" and seed_volume is not None and volume == seed_volume:
             continue
         disks.append({
             "volume": volume,
@@ -117,6 +117,18 @@ def domain_spec(root: ET.Element) -> Spec:
 def _console_log(root: ET.Element) -> str | None:
     log = root.find("devices/serial/log")
     return log.get("file") if log is not None else None
+
+
+def layered_volume(disk: ET.Element) -> str | None:
+    """For a disk whose active image is a copy-on-write layer on a pool volume (a frozen
+    disk: snapshots, clones), that volume as "pool/volume": the first volume in the chain."""
+    chain = disk.find("backingStore")
+    while chain is not None:
+        source = chain.find("source")
+        if chain.get("type") == "volume" and source is not None and source.get("pool"):
+            return f"{source.get('pool')}/{source.get('volume')}"
+        chain = chain.find("backingStore")
+    return None
 
 
 def network_spec(root: ET.Element) -> Spec:

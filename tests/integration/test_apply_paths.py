@@ -198,3 +198,22 @@ def test_killed_apply_converges_without_duplicates(env, private_host):
     assert crash_domains == [f"crash{i}" for i in range(8)]
     vols = sorted(v.name() for v in conn.storagePoolLookupByName("crash-pool").listAllVolumes())
     assert vols == [f"crash{i}.qcow2" for i in range(8)]
+
+
+def test_reservation_added_to_the_stored_config_only_is_removed_cleanly(env):
+    run, replan, conn, _, _ = env
+    body = HOTPLUGGED.replace("10.61.0.10", "10.61.0.20").replace('size="64MiB"', 'size="96MiB"')
+    body += 'Volume("loose.raw", pool=pool, size="3MiB", format="raw")\n'
+    net = conn.networkLookupByName("paths-net")
+    net.update(  # by hand, in the persistent config only: the running network never had it
+        libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+        libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+        -1,
+        "<host mac='52:54:00:de:ad:01' ip='10.61.0.99'/>",
+        libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG,
+    )
+    plan = run(body, allow={Action.UPDATE})
+    assert [c.address for c in plan.changes] == ["h/network/paths-net"]
+    for xml in (net.XMLDesc(0), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)):
+        assert "10.61.0.99" not in xml and "ip='10.61.0.20'" in xml
+    assert replan(body).empty

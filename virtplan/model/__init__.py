@@ -2,10 +2,11 @@
 
 from virtplan.model.resources import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Resource, Volume
 from virtplan.model.secrets import Secret
+from virtplan.model.snapshot import Snapshot
 from virtplan.model.stack import Stack, collecting, current_stack, load_stack, use_templates
 from virtplan.model.validate import validate
 
 __all__ = [
     "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Resource", "Secret",
-    "Stack", "Volume", "collecting", "current_stack", "load_stack", "use_templates", "validate",
+    "Snapshot", "Stack", "Volume", "collecting", "current_stack", "load_stack", "use_templates", "validate",
 ]  # fmt: skip

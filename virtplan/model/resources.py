@@ -184,6 +184,11 @@ class Volume(Resource):
 
     `source` is a local image file uploaded through libvirt's stream API, so it works on
     remote hosts too. An overlay's size defaults to its backing volume's size.
+
+    `backing` may also be the path of an image on the host that this stack does not manage
+    (a clone's overlay on a frozen source disk; `backing_format` says its format), and
+    `copy_of` makes the volume a full copy of such an image, taken by libvirt on the host
+    when the volume is created. Both need `size`.
     """
 
     kind: ClassVar[str] = "volume"
@@ -195,13 +200,16 @@ class Volume(Resource):
         pool: Pool,
         size: int | str | None = None,
         format: str = "qcow2",
-        backing: Volume | None = None,
+        backing: Volume | str | None = None,
         source: str | os.PathLike[str] | None = None,
+        backing_format: str | None = None,
+        copy_of: str | None = None,
     ):
         self.pool: Pool | None = pool
         self.name, self.size, self.format = name, size, format
         self.backing = backing
         self.source = os.fspath(source) if source is not None else None
+        self.backing_format, self.copy_of = backing_format, copy_of
         self._register()
 
     @property
@@ -220,7 +228,7 @@ class Volume(Resource):
 
     def dependencies(self) -> list[Resource]:
         deps: list[Resource] = [self.pool] if self.pool is not None else []
-        if self.backing is not None:
+        if isinstance(self.backing, Volume):
             deps.append(self.backing)
         return deps
 
@@ -229,7 +237,7 @@ class Volume(Resource):
         """Declared size; an overlay without one takes its backing's; an image its own."""
         if self.size is not None:
             return parse_size(self.size)
-        if self.backing is not None:
+        if isinstance(self.backing, Volume):
             return self.backing.size_bytes
         if self.source is not None:
             from virtplan.images import image_virtual_size

@@ -75,6 +75,7 @@ def validate(stack: Stack) -> None:
     _check_vms(stack, errors)
     _check_references(stack, errors)
     _check_cycles(stack, errors)
+    _check_snapshots(stack, errors)
     if errors.items:
         raise ValidationError(errors.items)
 
@@ -209,6 +210,7 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
         errors.add(vol, "source", "a volume is either an overlay (backing=) or an image (source=), not both")
     if vol.backing is not None and vol.format != "qcow2":
         errors.add(vol, "format", "a copy-on-write overlay (backing=) must be qcow2")
+    _check_host_image_refs(vol, errors)
     if vol.source is not None and not Path(vol.source).is_file():
         errors.add(vol, "source", f"image file {vol.source} does not exist")
         return
@@ -234,6 +236,33 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
                 )  # fmt: skip
         except (ValueError, RecursionError):
             pass  # reported on the backing volume itself, or as a cycle
+
+
+def _check_host_image_refs(vol: Volume, errors: _Errors) -> None:
+    """`backing` given as a path, and `copy_of`: images on the host the stack does not manage."""
+    if vol.backing is not None and not isinstance(vol.backing, (Volume, str)):
+        errors.add(vol, "backing", "must be a Volume of this stack or the absolute path of an image on the host")
+    for field in ("backing", "copy_of"):
+        value = getattr(vol, field)
+        if not isinstance(value, str):
+            continue
+        if not value.startswith("/"):
+            errors.add(vol, field, f"{value!r} must be an absolute path of an image on the host")
+        if vol.size is None and field == "backing":  # copy_of without size: reported below
+            errors.add(vol, "size", "is required with backing= an image path (virtplan cannot read its size)")
+    if vol.backing_format is not None and vol.backing_format not in VOLUME_FORMATS:
+        errors.add(vol, "backing_format", f"{vol.backing_format!r} is not one of {', '.join(VOLUME_FORMATS)}")
+    if vol.backing_format is not None and not isinstance(vol.backing, str):
+        errors.add(vol, "backing_format", "only applies when backing= is an image path; drop it")
+    if vol.copy_of is not None and (vol.backing is not None or vol.source is not None):
+        errors.add(vol, "copy_of", "a volume is a copy (copy_of=), an overlay (backing=) or an image (source=): one")
+
+
+def _check_snapshots(stack: Stack, errors: _Errors) -> None:
+    from virtplan.model.snapshot import Snapshot, check_snapshot
+
+    for snap in stack.of_kind(Snapshot):
+        check_snapshot(snap, errors.add)
 
 
 def _check_vms(stack: Stack, errors: _Errors) -> None:

@@ -54,6 +54,9 @@ def unsupported(stack: Stack) -> list[str]:
         if not pool.autostart:
             problems.append(f"{pool.address}: autostart=False (the bridged provider always autostarts pools)")
     for vol in stack.volumes:
+        if isinstance(vol.backing, str) or vol.copy_of is not None:
+            problems.append(f"{vol.address}: an image path as backing= or copy_of= (the bridged provider "
+                            "knows only its own volumes; use the native backend)")  # fmt: skip
         if vol.source is not None and vol.size is not None:
             problems.append(f"{vol.address}: size together with source (the bridged provider cannot resize an image)")
     for vm in stack.vms:
@@ -152,7 +155,7 @@ def _network(libvirt: Any, name: str, net: Network, opts: pulumi.ResourceOptions
 def _volume(libvirt: Any, name: str, vol: Volume, done: dict[str, Any], opts: pulumi.ResourceOptions) -> Any:
     assert vol.pool is not None
     args: dict[str, Any] = {"name": vol.name, "pool": vol.pool.name, "format": vol.format}
-    if vol.backing is not None:
+    if isinstance(vol.backing, Volume):
         args["base_volume_id"] = done[vol.backing.address].id
     if vol.source is not None:
         args["source"] = str(Path(vol.source).absolute())

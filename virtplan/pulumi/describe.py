@@ -114,13 +114,21 @@ def _pool(pool: Pool) -> Inputs:
 
 def _volume(vol: Volume) -> Inputs:
     assert vol.pool is not None
-    return {
+    backing: Inputs | None = None
+    if isinstance(vol.backing, Volume):
+        backing = {"name": vol.backing.name, **_volume(vol.backing)}
+    elif isinstance(vol.backing, str):  # an image on the host the stack does not manage (clones)
+        backing = {"path": vol.backing, "format": vol.backing_format}
+    out = {
         "pool": {"name": vol.pool.name, **_pool(vol.pool)},
         "size": vol.size,
         "format": vol.format,
-        "backing": {"name": vol.backing.name, **_volume(vol.backing)} if vol.backing is not None else None,
+        "backing": backing,
         "source": str(Path(vol.source).absolute()) if vol.source is not None else None,
     }
+    if vol.copy_of is not None:
+        out["copyOf"] = vol.copy_of
+    return out
 
 
 def _reveal(value: Secret | str | None) -> str | None:
@@ -250,10 +258,13 @@ class _Builder:
         pool = self.pool(_req(d, "pool", f"volume {name}"))
         key = (pool.name, name)
         if key not in self.volumes:
-            backing = self.volume(d["backing"]) if d.get("backing") else None
+            raw = d.get("backing")
+            path = raw.get("path") if isinstance(raw, dict) else None
+            backing: Volume | str | None = path or (self.volume(raw) if raw else None)
             self.volumes[key] = Volume(
                 name, pool=pool, size=_num(d.get("size")), format=d.get("format") or "qcow2",
-                backing=backing, source=d.get("source"),
+                backing=backing, source=d.get("source"), copy_of=d.get("copyOf"),
+                backing_format=raw.get("format") if path and isinstance(raw, dict) else None,
             )  # fmt: skip
         return self.volumes[key]
 

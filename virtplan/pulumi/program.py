@@ -135,6 +135,12 @@ def register_native(stack: Stack, state_file: Path) -> Registered:
     """One virtplan dynamic resource per declared resource, dependencies first."""
     from virtplan.pulumi.provider import RESOURCES, VirtplanProvider
 
+    unsupported = [r.address for r in stack.managed() if r.kind not in RESOURCES]
+    if unsupported:  # virtplan.Snapshot: taken by `virtplan apply` / `virtplan snapshot create`
+        raise VirtplanError(
+            f"the Pulumi program does not manage snapshots yet ({', '.join(unsupported)}); "
+            "take them with `virtplan apply` or `virtplan snapshot create`"
+        )
     template_dir = str(stack.template_dir) if stack.template_dir else None
     providers = {kind: VirtplanProvider(kind, str(state_file), template_dir) for kind in RESOURCES}
     resources: dict[str, pulumi.Resource] = {}
