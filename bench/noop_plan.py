@@ -12,6 +12,7 @@ Prints the figures and the plan/floor ratio (target: <= 1.5 at N=1000, linear in
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def main() -> None:
         rows = {n: measure(n, host.uri, workdir) for n in sizes}
     finally:
         host.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"{'N':>6} {'apply (define)':>15} {'floor':>9} {'no-op plan':>11} {'ratio':>6} {'whole process':>14}")
     for n, r in rows.items():
         print(f"{n:>6} {r['apply']:>14.2f}s {r['floor']:>8.3f}s {r['plan']:>10.3f}s "

@@ -116,7 +116,9 @@ def test_parse_of_render_is_the_model():
     assert spec["graphics"]["type"] == "vnc" and spec["graphics"]["listen"] == "127.0.0.1"
     assert spec["console_log"] == "/var/lib/virtplan/lab/web1-console.log"
     direct = parse("vm", r.domain_xml(next(v for v in stack.vms if v.name == "direct")))
-    assert direct["kernel"] == "/var/lib/virtplan/lab/vmlinuz" and direct["initrd"] == "/var/lib/virtplan/lab/initrd.img"
+    assert (
+        direct["kernel"] == "/var/lib/virtplan/lab/vmlinuz" and direct["initrd"] == "/var/lib/virtplan/lab/initrd.img"
+    )
     assert direct["cmdline"] == "console=ttyS0 quiet"
     uefi = parse("vm", r.domain_xml(next(v for v in stack.vms if v.name == "uefi-box")))
     assert uefi["firmware"] == "uefi" and uefi["machine"] == "pc-q35-7.2" and uefi["serial"] is False

@@ -111,8 +111,15 @@ wait_for_path /sys/class/net/eth0 || fail no-eth0
 mac=$(cat /sys/class/net/eth0/address)
 ip link set lo up
 ip link set eth0 up
-udhcpc -i eth0 -s /etc/probe/udhcpc.sh -p /run/udhcpc.pid -R -n -t 15 -T 2 \
-    ${hostname:+-x "hostname:$hostname"} >/run/udhcpc.log 2>&1 || fail dhcp-no-lease
+# dnsmasq pings every new address for up to 3 s before offering it, one client at a time,
+# and udhcpc -n gives up as soon as one REQUEST goes unanswered three times (-T s apart):
+# with several guests booting at once on a dynamic range, start it again (about 60 s in all).
+tries=0
+until udhcpc -i eth0 -s /etc/probe/udhcpc.sh -p /run/udhcpc.pid -R -n -t 5 -T 2 \
+        ${hostname:+-x "hostname:$hostname"} >>/run/udhcpc.log 2>&1; do
+    tries=$((tries + 1))
+    [ "$tries" -lt 6 ] || fail dhcp-no-lease
+done
 ip=$(cat /run/probe/ip 2>/dev/null)
 [ -n "$ip" ] || fail dhcp-no-address
 
