@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import ipaddress
 import itertools
-import json
 import keyword
 import os
 import re
@@ -41,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtplan.codegen import literal
 from virtplan.errors import VirtplanError
+from virtplan.units import exact_size
 
 if TYPE_CHECKING:
     from virtplan.engine import Engine, Observation
@@ -396,22 +397,6 @@ def _clone_pool(name: str, path: str, host: str, opts: CloneOptions, pools: dict
 
 
 # -- the program ---------------------------------------------------------------------------
-def _q(value: Any) -> str:
-    """A Python literal for the program (double-quoted strings, as the project writes them)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_q(v) for v in value) + ")"
-    return repr(value)
-
-
-def _size_text(size: int) -> str:
-    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return str(size)
-
-
 def _call(prefix: str, args: list[str], width: int = 100) -> str:
     """`prefix(args)` on one line, or one argument per line when that is too long."""
     line = f"{prefix}({', '.join(args)})"
@@ -421,17 +406,17 @@ def _call(prefix: str, args: list[str], width: int = 100) -> str:
 
 
 def _vol_code(v: _Vol, prefix: str = "Volume") -> str:
-    args = [_q(v.name), f"pool={v.pool}", f"size={_q(_size_text(v.size))}"]
+    args = [literal(v.name), f"pool={v.pool}", f"size={literal(exact_size(v.size))}"]
     if v.format != "qcow2":
-        args.append(f"format={_q(v.format)}")
+        args.append(f"format={literal(v.format)}")
     if v.backing:
-        args.append(f"backing={_q(v.backing)}")
+        args.append(f"backing={literal(v.backing)}")
         if v.backing_format and v.backing_format != "qcow2":
-            args.append(f"backing_format={_q(v.backing_format)}")
+            args.append(f"backing_format={literal(v.backing_format)}")
     if v.copy_of:
-        args.append(f"copy_of={_q(v.copy_of)}")
+        args.append(f"copy_of={literal(v.copy_of)}")
     if v.source:
-        args.append(f"source={_q(v.source)}")
+        args.append(f"source={literal(v.source)}")
     return _call(prefix, args)
 
 
@@ -442,7 +427,7 @@ def program(src: Stack, d: _Design, opts: CloneOptions, uris: dict[str, str], ou
     rel = os.path.relpath(src.path, out.parent)
     lines: list[str] = []
     header = [
-        f"Clone {_q(opts.name)} of stack {_q(src.name)} ({rel}), made by `virtplan clone` at {made}.",
+        f"Clone {literal(opts.name)} of stack {literal(src.name)} ({rel}), made by `virtplan clone` at {made}.",
         "",
         "- VMs: " + ", ".join(f"{v.source.name} -> {v.name}" for v in d.vms) + ".",
     ]
@@ -455,7 +440,7 @@ def program(src: Stack, d: _Design, opts: CloneOptions, uris: dict[str, str], ou
     else:
         header.append("- Disks are full copies of the source disks' state at clone time.")
     if opts.from_snapshot:
-        header.append(f"- That state is the source's disk-only snapshot {_q(opts.from_snapshot)}.")
+        header.append(f"- That state is the source's disk-only snapshot {literal(opts.from_snapshot)}.")
     isolated = "connected like the source's" if opts.connected else "new and isolated"
     header.append(f"- Networks are {isolated}: " + "; ".join(
         f"{n.source} -> {n.name}" + (f" {n.cidr}" if n.cidr else "") for n in d.nets) + "." if d.nets else
@@ -482,42 +467,46 @@ def program(src: Stack, d: _Design, opts: CloneOptions, uris: dict[str, str], ou
         lines.append("from virtplan.clone import source_stack")
     lines.append("")
     if uses_source:
-        lines.append(f"SOURCE = source_stack({_q(rel)})  # cloud-init settings (and secrets) come from the source")
+        lines.append(f"SOURCE = source_stack({literal(rel)})  # cloud-init settings (and secrets) come from the source")
     if src.template_dir is not None:
-        lines.append(f"use_templates({_q(os.path.relpath(src.template_dir, out.parent))})  # the source's templates")
+        lines.append(
+            f"use_templates({literal(os.path.relpath(src.template_dir, out.parent))})  # the source's templates"
+        )
     lines.append("")
     host_vars = {}
     taken = {"SOURCE", *(n.var for n in d.nets), *(p.var for p in d.pools)}
     for h in d.hosts:
         host = src.host(h)
         host_vars[h] = _ident(h, taken)
-        args = [_q(h), f"uri={_q(uris[h])}"]
+        args = [literal(h), f"uri={literal(uris[h])}"]
         if host.domain_type:
-            args.append(f"domain_type={_q(host.domain_type)}")
+            args.append(f"domain_type={literal(host.domain_type)}")
         if host.workers != 4:
             args.append(f"workers={host.workers}")
         lines.append(_call(f"{host_vars[h]} = Host", args))
     lines.append("")
     for n in d.nets:
-        args = [_q(n.name), f"host={host_vars[n.host]}", f"mode={_q(n.mode)}"]
+        args = [literal(n.name), f"host={host_vars[n.host]}", f"mode={literal(n.mode)}"]
         if n.cidr:
-            args.append(f"cidr={_q(n.cidr)}")
+            args.append(f"cidr={literal(n.cidr)}")
         if n.gateway:
-            args.append(f"gateway={_q(n.gateway)}")
+            args.append(f"gateway={literal(n.gateway)}")
         if not n.dhcp:
             args.append("dhcp=False")
         if n.dhcp_range:
-            args.append(f"dhcp_range={_q(n.dhcp_range)}")
+            args.append(f"dhcp_range={literal(n.dhcp_range)}")
         if n.domain:
-            args.append(f"domain={_q(n.domain)}")
+            args.append(f"domain={literal(n.domain)}")
         if not n.autostart:
             args.append("autostart=False")
         if n.bridge:
-            args.append(f"bridge={_q(n.bridge)}")
+            args.append(f"bridge={literal(n.bridge)}")
         lines.append(f"# was {n.source}")
         lines.append(_call(f"{n.var} = Network", args))
     for p in d.pools:
-        lines.append(_call(f"{p.var} = Pool", [_q(p.name), f"host={host_vars[p.host]}", f"path={_q(p.path)}"]))
+        lines.append(
+            _call(f"{p.var} = Pool", [literal(p.name), f"host={host_vars[p.host]}", f"path={literal(p.path)}"])
+        )
     for v in d.vms:
         lines += ["", *_vm_code(v, host_vars, opts, taken)]
     return "\n".join(lines) + "\n"
@@ -530,56 +519,56 @@ def _secret_graphics(vm: VM) -> bool:
 def _vm_code(v: _VM, host_vars: dict[str, str], opts: CloneOptions, taken: set[str]) -> list[str]:
     vm = v.source
     head = [f"# {vm.address}"]
-    out = ["VM(", f"    {_q(v.name)},", f"    host={host_vars[v.host]},"]
-    out.append(f"    vcpus={_q(vm.vcpus)},")
+    out = ["VM(", f"    {literal(v.name)},", f"    host={host_vars[v.host]},"]
+    out.append(f"    vcpus={literal(vm.vcpus)},")
     if vm.max_vcpus is not None:
-        out.append(f"    max_vcpus={_q(vm.max_vcpus)},")
-    out.append(f"    memory={_q(vm.memory)},")
+        out.append(f"    max_vcpus={literal(vm.max_vcpus)},")
+    out.append(f"    memory={literal(vm.memory)},")
     if vm.max_memory is not None:
-        out.append(f"    max_memory={_q(vm.max_memory)},")
+        out.append(f"    max_memory={literal(vm.max_memory)},")
     for name in ("machine", "arch"):
         if getattr(vm, name):
-            out.append(f"    {name}={_q(getattr(vm, name))},")
+            out.append(f"    {name}={literal(getattr(vm, name))},")
     if vm.firmware != "bios":
-        out.append(f"    firmware={_q(vm.firmware)},")
+        out.append(f"    firmware={literal(vm.firmware)},")
     disks = []
     for disk in v.disks:
         var = _ident(re.sub(r"\.(qcow2|raw|img)$", "", disk.source_volume.partition("/")[2]) + "_disk", taken)
         head.append(_vol_code(disk.volume, f"{var} = Volume"))
         options = (("bus", disk.bus if disk.bus != "virtio" else None), ("boot", disk.boot), ("target", disk.target))
-        extra = [f"{k}={_q(val)}" for k, val in options if val is not None]
+        extra = [f"{k}={literal(val)}" for k, val in options if val is not None]
         disks.append(f"Disk({', '.join([var, *extra])})" if extra else var)
     out.append(f"    disks=[{', '.join(disks)}],")
     if v.nics:
         nics = []
         for nic in v.nics:
-            args = [nic.network] if nic.network else [f"bridge={_q(nic.bridge)}"]
+            args = [nic.network] if nic.network else [f"bridge={literal(nic.bridge)}"]
             if nic.model != "virtio":
-                args.append(f"model={_q(nic.model)}")
+                args.append(f"model={literal(nic.model)}")
             if nic.ip:
-                args.append(f"ip={_q(nic.ip)}")
+                args.append(f"ip={literal(nic.ip)}")
             nics.append(f"NIC({', '.join(args)})")
         out.append(f"    nics=[{', '.join(nics)}],")
     if vm.cloud_init is not None:
         hostname = f"{opts.name}-{vm.cloud_init.hostname or vm.name}"
-        out.append(f"    cloud_init=SOURCE.cloud_init({_q(vm.name)}, hostname={_q(hostname)}, "
-                   f"instance_id={_q('iid-' + v.name)}),")  # fmt: skip
+        out.append(f"    cloud_init=SOURCE.cloud_init({literal(vm.name)}, hostname={literal(hostname)}, "
+                   f"instance_id={literal('iid-' + v.name)}),")  # fmt: skip
     if vm.graphics is not None:
         if _secret_graphics(vm):
-            out.append(f"    graphics=SOURCE.vm({_q(vm.name)}).graphics,")
+            out.append(f"    graphics=SOURCE.vm({literal(vm.name)}).graphics,")
         else:
-            out.append(f"    graphics=Graphics({_q(vm.graphics.type)}, listen={_q(vm.graphics.listen)}),")
+            out.append(f"    graphics=Graphics({literal(vm.graphics.type)}, listen={literal(vm.graphics.listen)}),")
     if not vm.serial:
         out.append("    serial=False,")
     if vm.autostart:
         out.append("    autostart=True,")
     state = opts.state or vm.state
     if state != "running":
-        out.append(f"    state={_q(state)},")
+        out.append(f"    state={literal(state)},")
     if vm.description:
-        out.append(f"    description={_q(vm.description)},")
+        out.append(f"    description={literal(vm.description)},")
     if vm.shutdown_timeout != 60.0:
-        out.append(f"    shutdown_timeout={_q(vm.shutdown_timeout)},")
+        out.append(f"    shutdown_timeout={literal(vm.shutdown_timeout)},")
     for name in ("kernel", "initrd"):
         vol = getattr(v, name)
         if vol is not None:
@@ -587,7 +576,7 @@ def _vm_code(v: _VM, host_vars: dict[str, str], opts: CloneOptions, taken: set[s
             head.append(_vol_code(vol, f"{var} = Volume"))
             out.append(f"    {name}={var},")
     if vm.cmdline:
-        out.append(f"    cmdline={_q(vm.cmdline)},")
+        out.append(f"    cmdline={literal(vm.cmdline)},")
     if vm.console_log is False:
         out.append("    console_log=False,")
     out.append(")")

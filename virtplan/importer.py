@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import keyword
 import re
 import time
@@ -28,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtplan.codegen import literal
 from virtplan.errors import VirtplanError
 from virtplan.pools import refresh_pool
+from virtplan.units import exact_size
 
 if TYPE_CHECKING:
     from virtplan.model import Resource, Stack
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from virtplan.render import Renderer
 
 Say = Callable[[str], None]
-_UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
 
 
 class ImportFailed(VirtplanError):
@@ -54,22 +54,6 @@ class ImportResult:
     @property
     def count(self) -> int:
         return sum(len(v) for v in self.declared.values())
-
-
-def _q(value: Any) -> str:
-    """A Python literal (double-quoted strings)."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_q(v) for v in value) + ")"
-    return repr(value)
-
-
-def _size(size: int) -> str:
-    for unit, factor in _UNITS:
-        if size >= factor and size % factor == 0:
-            return _q(f"{size // factor}{unit}")
-    return str(size)
 
 
 def _ident(text: str, taken: set[str], suffix: str = "") -> str:
@@ -189,9 +173,9 @@ class _Builder:
         self.reasons: dict[tuple[str, str], str] = {}
 
     def host_code(self) -> str:
-        args = [_q(self.host_name), f"uri={_q(self.uri)}"]
+        args = [literal(self.host_name), f"uri={literal(self.uri)}"]
         if self.domain_type:
-            args.append(f"domain_type={_q(self.domain_type)}")
+            args.append(f"domain_type={literal(self.domain_type)}")
         return f"host = Host({', '.join(args)})"
 
     def refuse(self, kind: str, key: str, reason: str) -> None:
@@ -206,7 +190,7 @@ class _Builder:
         if not s.get("active"):
             return self.refuse("pool", o.key, "inactive (declaring it would start it)")
         var = _ident(o.key, self.taken, "_pool")
-        args = [_q(o.key), f"path={_q(s['path'])}"]
+        args = [literal(o.key), f"path={literal(s['path'])}"]
         if not s.get("autostart"):
             args.append("autostart=False")
         pool = Pool(o.key, path=s["path"], autostart=bool(s.get("autostart")), host=host)
@@ -231,7 +215,9 @@ class _Builder:
         if s.get("domain"):
             kw["domain"] = s["domain"]
         var = _ident(o.key, self.taken, "" if o.key.endswith("net") else "_net")
-        args = [_q(o.key)] + [f"{k}={_q(v)}" for k, v in kw.items() if not (k == "autostart" and v) and v is not None]
+        args = [literal(o.key)] + [
+            f"{k}={literal(v)}" for k, v in kw.items() if not (k == "autostart" and v) and v is not None
+        ]
         args = [a for a in args if a != "dhcp=True"]
         net = Network(o.key, host=host, **kw)
         self._add("network", o.key, var, f"{var} = Network({', '.join(args)})", net)
@@ -250,10 +236,10 @@ class _Builder:
         if capacity <= 0 or (s.get("format") == "qcow2" and capacity % 512):
             return self.refuse("volume", o.key, f"capacity {capacity} is not a whole number of sectors")
         refs = {("pool", pool_key)}
-        args = [_q(name), f"pool={self.decls[('pool', pool_key)].var}", f"size={_size(capacity)}"]
+        args = [literal(name), f"pool={self.decls[('pool', pool_key)].var}", f"size={literal(exact_size(capacity))}"]
         kw: dict[str, Any] = {"size": capacity, "format": s["format"]}
         if s["format"] != "qcow2":
-            args.append(f"format={_q(s['format'])}")
+            args.append(f"format={literal(s['format'])}")
         backing = s.get("backing")
         if backing:
             inner = next((v for v in self.state.of_kind("volume") if v.uuid == backing), None)
@@ -264,9 +250,9 @@ class _Builder:
             else:
                 fmt = inner.spec.get("format") if inner is not None else "qcow2"
                 kw["backing"], kw["backing_format"] = backing, fmt
-                args.append(f"backing={_q(backing)}")
+                args.append(f"backing={literal(backing)}")
                 if fmt != "qcow2":
-                    args.append(f"backing_format={_q(fmt)}")
+                    args.append(f"backing_format={literal(fmt)}")
         var = _ident(name, self.taken)
         vol = Volume(name, pool=pool, **kw)
         self._add("volume", o.key, var, f"{var} = Volume({', '.join(args)})", vol, refs)
@@ -298,13 +284,13 @@ class _Builder:
             kw: dict[str, Any] = {"bus": d["bus"]}
             code = [self.decls[("volume", key)].var]
             if d["bus"] != "virtio":
-                code.append(f"bus={_q(d['bus'])}")
+                code.append(f"bus={literal(d['bus'])}")
             if d.get("boot"):
                 kw["boot"] = d["boot"]
                 code.append(f"boot={d['boot']}")
             if i < len(targets) and targets[i] and targets[i] != auto[i]:
                 kw["target"] = targets[i]
-                code.append(f"target={_q(targets[i])}")
+                code.append(f"target={literal(targets[i])}")
             disks.append(Disk(self.objects[("volume", key)], **kw))
             disk_code.append(f"Disk({', '.join(code)})" if len(code) > 1 else code[0])
         nics, nic_code = [], []
@@ -324,13 +310,13 @@ class _Builder:
                     kw["ip"] = ip
             else:
                 kw["bridge"] = n.get("bridge")
-                code = [f"bridge={_q(n.get('bridge'))}"]
+                code = [f"bridge={literal(n.get('bridge'))}"]
                 ip = None
             if n["model"] != "virtio":
-                code.append(f"model={_q(n['model'])}")
-            code.append(f"mac={_q(n['mac'])}")
+                code.append(f"model={literal(n['model'])}")
+            code.append(f"mac={literal(n['mac'])}")
             if ip:
-                code.append(f"ip={_q(ip)}")
+                code.append(f"ip={literal(ip)}")
             nics.append(NIC(**kw))
             nic_code.append(f"NIC({', '.join(code)})")
         kw = {
@@ -339,18 +325,18 @@ class _Builder:
             "serial": bool(s.get("serial")), "autostart": bool(s.get("autostart")), "state": s.get("state"),
             "description": s.get("description") or "",
         }  # fmt: skip
-        code = [_q(o.key), "host=host"]
+        code = [literal(o.key), "host=host"]
         code.append(f"vcpus={s['vcpus']}")
         if s["max_vcpus"] != s["vcpus"]:
             code.append(f"max_vcpus={s['max_vcpus']}")
-        code.append(f"memory={_size(s['memory'])}")
+        code.append(f"memory={literal(exact_size(s['memory']))}")
         if s["max_memory"] != s["memory"]:
-            code.append(f"max_memory={_size(s['max_memory'])}")
+            code.append(f"max_memory={literal(exact_size(s['max_memory']))}")
         for name in ("machine", "arch"):
             if s.get(name):
-                code.append(f"{name}={_q(s[name])}")
+                code.append(f"{name}={literal(s[name])}")
         if kw["firmware"] != "bios":
-            code.append(f"firmware={_q(kw['firmware'])}")
+            code.append(f"firmware={literal(kw['firmware'])}")
         if disk_code:
             code.append(f"disks=[{', '.join(disk_code)}]")
         if nic_code:
@@ -360,15 +346,15 @@ class _Builder:
             if not gfx.get("listen"):
                 return refuse("its console has no listen address")
             kw["graphics"] = Graphics(gfx["type"], listen=gfx["listen"])
-            code.append(f"graphics=Graphics({_q(gfx['type'])}, listen={_q(gfx['listen'])})")
+            code.append(f"graphics=Graphics({literal(gfx['type'])}, listen={literal(gfx['listen'])})")
         if not kw["serial"]:
             code.append("serial=False")
         if kw["autostart"]:
             code.append("autostart=True")
         if kw["state"] != "running":
-            code.append(f"state={_q(kw['state'])}")
+            code.append(f"state={literal(kw['state'])}")
         if kw["description"]:
-            code.append(f"description={_q(kw['description'])}")
+            code.append(f"description={literal(kw['description'])}")
         for boot in ("kernel", "initrd"):
             path = s.get(boot)
             if not path:
@@ -381,7 +367,7 @@ class _Builder:
             code.append(f"{boot}={self.decls[('volume', found.key)].var}")
         if s.get("cmdline"):
             kw["cmdline"] = s["cmdline"]
-            code.append(f"cmdline={_q(s['cmdline'])}")
+            code.append(f"cmdline={literal(s['cmdline'])}")
         if s.get("console_log") is None:
             kw["console_log"] = False
             if kw["serial"]:

@@ -56,3 +56,12 @@ def format_size(size: int) -> str:
             value = size / factor
             return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
     return f"{size} B"
+
+
+def exact_size(size: int) -> str:
+    """Bytes with the largest binary unit that divides them exactly ("256MiB"), else the
+    bare number ("1000"): what a stack program would write, and what parse_size reads back."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
