@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from virtplan.probe import ProbeImage, build_probe
 from virtplan.testbed import PrivateHost, missing_prereqs
 
 #: libvirt's probed QEMU capabilities, shared by all test hosts (libvirt re-probes stale ones).
@@ -36,15 +37,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+def _unavailable(reason: str) -> None:
+    """Fail with the reason (CI must never pass by skipping); skip only when asked to."""
+    if os.environ.get("VIRTPLAN_SKIP_INTEGRATION") == "1":
+        pytest.skip(reason)
+    pytest.fail(reason + "; set VIRTPLAN_SKIP_INTEGRATION=1 to skip these tests deliberately")
+
+
+@pytest.fixture(scope="session")
+def probe_image() -> ProbeImage:
+    """The probe guest (kernel + initramfs built from Debian packages, cached)."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        _unavailable("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
+    return build_probe()
+
+
 @contextmanager
 def fresh_workdir() -> Iterator[Path]:
     """A new short workdir for a private host (skips the test where none can run); removed after."""
     problems = missing_prereqs()
     if problems:
-        reason = f"no private libvirt host here: {'; '.join(problems)} (scripts/setup.sh installs what is missing)"
-        if os.environ.get("VIRTPLAN_SKIP_INTEGRATION") == "1":
-            pytest.skip(reason)
-        pytest.fail(reason + "; set VIRTPLAN_SKIP_INTEGRATION=1 to skip these tests deliberately")
+        _unavailable(f"no private libvirt host here: {'; '.join(problems)} (scripts/setup.sh installs what is missing)")
     workdir = Path(tempfile.mkdtemp(prefix="vp-", dir="/var/tmp"))  # short: socket paths
     try:
         yield workdir

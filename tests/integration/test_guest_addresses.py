@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -38,7 +37,7 @@ from test_guest_support import (
 from virtplan.plan import Action, Plan
 from virtplan.policy import Policy
 from virtplan.present import plan_text
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage, build_probe
+from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
 from virtplan.pulumi.describe import describe
 from virtplan.pulumi.provider import VirtplanProvider
 from virtplan.testbed import PrivateHost
@@ -59,13 +58,6 @@ class Deployed:
     conn: Any
     consoles: dict[str, Console]
     reports: dict[str, dict[str, str]]  # the latest GUEST report per VM
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 @pytest.fixture(scope="module")

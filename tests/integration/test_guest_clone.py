@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from test_guest_support import (
 )
 
 from virtplan.model import load_stack
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage, build_probe
+from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
 from virtplan.testbed import PrivateHost
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,13 +51,6 @@ class Cloned:
     clone_vm: Any  # the clone program's VM (virtplan.model.VM)
     clone_report: dict[str, str]
     output: str
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 def virtplan_clone(stack: ProbeStack) -> str:

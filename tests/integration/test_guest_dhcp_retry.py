@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from test_guest_support import NETWORK, Guest, ProbeStack, wait_for_lease, wait_until
 
-from virtplan.probe import GUEST_ERROR, ProbeImage, build_probe
+from virtplan.probe import GUEST_ERROR, ProbeImage
 from virtplan.probe.parse import iter_events
 from virtplan.testbed import PrivateHost
 
@@ -34,13 +34,6 @@ GUEST = Guest("g-retry", hostname="retry-host")
 #: (busybox udhcpc writes the message type first).
 DHCPREQUEST = "|63825363350103|"
 REQUEST_TRIES = 3  # udhcpc sends a REQUEST this many times before it gives up on an offer
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 class Firewall:

@@ -10,7 +10,6 @@ QEMU process, a larger MemTotal reported from inside.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,7 +31,7 @@ from test_guest_support import (
 from virtplan.plan import Action, Plan
 from virtplan.policy import Policy
 from virtplan.present import plan_text
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage, build_probe
+from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
 from virtplan.testbed import PrivateHost
 
 CIDR = "10.82.0.0/24"
@@ -51,13 +50,6 @@ class Deployed:
     @property
     def domain(self) -> Any:
         return self.conn.lookupByName(BASE.name)
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ that host's guest's MAC: the hosts never see each other.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from test_guest_support import NETWORK, Guest, ProbeStack, domain_mac, leases, wait_for_lease
 
-from virtplan.probe import ProbeImage, build_probe
+from virtplan.probe import ProbeImage
 from virtplan.testbed import PrivateHost
 
 CIDR = "10.83.0.0/24"
@@ -33,13 +32,6 @@ class Deployed:
     hosts: dict[str, PrivateHost]  # stack host name -> private host
     conns: dict[str, Any]
     reports: dict[str, dict[str, str]]  # by stack host name
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 @pytest.fixture(scope="module")

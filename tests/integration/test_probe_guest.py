@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -185,13 +184,6 @@ def wait_until(condition: Any, timeout: float) -> bool:
 
 
 # -- fixtures ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def probe_image() -> ProbeImage:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        pytest.skip("the probe guest is built from Debian packages: needs apt-get and dpkg-deb")
-    return build_probe()
 
 
 @pytest.fixture(scope="module")
