@@ -217,3 +217,15 @@ def test_reservation_added_to_the_stored_config_only_is_removed_cleanly(env):
     for xml in (net.XMLDesc(0), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)):
         assert "10.61.0.99" not in xml and "ip='10.61.0.20'" in xml
     assert replan(body).empty
+
+
+def test_spice_console_vm_starts_listening_on_localhost(env):
+    run, replan, conn, _, _ = env
+    body = 'VM("spicy", memory="64MiB", graphics="spice", shutdown_timeout=0)\n'
+    run(body, name="uefi")
+    dom = conn.lookupByName("spicy")
+    assert dom.isActive()
+    live = dom.XMLDesc(0)
+    assert "<graphics type='spice'" in live and "listen='127.0.0.1'" in live and "<model type='qxl'" in live
+    assert replan(body, name="uefi").empty
+    run(body, name="uefi", destroy=True)
