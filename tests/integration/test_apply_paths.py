@@ -19,7 +19,7 @@ from virtplan.model import load_stack
 from virtplan.plan import Action
 from virtplan.state import StateStore
 
-SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65}
+SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65, "modes": 66}
 
 
 def header(name: str) -> str:
@@ -229,3 +229,23 @@ def test_spice_console_vm_starts_listening_on_localhost(env):
     assert "<graphics type='spice'" in live and "listen='127.0.0.1'" in live and "<model type='qxl'" in live
     assert replan(body, name="uefi").empty
     run(body, name="uefi", destroy=True)
+
+
+def test_routed_and_host_bridge_networks_carry_running_guests(env):
+    run, replan, conn, host, _ = env
+    # An existing host bridge, as an operator would have made it (inside the private host).
+    for cmd in (["ip", "link", "add", "br-ext", "type", "bridge"], ["ip", "link", "set", "br-ext", "up"]):
+        subprocess.run(["nsenter", "-t", str(host.pid), "-n", *cmd], check=True)
+    body = (
+        'routed = Network("routed", mode="route", cidr="10.67.0.0/24")\n'
+        'uplink = Network("uplink", mode="bridge", bridge="br-ext")\n'
+        'VM("multi", memory="64MiB", nics=[routed, uplink, NIC(bridge="br-ext")], shutdown_timeout=0)\n'
+    )
+    run(body, name="modes")
+    assert "<forward mode='route'/>" in conn.networkLookupByName("routed").XMLDesc()
+    assert conn.networkLookupByName("uplink").isActive()
+    dom = conn.lookupByName("multi")
+    live = dom.XMLDesc(0)
+    assert dom.isActive() and live.count("<interface") == 3 and "bridge='br-ext'" in live
+    assert replan(body, name="modes").empty
+    run(body, name="modes", destroy=True)
