@@ -18,8 +18,9 @@ class NoConsoleLog(VirtplanError):
     """The VM has no console log virtplan can read."""
 
 
-def read_console_log(conn: Any, vm: VM) -> str:
-    """The whole console log of `vm` (empty if the guest has not written anything yet)."""
+def read_console_log(conn: Any, vm: VM, refresh: bool = True) -> str:
+    """The whole console log of `vm` (empty if the guest has not written anything yet).
+    With refresh=False the caller has just refreshed the VM's pool."""
     import libvirt
 
     if not (vm.serial and vm.console_log) or vm.seed_pool is None:
@@ -29,7 +30,8 @@ def read_console_log(conn: Any, vm: VM) -> str:
         )
     try:
         pool = conn.storagePoolLookupByName(vm.seed_pool.name)
-        refresh_pool(pool)  # virtlogd creates the file behind libvirt's back
+        if refresh:
+            refresh_pool(pool)  # virtlogd creates the file behind libvirt's back
         vol = pool.storageVolLookupByName(vm.console_log_name)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL):

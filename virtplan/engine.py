@@ -148,7 +148,7 @@ class Engine:
         conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
         return apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
 
-    def guest_report(self, host: str, vm_name: str) -> dict[str, str] | None:
+    def guest_report(self, host: str, vm_name: str, refresh: bool = True) -> dict[str, str] | None:
         """The last report a probe-style guest printed on its console (see virtplan.probe):
         what the guest itself says its address, hostname and instance-id are."""
         from virtplan.console import read_console_log
@@ -157,7 +157,21 @@ class Engine:
         declared = [v for v in self.stack.vms if v.name == vm_name and v.host is not None and v.host.name == host]
         if not declared or declared[0].seed_pool is None or not (declared[0].serial and declared[0].console_log):
             return None
-        return parse_guest_line(read_console_log(self.connection(host), declared[0]))
+        return parse_guest_line(read_console_log(self.connection(host), declared[0], refresh=refresh))
+
+    def _refresh_log_pools(self, host: str) -> None:
+        """Refresh, once, every pool holding a console log of this host's VMs."""
+        import libvirt
+
+        from virtplan.pools import refresh_pool
+
+        names = {v.seed_pool.name for v in self.stack.vms if v.host is not None and v.host.name == host and v.seed_pool}
+        for name in sorted(names):
+            try:
+                refresh_pool(self.connection(host).storagePoolLookupByName(name))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_OPERATION_INVALID):
+                    raise
 
     # -- show ---------------------------------------------------------------------------
     def inventory(self, observation: Observation | None = None) -> list[dict[str, Any]]:
@@ -168,6 +182,8 @@ class Engine:
         rows = []
         for host in observation.hosts.values():
             owned = owned_objects(host, self.store, self.stack.name)
+            if any(o.kind == "vm" and o.spec.get("state") == "running" for o in owned):
+                self._refresh_log_pools(host.name)
             networks = {
                 n for o in owned if o.kind == "vm" for n in (x.get("network") for x in o.spec.get("nics", [])) if n
             }
@@ -183,7 +199,8 @@ class Engine:
                     ]
                     row["memory"] = o.spec.get("memory")
                     row["vcpus"] = o.spec.get("vcpus")
-                    row["guest"] = self.guest_report(host.name, o.key) if o.spec.get("state") == "running" else None
+                    running = o.spec.get("state") == "running"
+                    row["guest"] = self.guest_report(host.name, o.key, refresh=False) if running else None
                 elif o.kind in ("network", "pool"):
                     row["state"] = "active" if o.spec.get("active") else "inactive"
                     row["detail"] = o.spec.get("cidr") or o.spec.get("path") or o.spec.get("bridge")
