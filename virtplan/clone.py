@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import ipaddress
 import itertools
-import keyword
 import os
 import re
 import subprocess
@@ -40,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.codegen import literal
+from virtplan.codegen import identifier, literal
 from virtplan.errors import VirtplanError
 from virtplan.units import exact_size
 
@@ -204,18 +203,6 @@ class _Design:
     vms: list[_VM]
 
 
-def _ident(text: str, taken: set[str]) -> str:
-    base = re.sub(r"\W+", "_", text).strip("_").lower() or "x"
-    if base[0].isdigit() or keyword.iskeyword(base):
-        base = "_" + base
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
-
-
 def _shift(ip: str | ipaddress.IPv4Address, old: ipaddress.IPv4Network, new: ipaddress.IPv4Network, what: str) -> str:
     offset = int(ipaddress.IPv4Address(ip)) - int(old.network_address)
     moved = ipaddress.IPv4Address(int(new.network_address) + offset)
@@ -248,7 +235,7 @@ def design(src: Stack, observation: Observation, opts: CloneOptions) -> _Design:
 
     def host_var(host: str) -> str:
         if host not in host_vars:
-            host_vars[host] = _ident(host, taken_vars)
+            host_vars[host] = identifier(host, taken_vars)
         return host_vars[host]
 
     # subnets in use on each target host, so auto-picked ones never clash
@@ -309,7 +296,8 @@ def design(src: Stack, observation: Observation, opts: CloneOptions) -> _Design:
                 key = (h, nic.bridge or "")
                 if key not in bridges:
                     name = f"{opts.name}-{nic.bridge}"
-                    bridges[key] = _Net(_ident(name, taken_vars), name, h, "isolated", None, None, False, None, None,
+                    var = identifier(name, taken_vars)
+                    bridges[key] = _Net(var, name, h, "isolated", None, None, False, None, None,
                                         True, None, f"host bridge {nic.bridge}")  # fmt: skip
                     nets.append(bridges[key])
                 clone_vm.nics.append(_Nic(bridges[key].var, None, nic.model, None))
@@ -358,7 +346,7 @@ def _clone_network(
     taken: set[str],
 ) -> _Net:
     name = f"{opts.name}-{net.name}"
-    var = _ident(net.name if net.name.endswith("net") else f"{net.name}_net", taken)
+    var = identifier(net.name if net.name.endswith("net") else f"{net.name}_net", taken)
     host_var(host)
     mode = net.mode if opts.connected else "isolated"
     if net.mode == "bridge":
@@ -391,7 +379,7 @@ def _clone_pool(name: str, path: str, host: str, opts: CloneOptions, pools: dict
     key = (host, name)
     if key not in pools:
         folder = Path(path)
-        pools[key] = _Pool(_ident(f"{name}", taken), f"{opts.name}-{name}", host,
+        pools[key] = _Pool(identifier(f"{name}", taken), f"{opts.name}-{name}", host,
                            str(folder.parent / f"{opts.name}-{folder.name}"))  # fmt: skip
     return pools[key]
 
@@ -477,7 +465,7 @@ def program(src: Stack, d: _Design, opts: CloneOptions, uris: dict[str, str], ou
     taken = {"SOURCE", *(n.var for n in d.nets), *(p.var for p in d.pools)}
     for h in d.hosts:
         host = src.host(h)
-        host_vars[h] = _ident(h, taken)
+        host_vars[h] = identifier(h, taken)
         args = [literal(h), f"uri={literal(uris[h])}"]
         if host.domain_type:
             args.append(f"domain_type={literal(host.domain_type)}")
@@ -533,7 +521,7 @@ def _vm_code(v: _VM, host_vars: dict[str, str], opts: CloneOptions, taken: set[s
         out.append(f"    firmware={literal(vm.firmware)},")
     disks = []
     for disk in v.disks:
-        var = _ident(re.sub(r"\.(qcow2|raw|img)$", "", disk.source_volume.partition("/")[2]) + "_disk", taken)
+        var = identifier(re.sub(r"\.(qcow2|raw|img)$", "", disk.source_volume.partition("/")[2]) + "_disk", taken)
         head.append(_vol_code(disk.volume, f"{var} = Volume"))
         options = (("bus", disk.bus if disk.bus != "virtio" else None), ("boot", disk.boot), ("target", disk.target))
         extra = [f"{k}={literal(val)}" for k, val in options if val is not None]
@@ -572,7 +560,7 @@ def _vm_code(v: _VM, host_vars: dict[str, str], opts: CloneOptions, taken: set[s
     for name in ("kernel", "initrd"):
         vol = getattr(v, name)
         if vol is not None:
-            var = _ident(f"{vm.name}_{name}", taken)
+            var = identifier(f"{vm.name}_{name}", taken)
             head.append(_vol_code(vol, f"{var} = Volume"))
             out.append(f"    {name}={var},")
     if vm.cmdline:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import keyword
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.codegen import literal
+from virtplan.codegen import identifier, literal
 from virtplan.errors import VirtplanError
 from virtplan.pools import refresh_pool
 from virtplan.units import exact_size
@@ -54,19 +52,6 @@ class ImportResult:
     @property
     def count(self) -> int:
         return sum(len(v) for v in self.declared.values())
-
-
-def _ident(text: str, taken: set[str], suffix: str = "") -> str:
-    base = re.sub(r"\W+", "_", text).strip("_").lower() or "x"
-    base += suffix
-    if base[0].isdigit() or keyword.iskeyword(base):
-        base = "_" + base
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
 
 
 # -- reading the host -------------------------------------------------------------------------
@@ -189,7 +174,7 @@ class _Builder:
             return self.refuse("pool", o.key, f"type {s.get('type')!r} (only dir pools are supported)")
         if not s.get("active"):
             return self.refuse("pool", o.key, "inactive (declaring it would start it)")
-        var = _ident(o.key, self.taken, "_pool")
+        var = identifier(o.key, self.taken, "_pool")
         args = [literal(o.key), f"path={literal(s['path'])}"]
         if not s.get("autostart"):
             args.append("autostart=False")
@@ -214,7 +199,7 @@ class _Builder:
                 kw["dhcp_range"] = tuple(s["dhcp_range"].split("-", 1))
         if s.get("domain"):
             kw["domain"] = s["domain"]
-        var = _ident(o.key, self.taken, "" if o.key.endswith("net") else "_net")
+        var = identifier(o.key, self.taken, "" if o.key.endswith("net") else "_net")
         args = [literal(o.key)] + [
             f"{k}={literal(v)}" for k, v in kw.items() if not (k == "autostart" and v) and v is not None
         ]
@@ -253,7 +238,7 @@ class _Builder:
                 args.append(f"backing={literal(backing)}")
                 if fmt != "qcow2":
                     args.append(f"backing_format={literal(fmt)}")
-        var = _ident(name, self.taken)
+        var = identifier(name, self.taken)
         vol = Volume(name, pool=pool, **kw)
         self._add("volume", o.key, var, f"{var} = Volume({', '.join(args)})", vol, refs)
 
