@@ -15,6 +15,7 @@ import libvirt
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.rpc import UNKNOWN
+from wire_format import wire
 
 from virtplan.errors import ConnectionFailed
 from virtplan.facts import parse_capabilities
@@ -29,17 +30,6 @@ from virtplan.state import StateStore
 REPO = Path(__file__).resolve().parents[2]
 FEATURES = Path(__file__).resolve().parent / "stacks" / "features.py"
 UNREACHABLE = "qemu+unix:///system?socket=/nonexistent/virtplan-test/libvirt-sock"
-
-
-def wire(value: Any) -> Any:
-    """What Pulumi hands a provider: numbers as floats, no None values."""
-    if isinstance(value, dict):
-        return {k: wire(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [wire(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import dill
 import libvirt
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
+from wire_format import wire
 
 from virtplan.model import Stack, load_stack
 from virtplan.plan import PlanError
@@ -27,17 +28,6 @@ from virtplan.pulumi.session import ProviderError
 from virtplan.testbed import PrivateHost
 
 MiB = 1024**2
-
-
-def wire(value: Any) -> Any:
-    """What Pulumi hands a provider: numbers as floats, no None values."""
-    if isinstance(value, dict):
-        return {k: wire(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [wire(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
 
 
 class Lab:
