@@ -49,11 +49,11 @@ def main() -> int:
     parser.add_argument("--gib", type=int, default=1, help="GiB of data written into each disk")
     args = parser.parse_args()
 
-    from virtplan.clone import CloneOptions, clone
     from virtplan.engine import Engine
     from virtplan.model import load_stack
-    from virtplan.testbed import PrivateHost
     from virtplan.testing import destroy
+    from virtplan.workflows.clone import CloneOptions, clone
+    from virtplan_lab.testbed import PrivateHost
 
     workdir = Path(tempfile.mkdtemp(prefix="vp-bc-", dir="/var/tmp"))
     host = PrivateHost(workdir, "bench", qemu_caps_cache=Path("/var/tmp/virtplan-qemu-caps"))

@@ -1,6 +1,6 @@
 """Boot-to-address time of N probe guests: `virtplan apply` next to `virsh` by hand.
 
-On one private libvirt host (virtplan.testbed.PrivateHost; domain type qemu, i.e. TCG),
+On one private libvirt host (virtplan_lab.testbed.PrivateHost; domain type qemu, i.e. TCG),
 for each N (default 2 and 6), in the same run and on the same host:
 
 - virtplan: wall time from starting `virtplan apply --yes` (a new process, as a user runs
@@ -69,7 +69,7 @@ for i in range(int(os.environ.get("BENCH_GUESTS", "0"))):
 
 @dataclass
 class Bench:
-    host: Any  # virtplan.testbed.PrivateHost
+    host: Any  # virtplan_lab.testbed.PrivateHost
     workdir: Path
     stack_file: Path
 
@@ -104,8 +104,8 @@ class Bench:
 
     def engine(self, guests: int, prefix: str = "vp") -> Any:
         from virtplan.engine import Engine
+        from virtplan.hosts.records import StateStore
         from virtplan.model import load_stack
-        from virtplan.state import StateStore
 
         saved = dict(os.environ)
         os.environ.update(BENCH_GUESTS=str(guests), BENCH_PREFIX=prefix)
@@ -129,7 +129,7 @@ class Bench:
 
 def wait_for_guests(bench: Bench, names: list[str], offsets: dict[str, int]) -> None:
     """Return once every guest has printed this boot's GUEST line (GuestError on GUEST-ERROR)."""
-    from virtplan.probe import wait_for_guest_line
+    from virtplan_lab.probe import wait_for_guest_line
 
     deadline = time.monotonic() + BOOT_TIMEOUT
     for name in names:
@@ -137,7 +137,7 @@ def wait_for_guests(bench: Bench, names: list[str], offsets: dict[str, int]) -> 
 
 
 def log_offsets(bench: Bench, names: list[str]) -> dict[str, int]:
-    from virtplan.probe import log_size
+    from virtplan_lab.probe import log_size
 
     return {name: log_size(bench.console_log(name)) for name in names}
 
@@ -170,7 +170,7 @@ def prepare_by_hand(bench: Bench, n: int) -> tuple[dict[str, str], list[str]]:
     (virtplan's rendering, unmarked); the reservations are returned for clean-up."""
     import libvirt
 
-    from virtplan.seed import build_seed_iso
+    from virtplan.documents.seed import build_seed_iso
 
     conn = libvirt.open(bench.host.uri)
     xmls, reservations = {}, []
@@ -242,8 +242,8 @@ def run_by_hand(bench: Bench, n: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from virtplan.probe import build_probe
-    from virtplan.testbed import PrivateHost
+    from virtplan_lab.probe import build_probe
+    from virtplan_lab.testbed import PrivateHost
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[2, 6])

@@ -79,7 +79,7 @@ def measure(n: int, uri: str, workdir: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    from virtplan.testbed import PrivateHost
+    from virtplan_lab.testbed import PrivateHost
 
     sizes = [int(a) for a in sys.argv[1:]] or [100, 1000]
     workdir = Path(tempfile.mkdtemp(prefix="vp-bench-", dir="/var/tmp"))

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m virtplan.demo "$@"
+exec .venv/bin/python -m virtplan_lab.demo "$@"

@@ -64,5 +64,5 @@ else
 fi
 
 say "system user libvirt-qemu"
-"$VENV/bin/python" -c 'from virtplan.testbed import ensure_system_prereqs as e; e()'
+"$VENV/bin/python" -c 'from virtplan_lab.testbed import ensure_system_prereqs as e; e()'
 say "done"

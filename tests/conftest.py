@@ -1,4 +1,4 @@
-"""Shared fixtures: private libvirt hosts (real libvirtd + QEMU, see ``virtplan.testbed``).
+"""Shared fixtures: private libvirt hosts (real libvirtd + QEMU, see ``virtplan_lab.testbed``).
 
 Tests that use a host fixture are marked ``integration`` automatically. Where a
 private host cannot run (not root, libvirt or QEMU missing) they fail with the
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from virtplan.probe import ProbeImage, build_probe
-from virtplan.testbed import PrivateHost, missing_prereqs
+from virtplan_lab.probe import ProbeImage, build_probe
+from virtplan_lab.testbed import PrivateHost, missing_prereqs
 
 #: libvirt's probed QEMU capabilities, shared by all test hosts (libvirt re-probes stale ones).
 QEMU_CAPS_CACHE = Path("/var/tmp/virtplan-qemu-caps")

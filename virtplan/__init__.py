@@ -5,6 +5,7 @@ the actual state from libvirt, shows a reviewable plan, and applies exactly that
 Importing this package does not import libvirt, the CLI or Pulumi.
 """
 
+from virtplan._version import __version__
 from virtplan.model import (
     NIC,
     VM,
@@ -22,8 +23,6 @@ from virtplan.model import (
     load_stack,
     use_templates,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",

@@ -13,42 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from virtplan.apply import ApplyReport, ProgressFn, apply_plan
-from virtplan.errors import ConnectionFailed
+from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
+from virtplan.documents.render import Identity, Renderer
+from virtplan.hosts.connection import connect
+from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
+from virtplan.hosts.records import StateStore, default_state_path
+from virtplan.hosts.snapshots import observe_snapshots
+from virtplan.hosts.speccache import SpecCache
 from virtplan.model import Stack
-from virtplan.observe import HostState, dhcp_leases, observe_host
-from virtplan.plan import Plan, PlanError, make_plan
-from virtplan.protection import check_plan
-from virtplan.render import Identity, Renderer
-from virtplan.snapshots import observe_snapshots
-from virtplan.speccache import SpecCache
-from virtplan.state import StateStore, default_state_path
-
-_quiet = threading.Lock()
-_quieted = False
-
-
-def quiet_libvirt() -> None:
-    """Stop libvirt from printing its errors to stderr; virtplan reports them itself."""
-    global _quieted
-    with _quiet:
-        if not _quieted:
-            import libvirt
-
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            _quieted = True
-
-
-def connect(uri: str, host: str = "") -> Any:
-    """Open a libvirt connection, or raise ConnectionFailed naming the host and URI."""
-    import libvirt
-
-    quiet_libvirt()
-    try:
-        return libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        label = f"host {host!r} at {uri}" if host else uri
-        raise ConnectionFailed(f"cannot connect to {label}: {exc}") from exc
+from virtplan.plan.planner import Plan, PlanError, make_plan
+from virtplan.plan.protection import check_plan
 
 
 @dataclass
@@ -149,10 +123,10 @@ class Engine:
         return apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
 
     def guest_report(self, host: str, vm_name: str, refresh: bool = True) -> dict[str, str] | None:
-        """The last report a probe-style guest printed on its console (see virtplan.probe):
+        """The last report a probe-style guest printed on its console (see virtplan_lab.probe):
         what the guest itself says its address, hostname and instance-id are."""
-        from virtplan.console import read_console_log
-        from virtplan.probe.parse import parse_guest_line
+        from virtplan.hosts.console import read_console_log
+        from virtplan.hosts.guestlog import parse_guest_line
 
         declared = [v for v in self.stack.vms if v.name == vm_name and v.host is not None and v.host.name == host]
         if not declared or declared[0].seed_pool is None or not (declared[0].serial and declared[0].console_log):
@@ -163,7 +137,7 @@ class Engine:
         """Refresh, once, every pool holding a console log of this host's VMs."""
         import libvirt
 
-        from virtplan.pools import refresh_pool
+        from virtplan.hosts.pools import refresh_pool
 
         names = {v.seed_pool.name for v in self.stack.vms if v.host is not None and v.host.name == host and v.seed_pool}
         for name in sorted(names):
@@ -176,7 +150,7 @@ class Engine:
     # -- show ---------------------------------------------------------------------------
     def inventory(self, observation: Observation | None = None) -> list[dict[str, Any]]:
         """Every owned object per host with its state, and for VMs their MACs and IPs."""
-        from virtplan.plan import owned_objects
+        from virtplan.plan.planner import owned_objects
 
         observation = observation or self.observe()
         rows = []

@@ -12,7 +12,7 @@ With pytest, enable the fixture with ``pytest_plugins = ["virtplan.testing"]`` i
 conftest.py and ask for ``virtplan_clone``: a factory taking the same arguments; every
 clone it made is destroyed when the test ends.
 
-The clone is a linked clone (see `virtplan.clone`): taking it costs seconds whatever the
+The clone is a linked clone (see `virtplan.workflows.clone`): taking it costs seconds whatever the
 disk sizes, the source keeps running and never sees what the test writes.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtplan.clone import CloneOptions, CloneResult, clone
+from virtplan.workflows.clone import CloneOptions, CloneResult, clone
 
 
 @dataclass

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from virtplan.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost
 
 
 def in_host(host: PrivateHost, *command: str, check: bool = True) -> str:

@@ -79,7 +79,7 @@ def host_state(conn: Any, root: Path, skip_volumes: re.Pattern[str]) -> dict[str
     """Everything a host has that virtplan manages, minus what libvirt generates per host
     (UUIDs, a network bridge's random MAC, usage counters). Seed ISOs are compared by the
     files inside them (two ISO tools never write the same bytes)."""
-    from virtplan.seed import read_seed_iso
+    from virtplan.documents.seed import read_seed_iso
 
     state: dict[str, Any] = {}
     active = {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}

@@ -15,9 +15,9 @@ import pytest
 
 from virtplan.engine import Engine
 from virtplan.errors import ApplyError
+from virtplan.hosts.records import StateStore
 from virtplan.model import load_stack
-from virtplan.plan import Action
-from virtplan.state import StateStore
+from virtplan.plan.planner import Action
 
 SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65, "modes": 66}
 

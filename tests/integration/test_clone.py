@@ -17,12 +17,13 @@ import libvirt
 import pytest
 from clone_support import Cli, backing_of, base_image, holds, in_host, sha, write
 
-from virtplan import snapshots, testing
+from virtplan import testing
+from virtplan.apply.protection import ProtectedVolumeError, refuse_if_backing
 from virtplan.engine import Engine
 from virtplan.model import load_stack
-from virtplan.plan import PlanError
-from virtplan.protection import ProtectedVolumeError, refuse_if_backing
+from virtplan.plan.planner import PlanError
 from virtplan.testing import cloned_environment
+from virtplan.workflows import snapshots
 
 virtplan_clone = testing.virtplan_clone  # the pytest fixture virtplan.testing provides
 

@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 from clone_support import holds, sha, write
 
-from virtplan.clone import CloneOptions, clone
 from virtplan.engine import Engine
 from virtplan.model import load_stack
 from virtplan.testing import destroy
+from virtplan.workflows.clone import CloneOptions, clone
 
 SOURCE = """
 from virtplan import VM, Host, Network, Pool, Volume

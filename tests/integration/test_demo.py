@@ -17,7 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtplan.demo", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "virtplan_lab.demo", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

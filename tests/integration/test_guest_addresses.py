@@ -34,13 +34,13 @@ from test_guest_support import (
     wire,
 )
 
-from virtplan.plan import Action, Plan
-from virtplan.policy import Policy
-from virtplan.present import plan_text
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
+from virtplan.plan.planner import Action, Plan
+from virtplan.plan.policy import Policy
 from virtplan.pulumi.describe import describe
 from virtplan.pulumi.provider import VirtplanProvider
-from virtplan.testbed import PrivateHost
+from virtplan.views.text import plan_text
+from virtplan_lab.probe import GUEST, GUEST_POWEROFF, ProbeImage
+from virtplan_lab.testbed import PrivateHost
 
 REPO = Path(__file__).resolve().parents[2]
 CIDR = "10.81.0.0/24"

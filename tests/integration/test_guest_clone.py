@@ -31,8 +31,8 @@ from test_guest_support import (
 )
 
 from virtplan.model import load_stack
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
-from virtplan.testbed import PrivateHost
+from virtplan_lab.probe import GUEST, GUEST_POWEROFF, ProbeImage
+from virtplan_lab.testbed import PrivateHost
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_CIDR, CLONE_CIDR = "10.84.0.0/24", "10.85.0.0/24"
@@ -60,7 +60,12 @@ def virtplan_clone(stack: ProbeStack) -> str:
     host = f"local={stack.hosts['local'].uri}"
     args = ["clone", str(stack.file), "--name", CLONE, "--subnet-map", f"{SOURCE_CIDR}={CLONE_CIDR}", "--host", host]
     proc = subprocess.run(
-        [sys.executable, "-m", "virtplan.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "virtplan.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

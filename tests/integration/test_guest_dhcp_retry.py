@@ -9,7 +9,7 @@ three times: four guests of six printed ``GUEST-ERROR reason=dhcp-no-lease`` her
 Only one guest boots here (at most two may, per module): the host's firewall drops the
 guest's first three DHCPREQUESTs, which is what a busy server looks like to the guest,
 and lets the rest through. A guest that tries again gets its address; the probe's init
-(``virtplan/probe/guest/main.sh``) restarts udhcpc until it does.
+(``virtplan_lab/probe/guest/main.sh``) restarts udhcpc until it does.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from test_guest_support import NETWORK, Guest, ProbeStack, wait_for_lease, wait_until
 
-from virtplan.probe import GUEST_ERROR, ProbeImage
-from virtplan.probe.parse import iter_events
-from virtplan.testbed import PrivateHost
+from virtplan_lab.probe import GUEST_ERROR, ProbeImage
+from virtplan_lab.probe.parse import iter_events
+from virtplan_lab.testbed import PrivateHost
 
 CIDR = "10.86.0.0/24"
 GUEST = Guest("g-retry", hostname="retry-host")

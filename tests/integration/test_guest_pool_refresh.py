@@ -7,7 +7,7 @@ reading one (``virtplan show``, ``virtplan console-log``); each of those failed 
 another volume of the same pool was being created at that moment, by the same apply (its
 workers create volumes in parallel: an apply uploading the probe kernel while creating
 the VMs' qcow2 disks in the same pool failed about one time in three here) or by anyone
-else. ``virtplan.pools.refresh_pool`` now waits such jobs out; these tests keep it so.
+else. ``virtplan.hosts.pools.refresh_pool`` now waits such jobs out; these tests keep it so.
 
 The collision is made certain: a 4 GiB clone runs in the pool meanwhile (and the pool is
 checked to be busy). No guest boots in this module.
@@ -26,11 +26,11 @@ import libvirt
 import pytest
 from test_guest_support import wait_until
 
-from virtplan.console import read_console_log
 from virtplan.engine import Engine
+from virtplan.hosts.console import read_console_log
+from virtplan.hosts.records import StateStore
 from virtplan.model import Stack, load_stack
-from virtplan.state import StateStore
-from virtplan.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost
 
 POOL = "busy-pool"
 STACK = """

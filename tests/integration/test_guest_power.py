@@ -28,11 +28,11 @@ from test_guest_support import (
     wait_until,
 )
 
-from virtplan.plan import Action, Plan
-from virtplan.policy import Policy
-from virtplan.present import plan_text
-from virtplan.probe import GUEST, GUEST_POWEROFF, ProbeImage
-from virtplan.testbed import PrivateHost
+from virtplan.plan.planner import Action, Plan
+from virtplan.plan.policy import Policy
+from virtplan.views.text import plan_text
+from virtplan_lab.probe import GUEST, GUEST_POWEROFF, ProbeImage
+from virtplan_lab.testbed import PrivateHost
 
 CIDR = "10.82.0.0/24"
 RESERVED_IP = "10.82.0.10"

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from virtplan.engine import Engine
+from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Stack, load_stack
-from virtplan.plan import Plan
-from virtplan.probe import GUEST, GUEST_MEM, GuestEvent, ProbeImage, log_size, wait_for_event
-from virtplan.probe.parse import iter_events
-from virtplan.state import StateStore
-from virtplan.testbed import PrivateHost
+from virtplan.plan.planner import Plan
+from virtplan_lab.probe import GUEST, GUEST_MEM, GuestEvent, ProbeImage, log_size, wait_for_event
+from virtplan_lab.probe.parse import iter_events
+from virtplan_lab.testbed import PrivateHost
 
 #: A GUEST line comes 4-12 s after start under TCG; allow far more on a loaded CI machine.
 BOOT_TIMEOUT = 90.0

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from test_guest_support import NETWORK, Guest, ProbeStack, domain_mac, leases, wait_for_lease
 
-from virtplan.probe import ProbeImage
-from virtplan.testbed import PrivateHost
+from virtplan_lab.probe import ProbeImage
+from virtplan_lab.testbed import PrivateHost
 
 CIDR = "10.83.0.0/24"
 SHARED_IP = "10.83.0.10"

@@ -10,11 +10,11 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from virtplan.documents.seed import read_seed_iso
 from virtplan.engine import Engine
+from virtplan.hosts.records import StateStore
 from virtplan.model import load_stack
-from virtplan.plan import Action
-from virtplan.seed import read_seed_iso
-from virtplan.state import StateStore
+from virtplan.plan.planner import Action
 
 LAB = Path(__file__).resolve().parents[2] / "stacks" / "lab.py"
 

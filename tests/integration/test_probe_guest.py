@@ -21,7 +21,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from virtplan.probe import (
+from virtplan.documents.seed import build_seed_iso
+from virtplan_lab.probe import (
     GUEST,
     GUEST_MEM,
     GUEST_POWEROFF,
@@ -34,9 +35,8 @@ from virtplan.probe import (
     wait_for_event,
     wait_for_guest_line,
 )
-from virtplan.probe.parse import iter_events
-from virtplan.seed import build_seed_iso
-from virtplan.testbed import PrivateHost
+from virtplan_lab.probe.parse import iter_events
+from virtplan_lab.testbed import PrivateHost
 
 REPO = Path(__file__).resolve().parents[2]
 MiB_IN_KIB = 1024
@@ -288,7 +288,7 @@ def test_cached_build_is_instant_and_stable(probe_image: ProbeImage) -> None:
 
 
 def test_concurrent_builders_share_one_entry(tmp_path: Path, probe_image: ProbeImage) -> None:
-    code = "import sys, pathlib, virtplan.probe as p; print(p.build_probe(pathlib.Path(sys.argv[1])).initrd)"
+    code = "import sys, pathlib, virtplan_lab.probe as p; print(p.build_probe(pathlib.Path(sys.argv[1])).initrd)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-c", code, str(tmp_path)]
     builders = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]

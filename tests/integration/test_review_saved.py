@@ -11,9 +11,9 @@ import libvirt
 import pytest
 from review_support import Cli, edit, host_root
 
+from virtplan.documents.seed import read_seed_iso
 from virtplan.model.secrets import Secret
-from virtplan.planfile import plan_from_document, read_plan
-from virtplan.seed import read_seed_iso
+from virtplan.plan.planfile import plan_from_document, read_plan
 
 STACK = """\
 import os

@@ -11,7 +11,7 @@ import libvirt
 import pytest
 from clone_support import Cli, holds, write
 
-from virtplan.layers import writable_disks
+from virtplan.hosts.chains import writable_disks
 
 STACK = """
 from virtplan import VM, Host, Network, Pool, Snapshot, Volume

@@ -12,8 +12,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from virtplan import testbed
-from virtplan.testbed import HostStartError, PrivateHost, daemon_reachable
+from virtplan_lab import testbed
+from virtplan_lab.testbed import HostStartError, PrivateHost, daemon_reachable
 
 GiB = 1024**3
 

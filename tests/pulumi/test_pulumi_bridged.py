@@ -10,9 +10,9 @@ import pytest
 from pulumi.runtime import rpc
 from pulumi.runtime.settings import get_root_resource
 
+from virtplan.documents.render import derived_mac
 from virtplan.model import load_stack
 from virtplan.pulumi.bridged import unsupported
-from virtplan.render import derived_mac
 
 HERE = Path(__file__).resolve().parent
 BRIDGEABLE = HERE / "stacks" / "bridgeable.py"

@@ -17,15 +17,15 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.rpc import UNKNOWN
 from wire_format import wire
 
+from virtplan.documents.capabilities import parse_capabilities
+from virtplan.documents.render import Renderer
 from virtplan.errors import ConnectionFailed
-from virtplan.facts import parse_capabilities
+from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Network, Pool, Stack, Volume, load_stack
-from virtplan.plan import desired_spec
+from virtplan.plan.planner import desired_spec
 from virtplan.pulumi.describe import describe, rebuild, size_text, with_drift
 from virtplan.pulumi.provider import VirtplanProvider
 from virtplan.pulumi.session import ProviderError
-from virtplan.render import Renderer
-from virtplan.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURES = Path(__file__).resolve().parent / "stacks" / "features.py"

@@ -21,11 +21,11 @@ from pulumi.dynamic.dynamic import serialize_provider
 from wire_format import wire
 
 from virtplan.model import Stack, load_stack
-from virtplan.plan import PlanError
+from virtplan.plan.planner import PlanError
 from virtplan.pulumi.describe import describe
 from virtplan.pulumi.provider import VirtplanProvider
 from virtplan.pulumi.session import ProviderError
-from virtplan.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost
 
 MiB = 1024**2
 

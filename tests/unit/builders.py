@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from virtplan.facts import GuestArch, HostFacts
+from virtplan.documents.capabilities import GuestArch, HostFacts
 from virtplan.model import Stack, collecting
 
 QEMU_FACTS = HostFacts(

@@ -9,12 +9,12 @@ from typing import Any
 
 from builders import QEMU_FACTS, declare
 
+from virtplan.documents.parse import owner_of, parse
+from virtplan.documents.render import Renderer, volume_path
+from virtplan.hosts.observe import HostState, ObservedObject
+from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Stack, Volume, validate
-from virtplan.observe import HostState, ObservedObject
-from virtplan.plan import Plan, make_plan
-from virtplan.render import Renderer, volume_path
-from virtplan.specs import owner_of, parse
-from virtplan.state import StateStore
+from virtplan.plan.planner import Plan, make_plan
 
 URI = "test:///default"
 PASSWORD = "hunter2-very-secret"
@@ -94,7 +94,7 @@ def deployed(stack: Stack, store: StateStore, running: bool = True) -> HostState
 
 
 def renderer_for(stack: Stack, host: HostState) -> Renderer:
-    from virtplan.render import Identity
+    from virtplan.documents.render import Identity
 
     identities = {}
     for obj in host.objects.values():

@@ -12,17 +12,17 @@ import pytest
 from builders import QEMU_FACTS, declare
 from test_planner import deployed, program
 
-from virtplan.clone import CloneError, CloneOptions, _free_subnet, _shift, design
-from virtplan.clone import program as clone_program
+from virtplan.apply.layers import apply_layers, layer_disk
+from virtplan.documents.parse import parse
+from virtplan.documents.render import Renderer
 from virtplan.engine import Observation
 from virtplan.errors import ValidationError
-from virtplan.layers import apply_layers, layer_disk
+from virtplan.hosts.observe import HostState, ObservedObject
+from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Disk, Host, Network, Pool, Snapshot, Volume, load_stack, validate
-from virtplan.observe import HostState, ObservedObject
-from virtplan.plan import Action, PlanError, make_plan
-from virtplan.render import Renderer
-from virtplan.specs import parse
-from virtplan.state import StateStore
+from virtplan.plan.planner import Action, PlanError, make_plan
+from virtplan.workflows.clone import CloneError, CloneOptions, _free_subnet, _shift, design
+from virtplan.workflows.clone import program as clone_program
 
 SOURCE = """
 from virtplan import NIC, VM, CloudInit, Disk, Host, Network, Pool, Volume

@@ -9,10 +9,10 @@ import pytest
 from builders import QEMU_FACTS
 from test_render import lab_stack
 
-from virtplan import fastspec
+from virtplan.documents import fastspec
+from virtplan.documents.render import Renderer
 from virtplan.model import load_stack
-from virtplan.plan import rendered_spec
-from virtplan.render import Renderer
+from virtplan.plan.planner import rendered_spec
 
 STACKS = Path(__file__).resolve().parents[2] / "stacks"
 FAST = {
@@ -27,7 +27,7 @@ def renderers():
     stack, r = lab_stack()
     yield "golden", r
     for path in sorted(STACKS.glob("*.py")):
-        image = Path("/tmp/virtplan-fastspec-image.qcow2")
+        image = Path(f"/tmp/virtplan-fastspec-image-{os.getpid()}.qcow2")  # one per xdist worker
         image.write_bytes(b"QFI\xfb" + b"\0" * 20 + (64 * 1024**2).to_bytes(8, "big") + b"\0" * 100)
         os.environ["VIRTPLAN_LAB_IMAGE"] = str(image)
         stack = load_stack(path)

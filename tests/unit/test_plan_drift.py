@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from plan_review_fixtures import URI, lab, scenario
 
-from virtplan.drift import MISSING, detect, forget_vanished, record_baseline
+from virtplan.plan.drift import MISSING, detect, forget_vanished, record_baseline
 
 
 def test_drift_is_what_changed_since_apply(tmp_path):

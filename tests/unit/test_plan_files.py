@@ -9,10 +9,9 @@ import json
 import pytest
 from plan_review_fixtures import PASSWORD, VNC_PASSWORD, lab, renderer_for, scenario
 
+from virtplan.hosts.observe import ObservedObject
 from virtplan.model.secrets import Secret
-from virtplan.observe import ObservedObject
-from virtplan.plan import make_plan
-from virtplan.planfile import (
+from virtplan.plan.planfile import (
     FORMAT,
     PlanFileError,
     StalePlan,
@@ -24,6 +23,7 @@ from virtplan.planfile import (
     stable_fingerprint,
     write_plan,
 )
+from virtplan.plan.planner import make_plan
 
 
 @pytest.mark.parametrize("kind", ["create", "change", "none"])

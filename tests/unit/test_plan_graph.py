@@ -7,8 +7,8 @@ import re
 from builders import declare
 from plan_review_fixtures import lab, scenario
 
-from virtplan.graph import dot, mermaid, stack_graph
 from virtplan.model import NIC, VM, Host, Network
+from virtplan.views.graph import dot, mermaid, stack_graph
 
 
 def test_edges_follow_dependencies():

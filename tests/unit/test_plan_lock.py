@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from virtplan.lock import ApplyLocks, LockBusy, host_lock_path, stack_lock_path
+from virtplan.hosts.locks import ApplyLocks, LockBusy, host_lock_path, stack_lock_path
 
 HOLD = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from virtplan.lock import ApplyLocks
+from virtplan.hosts.locks import ApplyLocks
 with ApplyLocks("s", Path({state!r}), {{"h": "test:///x"}}):
     print("held", flush=True)
     time.sleep(float(sys.argv[1]))

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from plan_review_fixtures import PASSWORD, VNC_PASSWORD, fixed, scenario
 
-from virtplan.drift import detect
-from virtplan.graph import mermaid, stack_graph
-from virtplan.markdown import code, plan_markdown, text
 from virtplan.model.secrets import Secret
-from virtplan.planfile import plan_document
-from virtplan.virsh import plan_commands
+from virtplan.plan.drift import detect
+from virtplan.plan.planfile import plan_document
+from virtplan.views.graph import mermaid, stack_graph
+from virtplan.views.markdown import code, plan_markdown, text
+from virtplan.views.virsh import plan_commands
 
 GOLDEN = Path(__file__).parent / "golden" / "markdown"
 

@@ -8,7 +8,7 @@ import subprocess
 from plan_review_fixtures import PASSWORD, VNC_PASSWORD, scenario
 
 from virtplan.model.secrets import Secret
-from virtplan.virsh import graceful_stop, heredoc, plan_commands, script
+from virtplan.views.virsh import graceful_stop, heredoc, plan_commands, script
 
 
 def commands(tmp_path, kind):

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from builders import QEMU_FACTS, declare
 
+from virtplan.documents.parse import owner_of, parse
+from virtplan.documents.render import Renderer, volume_path
+from virtplan.hosts.observe import HostState, ObservedObject
+from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Host, Network, Pool, Stack, Volume, validate
-from virtplan.observe import HostState, ObservedObject
-from virtplan.plan import Action, PlanError, make_plan
-from virtplan.render import Renderer, volume_path
-from virtplan.specs import owner_of, parse
-from virtplan.state import StateStore
+from virtplan.plan.planner import Action, PlanError, make_plan
 
 
 def program(**overrides: Any) -> Stack:
@@ -203,7 +203,7 @@ def run_case(case: Case, tmp_path: Path):
 
 
 def _identities(host: HostState):
-    from virtplan.render import Identity
+    from virtplan.documents.render import Identity
 
     return {f"h/vm/{o.key}": Identity(o.uuid, [n["mac"] for n in o.spec["nics"]]) for o in host.of_kind("vm")}
 

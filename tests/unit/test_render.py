@@ -9,11 +9,11 @@ import libvirt
 import pytest
 from builders import QEMU_FACTS, declare
 
+from virtplan.documents.parse import owner_of, parse
+from virtplan.documents.render import Renderer
+from virtplan.documents.seed import build_seed_iso, read_seed_iso
 from virtplan.model import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Volume, validate
-from virtplan.plan import desired_spec
-from virtplan.render import Renderer
-from virtplan.seed import build_seed_iso, read_seed_iso
-from virtplan.specs import owner_of, parse
+from virtplan.plan.planner import desired_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)

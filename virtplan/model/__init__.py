@@ -1,9 +1,11 @@
 """The declarative model: resource classes, the stack, and its validation (no libvirt)."""
 
+from virtplan.model.load import load_stack, use_templates
+from virtplan.model.registry import collecting, current_stack
 from virtplan.model.resources import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Resource, Volume
 from virtplan.model.secrets import Secret
 from virtplan.model.snapshot import Snapshot
-from virtplan.model.stack import Stack, collecting, current_stack, load_stack, use_templates
+from virtplan.model.stack import Stack
 from virtplan.model.validate import validate
 
 __all__ = [

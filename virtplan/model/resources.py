@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from virtplan.model.registry import register
 from virtplan.model.secrets import Secret, secret
-from virtplan.model.stack import register
 from virtplan.units import parse_size
 
 NetworkMode = Literal["nat", "route", "isolated", "bridge"]
@@ -240,7 +240,7 @@ class Volume(Resource):
         if isinstance(self.backing, Volume):
             return self.backing.size_bytes
         if self.source is not None:
-            from virtplan.images import image_virtual_size
+            from virtplan.model.images import image_virtual_size
 
             return image_virtual_size(Path(self.source))
         raise ValueError("size is required for a blank volume (for example size='10GiB')")

@@ -62,7 +62,7 @@ class Snapshot(Resource):
 
 
 def _last_snapshot_of(vm: VM) -> Snapshot | None:
-    from virtplan.model.stack import current_stack
+    from virtplan.model.registry import current_stack
 
     stack = current_stack()
     if stack is None:

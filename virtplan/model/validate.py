@@ -215,7 +215,7 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
         errors.add(vol, "source", f"image file {vol.source} does not exist")
         return
     if vol.source is not None and vol.format in VOLUME_FORMATS:
-        from virtplan.images import image_format
+        from virtplan.model.images import image_format
 
         actual = image_format(Path(vol.source))
         if actual != vol.format:

@@ -21,12 +21,12 @@ from typing import Any
 
 import pulumi
 
+from virtplan.documents.render import Renderer, console_log_path, template_dirs
 from virtplan.errors import VirtplanError
 from virtplan.model import VM, Network, Pool, Stack, Volume
-from virtplan.plan import ordered
+from virtplan.plan.planner import ordered
 from virtplan.pulumi.describe import pulumi_name
-from virtplan.pulumi.program import Registered
-from virtplan.render import Renderer, console_log_path, template_dirs
+from virtplan.pulumi.settings import Registered
 
 MiB = 1024**2
 XML_TEMPLATES = ("domain.xml.j2", "network.xml.j2", "pool.xml.j2", "volume.xml.j2")

@@ -21,10 +21,10 @@ from typing import Any
 
 from virtplan.errors import FieldError, ValidationError
 from virtplan.model import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Resource, Stack, Volume
+from virtplan.model.registry import collecting
 from virtplan.model.secrets import Secret
-from virtplan.model.stack import collecting
 from virtplan.model.validate import validate
-from virtplan.policy import FIELDS, Policy
+from virtplan.plan.policy import FIELDS, Policy
 
 Inputs = dict[str, Any]
 

@@ -37,8 +37,8 @@ from pulumi.dynamic import (
 
 from virtplan.engine import Observation
 from virtplan.errors import VirtplanError
-from virtplan.plan import Action
-from virtplan.policy import Policy
+from virtplan.plan.planner import Action
+from virtplan.plan.policy import Policy
 from virtplan.pulumi.describe import (
     InputError,
     Inputs,

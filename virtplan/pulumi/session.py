@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virtplan.apply import apply_plan
+from virtplan.apply.executor import apply_plan
 from virtplan.engine import Engine, Observation
 from virtplan.errors import VirtplanError
+from virtplan.hosts.observe import ObservedObject, dhcp_leases
+from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Network, Pool, Volume
 from virtplan.model.secrets import MASK
-from virtplan.observe import ObservedObject, dhcp_leases
-from virtplan.plan import Plan, ResourceChange, desired_spec, make_plan, owner_stack
+from virtplan.plan.planner import Plan, ResourceChange, desired_spec, make_plan, owner_stack
 from virtplan.pulumi.describe import Inputs, Rebuilt, rebuild
-from virtplan.state import StateStore
 
 
 class ProviderError(VirtplanError):

@@ -1,0 +1,5 @@
+"""`python -m virtplan.cli`: the same as the `virtplan` command."""
+
+from virtplan.cli.app import main
+
+main()

@@ -1,0 +1,34 @@
+"""`virtplan console-log`: show a VM's serial console output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: Any) -> None:
+    @app.command("console-log")
+    def console_log(
+        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
+        vm: Annotated[str, typer.Argument(help="VM name as declared in the stack")],
+        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Only the last N lines (0: all).")] = 0,
+    ) -> None:
+        """Print a VM's serial console log (read through libvirt, so remote hosts work)."""
+        from virtplan.cli.app import _engine
+        from virtplan.errors import StackLoadError
+        from virtplan.hosts.console import read_console_log, tail
+
+        with _engine(stack, host) as engine:
+            matches = [v for v in engine.stack.vms if v.name == vm]
+            if not matches:
+                names = ", ".join(sorted(v.name for v in engine.stack.vms)) or "none"
+                raise StackLoadError(f"the stack declares no VM {vm!r} (VMs: {names})")
+            if len(matches) > 1:
+                raise StackLoadError(f"several hosts have a VM {vm!r}; this command takes a unique name")
+            target = matches[0]
+            assert target.host is not None
+            text = read_console_log(engine.connection(target.host.name), target)
+        typer.echo(tail(text, tail_lines), nl=not text.endswith("\n") or tail_lines > 0)

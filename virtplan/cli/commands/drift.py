@@ -1,0 +1,66 @@
+"""`virtplan drift`: what changed on the hosts outside virtplan since it last applied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: Any) -> None:
+    @app.command("drift")
+    def drift(
+        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
+        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+        detailed_exitcode: Annotated[
+            bool, typer.Option("--detailed-exitcode", help="Exit 2 when something changed outside virtplan.")
+        ] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    ) -> None:
+        """Report changes made outside virtplan, field by field, apart from the stack's own
+        pending changes. Changes nothing."""
+        from virtplan.cli.app import _console, _drift, _engine, _set_debug
+        from virtplan.errors import StackLoadError
+        from virtplan.views.drift import drift_lines
+        from virtplan.views.text import escape
+
+        _set_debug(debug)
+        if format not in ("text", "json"):
+            raise StackLoadError(f"--format {format!r}: use text or json")
+        with _engine(stack, host) as engine:
+            observation = engine.observe()
+            report = _drift(engine, observation, pending=True)
+            hosts = {h.name: h.uri for h in engine.stack.hosts}
+        if format == "json":
+            doc = {
+                "stack": engine.stack.name,
+                "drift": report.to_list(),
+                "pending": [{"address": p.address, "fields": p.fields} for p in report.pending],
+                "untracked": report.untracked,
+            }
+            typer.echo(json.dumps(doc, indent=2, default=str))
+        else:
+            console = _console()
+            if report.empty:
+                console.print("No changes outside virtplan.")
+            else:
+                console.print("\n".join(drift_lines(report, hosts)))
+                n = len(report.drifted)
+                console.print(
+                    f"[bold]{n} object{'s' if n > 1 else ''} changed outside virtplan.[/bold] "
+                    "`virtplan plan` shows how applying the stack undoes that."
+                )
+            if report.pending:
+                console.print("\n[dim]Changed in the stack since the last apply (pending, not drift):[/dim]")
+                for p in report.pending:
+                    console.print(f"  [dim]{escape(p.address)}: {', '.join(p.fields)}[/dim]")
+            if report.untracked:
+                console.print(
+                    "\n[dim]No record of what was last applied (applied by an older virtplan; "
+                    f"the next apply records it): {escape(', '.join(report.untracked))}[/dim]"
+                )
+        if detailed_exitcode and not report.empty:
+            raise typer.Exit(2)

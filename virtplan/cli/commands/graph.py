@@ -1,0 +1,34 @@
+"""`virtplan graph`: the stack's dependency graph as Mermaid or Graphviz DOT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: Any) -> None:
+    @app.command("graph")
+    def graph(
+        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
+        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        format: Annotated[str, typer.Option("--format", help="mermaid or dot")] = "mermaid",
+        with_plan: Annotated[
+            bool, typer.Option("--plan", help="Mark each resource with its planned action (reads the hosts).")
+        ] = False,
+        debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    ) -> None:
+        """Print the dependency graph of the stack's resources. Without --plan it reads only
+        the stack file; with --plan it plans (changing nothing) and marks the actions."""
+        from virtplan.cli.app import _engine, _set_debug
+        from virtplan.errors import StackLoadError
+        from virtplan.views.graph import dot, mermaid, stack_graph
+
+        _set_debug(debug)
+        if format not in ("mermaid", "dot"):
+            raise StackLoadError(f"--format {format!r}: use mermaid or dot")
+        with _engine(stack, host) as engine:
+            the_plan = engine.plan()[0] if with_plan else None
+            g = stack_graph(engine.stack, the_plan)
+        typer.echo(mermaid(g) if format == "mermaid" else dot(g), nl=False)

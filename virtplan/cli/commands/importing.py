@@ -1,0 +1,53 @@
+"""`virtplan import` and `virtplan adopt`: existing libvirt objects into a stack (virtplan.workflows.importer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: Any) -> None:
+    @app.command("import")
+    def import_command(
+        host: Annotated[str, typer.Option("--host", help="libvirt URI of the host to read, e.g. qemu:///system")],
+        out: Annotated[Path, typer.Option("--out", help="The stack program to write, e.g. stacks/imported.py")],
+        name_pattern: Annotated[
+            list[str] | None,
+            typer.Option("--name-pattern", help="Only objects matching this glob (repeatable), plus what they use."),
+        ] = None,
+        host_name: Annotated[str, typer.Option("--host-name", help="The host's name in the stack.")] = "imported",
+    ) -> None:
+        """Write a stack program declaring a host's existing objects (planning it is a no-op)."""
+        from virtplan.cli.app import _console
+        from virtplan.workflows.importer import import_host
+
+        result = import_host(host, out, name_pattern, host_name)
+        console = _console()
+        console.print(f"[bold green]Wrote {out}[/bold green]: {result.count} object(s) declared.")
+        for kind, names in sorted(result.declared.items()):
+            console.print(f"  {kind:<8} {', '.join(sorted(names))}")
+        for what, why in sorted(result.skipped.items()):
+            console.print(f"  [yellow]left out[/yellow] {what}: {why}")
+        console.print(f"They are not owned yet: `virtplan plan {out}` shows no changes; "
+                      f"`virtplan adopt {out}` takes ownership.")  # fmt: skip
+
+    @app.command("adopt")
+    def adopt_command(
+        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/imported.py")],
+        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+    ) -> None:
+        """Take ownership of the existing objects the stack declares (each must match exactly)."""
+        from virtplan.cli.app import _console, _host_overrides
+        from virtplan.workflows.importer import adopt
+
+        result = adopt(stack, _host_overrides(host))
+        console = _console()
+        console.print(f"[bold green]Adopted {len(result.adopted)} object(s)[/bold green] into stack {stack.stem}.")
+        for address in result.adopted:
+            console.print(f"  {address}")
+        if result.already:
+            console.print(f"  {len(result.already)} already owned by this stack.")
+        if result.missing:
+            console.print(f"  not on the host (apply creates them): {', '.join(result.missing)}")

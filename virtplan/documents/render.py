@@ -1,0 +1,315 @@
+"""Render libvirt XML and cloud-init documents from the model through jinja2 templates.
+
+Templates live in `templates/` (shipped inside the wheel as `virtplan/documents/templates`); a
+stack may override any of them with `use_templates(folder)`. XML templates autoescape, so
+names and descriptions containing `<`, `&` or quotes can neither break nor inject XML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from virtplan.documents.capabilities import HostFacts
+from virtplan.model import VM, Network, Pool, Stack, Volume
+from virtplan.model.secrets import Secret
+
+NAMESPACE = "https://virtplan.dev/xmlns/owner/1"
+#: The built-in templates: the repository's `templates/` folder (a wheel ships it as
+#: `virtplan/documents/templates`).
+BUILTIN_TEMPLATES = next(
+    (p for p in (Path(__file__).parent / "templates", Path(__file__).parents[2] / "templates") if p.is_dir()),
+    Path(__file__).parents[2] / "templates",
+)
+_BUS_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "ide": "hd"}
+
+
+def template_dirs(override: Path | None = None) -> list[Path]:
+    """Where templates are looked up: the stack's own folder first, then the built-ins."""
+    return [override, BUILTIN_TEMPLATES] if override else [BUILTIN_TEMPLATES]
+
+
+@cache
+def environment(override: Path | None = None) -> jinja2.Environment:
+    """The jinja2 environment for a template folder (cached per folder)."""
+    loader = jinja2.FileSystemLoader([str(p) for p in template_dirs(override)])
+    return jinja2.Environment(
+        loader=loader,
+        autoescape=lambda name: bool(name and name.endswith(".xml.j2")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def derived_mac(stack_name: str, vm_address: str, index: int) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 range for a NIC without one."""
+    digest = hashlib.sha256(f"{stack_name}\0{vm_address}\0{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def target_names(buses: list[str]) -> list[str]:
+    """Device names per bus in order: virtio -> vda, vdb; scsi/sata -> sda; ide -> hda."""
+    counters: dict[str, int] = {}
+    names = []
+    for bus in buses:
+        prefix = _BUS_PREFIX[bus]
+        n = counters.get(prefix, 0)
+        counters[prefix] = n + 1
+        names.append(prefix + chr(ord("a") + n))
+    return names
+
+
+@dataclass
+class Identity:
+    """What an existing object keeps across updates: its UUID and its NICs' MACs."""
+
+    uuid: str | None = None
+    macs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DiskView:
+    pool: str
+    volume: str
+    format: str
+    bus: str
+    target: str
+    boot: int | None
+
+
+@dataclass
+class NicView:
+    mac: str
+    model: str
+    network: str | None
+    bridge: str | None
+
+
+@dataclass
+class SeedView:
+    pool: str
+    volume: str
+    target: str
+
+
+@dataclass
+class DomainContext:
+    namespace: str
+    stack: str
+    type: str
+    arch: str
+    machine: str | None
+    uuid: str | None
+    disks: list[DiskView]
+    nics: list[NicView]
+    seed: SeedView | None
+    seed_digest: str | None
+    seed_volume: str | None
+    graphics_password: str | None
+    graphics_password_digest: str | None
+    kernel: str | None = None
+    initrd: str | None = None
+    console_log: str | None = None
+
+    @property
+    def needs_scsi(self) -> bool:
+        return self.seed is not None or any(d.bus == "scsi" for d in self.disks)
+
+
+@dataclass
+class Reservation:
+    mac: str
+    name: str
+    ip: str
+
+
+@dataclass
+class NetworkContext:
+    namespace: str
+    stack: str
+    uuid: str | None
+    range: tuple[str, str]
+    reservations: list[Reservation]
+
+
+@dataclass
+class VolumeContext:
+    capacity: int
+    format: str
+    backing_path: str | None
+    backing_format: str | None
+
+
+def console_log_path(vm: VM) -> str | None:
+    """Where the serial console is logged: a file in the seed pool, or None."""
+    if not (vm.serial and vm.console_log) or vm.seed_pool is None:
+        return None
+    return str(Path(vm.seed_pool.path) / vm.console_log_name)
+
+
+def volume_path(vol: Volume) -> str:
+    """Where a volume of a dir pool lives on the host."""
+    assert vol.pool is not None
+    return str(Path(vol.pool.path) / vol.name)
+
+
+class Renderer:
+    """Renders every document of one stack, given the facts of its hosts.
+
+    `identities` maps VM and network addresses to what existing objects keep (UUID, MACs),
+    so updates preserve them; new objects get derived MACs and libvirt-assigned UUIDs.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        facts: dict[str, HostFacts],
+        identities: dict[str, Identity] | None = None,
+    ):
+        self.stack = stack
+        self.facts = facts
+        self.identities = identities or {}
+        self.env = environment(stack.template_dir)
+
+    # -- identities -------------------------------------------------------------------
+    def macs(self, vm: VM) -> list[str]:
+        """The MAC of each NIC: declared, else kept from libvirt, else derived."""
+        kept = self.identities.get(vm.address, Identity()).macs
+        out = []
+        for i, nic in enumerate(vm.nics):
+            if nic.mac:
+                out.append(nic.mac.lower())
+            elif i < len(kept):
+                out.append(kept[i])
+            else:
+                out.append(derived_mac(self.stack.name, vm.address, i))
+        return out
+
+    def reservations(self, net: Network) -> list[Reservation]:
+        """DHCP reservations for NICs with a fixed IP on `net`, in a stable order."""
+        found = []
+        for vm in self.stack.vms:
+            macs = self.macs(vm)
+            for i, nic in enumerate(vm.nics):
+                if nic.network is net and nic.ip:
+                    found.append(Reservation(macs[i], vm.name, nic.ip))
+        return sorted(found, key=lambda r: r.mac)
+
+    # -- documents --------------------------------------------------------------------
+    def _render(self, template: str, **context: object) -> str:
+        return self.env.get_template(template).render(**context)
+
+    def network_xml(self, net: Network) -> str:
+        return self._render("network.xml.j2", net=net, n=self.network_context(net))
+
+    def network_context(self, net: Network) -> NetworkContext:
+        start, end = net.range_ips if net.cidr and net.dhcp else ("", "")
+        return NetworkContext(
+            NAMESPACE,
+            self.stack.name,
+            self.identities.get(net.address, Identity()).uuid,
+            (str(start), str(end)),
+            self.reservations(net),
+        )
+
+    def pool_xml(self, pool: Pool) -> str:
+        return self._render("pool.xml.j2", pool=pool)
+
+    def volume_xml(self, vol: Volume) -> str:
+        return self._render("volume.xml.j2", vol=vol, v=self.volume_context(vol))
+
+    @staticmethod
+    def volume_context(vol: Volume) -> VolumeContext:
+        backing = vol.backing
+        if isinstance(backing, str):  # an image on the host the stack does not manage
+            return VolumeContext(vol.size_bytes, vol.format, backing, vol.backing_format or "qcow2")
+        return VolumeContext(
+            capacity=vol.size_bytes,
+            format=vol.format,
+            backing_path=volume_path(backing) if backing is not None else None,
+            backing_format=backing.format if backing is not None else None,
+        )
+
+    def domain_xml(self, vm: VM, reveal_secrets: bool = True) -> str:
+        """The domain XML; with reveal_secrets=False a VNC/SPICE password is masked."""
+        return self._render("domain.xml.j2", vm=vm, d=self.domain_context(vm, reveal_secrets))
+
+    def domain_context(self, vm: VM, reveal_secrets: bool = False) -> DomainContext:
+        """Everything domain.xml.j2 needs beyond the VM itself, resolved against the host."""
+        assert vm.host is not None
+        facts = self.facts[vm.host.name]
+        guest = facts.guest(vm.arch)
+        buses = [d.bus for d in vm.disks]
+        names = target_names(buses)
+        disks = [
+            DiskView(d.volume.pool.name, d.volume.name, d.volume.format, d.bus, d.target or names[i], d.boot)  # type: ignore[union-attr]
+            for i, d in enumerate(vm.disks)
+        ]
+        macs = self.macs(vm)
+        nics = [
+            NicView(macs[i], n.model, n.network.name if n.network else None, n.bridge) for i, n in enumerate(vm.nics)
+        ]
+        seed = None
+        seed_digest = None
+        if vm.cloud_init is not None and vm.seed_pool is not None:
+            scsi_taken = sum(1 for b in buses if b in ("scsi", "sata"))
+            seed = SeedView(vm.seed_pool.name, vm.seed_volume_name, target_names(["scsi"] * (scsi_taken + 1))[-1])
+            seed_digest = self.seed_digest(vm)
+        password = vm.graphics.password if vm.graphics else None
+        return DomainContext(
+            namespace=NAMESPACE,
+            stack=self.stack.name,
+            type=facts.domain_type(vm.host.domain_type, vm.arch),
+            arch=guest.arch,
+            machine=facts.machine(vm.machine, vm.arch) if (guest.machines or vm.machine) else None,
+            uuid=self.identities.get(vm.address, Identity()).uuid,
+            disks=disks,
+            nics=nics,
+            seed=seed,
+            seed_digest=seed_digest,
+            seed_volume=f"{seed.pool}/{seed.volume}" if seed else None,
+            graphics_password=_reveal(password, reveal_secrets),
+            graphics_password_digest=password.digest() if isinstance(password, Secret) else None,
+            kernel=volume_path(vm.kernel) if vm.kernel is not None else None,
+            initrd=volume_path(vm.initrd) if vm.initrd is not None else None,
+            console_log=console_log_path(vm),
+        )
+
+    # -- cloud-init -------------------------------------------------------------------
+    def seed_files(self, vm: VM, reveal_secrets: bool = True) -> dict[str, str]:
+        """The NoCloud files; with reveal_secrets=False passwords are replaced by a digest."""
+        ci = vm.cloud_init
+        assert ci is not None
+        hostname = ci.hostname or vm.name
+        instance_id = ci.instance_id or f"iid-{vm.name}"
+        password = ci.password if isinstance(ci.password, Secret) else None
+        shown = (password.reveal() if reveal_secrets else f"(sensitive:{password.digest()[:16]})") if password else None
+        context = {"ci": ci, "vm": vm, "hostname": hostname, "instance_id": instance_id, "password": shown}
+        files = {
+            "meta-data": ci.meta_data
+            if ci.meta_data is not None
+            else self._render("cloud-init/meta-data.j2", **context),
+            "user-data": ci.user_data
+            if ci.user_data is not None
+            else self._render("cloud-init/user-data.j2", **context),
+        }
+        if ci.network_config is not None:
+            files["network-config"] = ci.network_config
+        return files
+
+    def seed_digest(self, vm: VM) -> str:
+        """sha256 over the seed files with secrets replaced by their salted digests."""
+        h = hashlib.sha256()
+        for name, content in sorted(self.seed_files(vm, reveal_secrets=False).items()):
+            h.update(name.encode() + b"\0" + content.encode() + b"\0")
+        return h.hexdigest()
+
+
+def _reveal(value: object, reveal: bool) -> str | None:
+    if not isinstance(value, Secret):
+        return None
+    return value.reveal() if reveal else "(sensitive)"

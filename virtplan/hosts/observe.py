@@ -1,0 +1,225 @@
+"""Read the actual state of libvirt hosts. Read-only: nothing here changes a host.
+
+Each host is read in bulk: one list call per object kind (plus list calls filtered by
+"active" and "autostart" instead of one call per object), one inactive XML per object
+of interest. Domains are fully parsed only if the stack declares their name or they
+carry this stack's mark, so a host with thousands of foreign VMs stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from virtplan.documents.capabilities import HostFacts, parse_capabilities
+from virtplan.documents.parse import Owner, Spec, domain_spec, network_spec, owner_of, pool_spec, volume_spec
+from virtplan.documents.render import NAMESPACE
+from virtplan.hosts.speccache import SpecCache, xml_key
+
+
+@dataclass
+class ObservedObject:
+    """One libvirt object as found: its comparable spec, runtime state and owner mark."""
+
+    kind: str
+    key: str  # name; "pool/volume" for volumes
+    uuid: str | None
+    xml: str
+    spec: Spec
+    owner: Owner | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the object's definition or runtime state changes."""
+        blob = self.xml + json.dumps(self.spec, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class HostState:
+    """Everything observed on one host."""
+
+    name: str
+    uri: str
+    facts: HostFacts
+    objects: dict[tuple[str, str], ObservedObject] = field(default_factory=dict)
+
+    def get(self, kind: str, key: str) -> ObservedObject | None:
+        return self.objects.get((kind, key))
+
+    def of_kind(self, kind: str) -> list[ObservedObject]:
+        return [o for (k, _), o in self.objects.items() if k == kind]
+
+
+def observe_host(
+    conn: Any,
+    name: str,
+    uri: str,
+    wanted: dict[str, set[str]],
+    stack_name: str,
+    facts: HostFacts | None = None,
+    cache: SpecCache | None = None,
+) -> HostState:
+    """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
+    remembers parsed domain specs by XML hash."""
+    import libvirt
+
+    state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
+    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
+    _read_networks(conn, libvirt, state)
+    pools = _read_pools(conn, libvirt, state)
+    pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
+    for pool_name in pool_names:
+        pool = pools.get(pool_name)
+        if pool is not None and pool.isActive():
+            _read_volumes(pool, pool_name, state)
+    _disks_as_pool_volumes(state)
+    return state
+
+
+def _disks_as_pool_volumes(state: HostState) -> None:
+    """A disk given as a file inside a dir pool's folder is that pool's volume ("pool/name"),
+    however the domain XML names it (hand-made domains usually give a file path)."""
+    folders = {str(o.spec.get("path") or "").rstrip("/"): o.key for o in state.of_kind("pool")}
+    folders.pop("", None)
+    if not folders:
+        return
+    for vm in state.of_kind("vm"):
+        for disk in vm.spec.get("disks", []):
+            volume = disk.get("volume")
+            if isinstance(volume, str) and volume.startswith("/"):
+                folder, _, name = volume.rpartition("/")
+                if folder in folders:
+                    disk["volume"] = f"{folders[folder]}/{name}"
+
+
+T = TypeVar("T")
+FETCH_THREADS = 8
+_SEQUENTIAL_BELOW = 32
+
+
+def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
+    """fetch(obj) for every object, in order. Many objects are fetched over a few
+    concurrent RPCs on the same connection (libvirt multiplexes calls on one connection
+    and libvirtd serves them from a worker pool), which beats one-by-one round trips."""
+    if len(objects) < _SEQUENTIAL_BELOW:
+        return [fetch(o) for o in objects]
+    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
+        return list(pool.map(fetch, objects, chunksize=16))
+
+
+GONE = (42, 43, 49, 50)  # VIR_ERR_NO_DOMAIN, _NO_NETWORK, _NO_STORAGE_POOL, _NO_STORAGE_VOL
+
+
+def _inactive_xml(obj: Any, flags: int) -> str | None:
+    """The persistent definition, or None if the object was deleted since it was listed.
+    Drivers that lack the inactive flag give their only definition."""
+    import libvirt
+
+    try:
+        return str(obj.XMLDesc(flags))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return None
+        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        return str(obj.XMLDesc(0))
+
+
+def _mine(xml: str, stack_name: str) -> bool:
+    return NAMESPACE in xml and f'stack="{stack_name}"' in xml.replace("'", '"')
+
+
+def _read_domains(
+    conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str, cache: SpecCache | None
+) -> None:
+    flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+    active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
+    domains = conn.listAllDomains(flags)
+    # Only the round trips run in threads; parsing there would just fight over the GIL.
+    xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
+    for dom, xml in zip(domains, xmls, strict=True):
+        name = dom.name()
+        if xml is None:
+            continue
+        if name not in wanted and not _mine(xml, stack_name):
+            continue  # foreign and not declared: none of this stack's business
+        key = xml_key(xml)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            spec, owner = hit
+        else:
+            root = ET.fromstring(xml)
+            spec, owner = domain_spec(root), owner_of(root)
+            if cache is not None:
+                cache.put(key, spec, owner)
+                spec = dict(spec)
+        uuid = dom.UUIDString()
+        spec["state"] = "running" if uuid in active else "stopped"
+        spec["autostart"] = uuid in autostart
+        state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, spec, owner)
+
+
+def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
+    active = {n.UUIDString() for n in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE)}
+    autostart = {n.UUIDString() for n in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART)}
+    for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
+        xml = _inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
+        if xml is None:
+            continue
+        root = ET.fromstring(xml)
+        uuid = net.UUIDString()
+        spec = network_spec(root)
+        spec["active"] = uuid in active
+        spec["autostart"] = uuid in autostart
+        state.objects[("network", net.name())] = ObservedObject("network", net.name(), uuid, xml, spec, owner_of(root))
+
+
+def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
+    active = {p.UUIDString() for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)}
+    autostart = {p.UUIDString() for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART)}
+    pools = {}
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT):
+        xml = _inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)
+        if xml is None:
+            continue
+        uuid = pool.UUIDString()
+        spec = pool_spec(ET.fromstring(xml))
+        spec["active"] = uuid in active
+        spec["autostart"] = uuid in autostart
+        pools[pool.name()] = pool
+        state.objects[("pool", pool.name())] = ObservedObject("pool", pool.name(), uuid, xml, spec)
+    return pools
+
+
+def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
+    for vol in pool.listAllVolumes():
+        xml = _inactive_xml(vol, 0)
+        if xml is None:
+            continue
+        key = f"{pool_name}/{vol.name()}"
+        state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, volume_spec(ET.fromstring(xml)))
+
+
+def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:
+    """MAC -> IPv4 address from the DHCP leases of the given networks (newest wins)."""
+    leases: dict[str, tuple[int, str]] = {}
+    for name in network_names:
+        try:
+            net = conn.networkLookupByName(name)
+            if not net.isActive():
+                continue
+            for lease in net.DHCPLeases():
+                mac = (lease.get("mac") or "").lower()
+                expiry = int(lease.get("expirytime") or 0)
+                if lease.get("ipaddr") and (mac not in leases or leases[mac][0] < expiry):
+                    leases[mac] = (expiry, lease["ipaddr"])
+        except Exception:
+            continue
+    return {mac: ip for mac, (_, ip) in leases.items()}

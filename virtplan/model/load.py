@@ -1,0 +1,98 @@
+"""Loading a stack program: run it with a fresh stack as the registry, then validate.
+
+Loading never talks to libvirt: an invalid stack is reported before any host is contacted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+from virtplan.errors import StackLoadError
+from virtplan.model.registry import _current, collecting
+from virtplan.model.resources import Host
+from virtplan.model.stack import Stack
+from virtplan.model.validate import validate
+
+DEFAULT_URI_ENV = "VIRTPLAN_URI"
+
+
+def use_templates(path: str | os.PathLike[str]) -> None:
+    """Let the current stack override any template with a file of the same name in `path`.
+
+    A relative path is taken from the stack file's folder.
+    """
+    stack = _current.get()
+    if stack is None:
+        raise StackLoadError("use_templates() can only be called from a stack program")
+    folder = Path(path)
+    if not folder.is_absolute() and stack.path is not None:
+        folder = stack.path.parent / folder
+    stack.template_dir = folder
+
+
+def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = None) -> Stack:
+    """Run a stack program and return its validated stack.
+
+    `host_uris` overrides host URIs by host name; the environment variable VIRTPLAN_URI
+    overrides the stack's default (first declared) host. Raises StackLoadError or
+    ValidationError; nothing is contacted.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise StackLoadError(f"stack file {file} not found")
+    stack = Stack(file.stem, file.resolve())
+    stack.source_hash = hashlib.sha256(file.read_bytes()).hexdigest()
+    folder = str(file.resolve().parent)
+    added_path = folder not in sys.path
+    if added_path:
+        sys.path.insert(0, folder)
+    try:
+        with collecting(stack):
+            runpy.run_path(str(file), run_name=f"virtplan_stack_{file.stem}")
+    except StackLoadError:
+        raise
+    except Exception as exc:
+        where = _innermost_frame_in(exc, file)
+        raise StackLoadError(f"error while running stack {file}{where}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added_path:
+            sys.path.remove(folder)
+    apply_host_overrides(stack, host_uris or {})
+    _anchor_sources(stack, file.resolve().parent)
+    validate(stack)
+    return stack
+
+
+def _anchor_sources(stack: Stack, folder: Path) -> None:
+    """Relative image paths (Volume(source=...)) are relative to the stack file's folder."""
+    for vol in stack.volumes:
+        if isinstance(vol.source, str) and not Path(vol.source).is_absolute():
+            vol.source = str(folder / vol.source)
+
+
+def apply_host_overrides(stack: Stack, host_uris: dict[str, str]) -> None:
+    """Replace host URIs: by name from `host_uris`, the default host from VIRTPLAN_URI."""
+    if not stack.hosts:
+        # A stack without a Host gets the implicit local one.
+        with collecting(stack):
+            Host("local")
+        stack.resources.insert(0, stack.resources.pop())
+    env_uri = os.environ.get(DEFAULT_URI_ENV)
+    if env_uri:
+        stack.hosts[0].uri = env_uri
+    names = {h.name for h in stack.hosts}
+    for name, uri in host_uris.items():
+        if name not in names:
+            known = ", ".join(sorted(names))
+            raise StackLoadError(f"--host {name}=...: the stack has no host {name!r} (hosts: {known})")
+        stack.host(name).uri = uri
+
+
+def _innermost_frame_in(exc: BaseException, file: Path) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == file.resolve()]
+    return f" (line {frames[-1].lineno})" if frames else ""

@@ -1,0 +1,454 @@
+"""The planner: desired stack + observed hosts + ownership record -> Plan. Pure: no I/O.
+
+A Plan is data. Every change has an address, one action from a closed set, the
+field-level before/after with each field's policy, a reason, a destructive mark where
+data or uptime is at risk, the addresses it must wait for, and the fingerprint of the
+observed object it was computed from.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from virtplan.documents.parse import Spec, parse
+from virtplan.documents.render import Renderer
+from virtplan.errors import FieldError, VirtplanError
+from virtplan.hosts.observe import HostState, ObservedObject
+from virtplan.hosts.records import StateStore
+from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
+from virtplan.plan.policy import IMMUTABLE_HINTS, Policy, policy
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"  # applied live, or to the config of a stopped VM
+    RESTART = "restart"  # config changed; the running VM restarts gracefully
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+SYMBOLS = {
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.RESTART: "~",
+    Action.REPLACE: "-/+",
+    Action.DELETE: "-",
+}
+KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
+
+
+@dataclass
+class FieldChange:
+    field: str
+    before: Any
+    after: Any
+    policy: str
+
+
+@dataclass
+class ResourceChange:
+    address: str
+    host: str
+    kind: str
+    key: str
+    action: Action
+    reason: str
+    changes: list[FieldChange] = field(default_factory=list)
+    destructive: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.action]
+
+
+@dataclass
+class Plan:
+    """An ordered list of changes for one stack, plus where it came from."""
+
+    stack: str
+    stack_hash: str
+    changes: list[ResourceChange]
+    hosts: dict[str, str]  # host name -> URI
+    version: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def destructive(self) -> list[ResourceChange]:
+        return [c for c in self.changes if c.destructive]
+
+    def counts(self) -> dict[Action, int]:
+        counts = dict.fromkeys(Action, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    def for_host(self, host: str) -> list[ResourceChange]:
+        return [c for c in self.changes if c.host == host]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PlanError(VirtplanError):
+    """The plan cannot be made: ownership clashes or changes virtplan refuses."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"cannot plan; nothing was changed:\n{lines}")
+
+
+# -- desired specs ----------------------------------------------------------------------
+def rendered_spec(resource: Resource, renderer: Renderer) -> Spec:
+    """The resource's rendered document parsed back: what libvirt will be given."""
+    if isinstance(resource, VM):
+        return parse("vm", renderer.domain_xml(resource, reveal_secrets=False))
+    if isinstance(resource, Network):
+        return parse("network", renderer.network_xml(resource))
+    if isinstance(resource, Pool):
+        return parse("pool", renderer.pool_xml(resource))
+    return parse("volume", renderer.volume_xml(resource))  # type: ignore[arg-type]
+
+
+def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
+    """The comparable form of a declared resource, limited to the fields the stack pins,
+    plus the runtime fields (power state, autostart).
+
+    With the built-in templates it is computed from the render contexts (`fastspec`,
+    proven equal to rendering and parsing); with a stack's own templates it is their
+    output parsed back, so overrides take part in diffing."""
+    from virtplan.documents import fastspec
+
+    if resource.kind == "snapshot":  # no XML of its own: what kind of snapshot it is
+        return resource.spec()  # type: ignore[attr-defined]
+    if renderer.stack.template_dir is not None:
+        spec = rendered_spec(resource, renderer)
+    else:
+        fast = {"vm": fastspec.domain_spec, "network": fastspec.network_spec,
+                "pool": fastspec.pool_spec, "volume": fastspec.volume_spec}[resource.kind]  # fmt: skip
+        spec = fast(resource, renderer)  # type: ignore[operator]
+    if isinstance(resource, VM):
+        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+        spec.update(state=resource.state, autostart=resource.autostart)
+    elif isinstance(resource, Network):
+        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+        spec.update(autostart=resource.autostart, active=True)
+    elif isinstance(resource, Pool):
+        spec.update(autostart=resource.autostart, active=True)
+    elif isinstance(resource, Volume):
+        if resource.format == "qcow2" and resource.source is None:
+            spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
+        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+    else:  # pragma: no cover - the model has no other kinds
+        raise TypeError(resource)
+    return spec
+
+
+def ordered(resources: list[Resource]) -> list[Resource]:
+    """Dependencies first; among independent resources, networks and pools, then volumes,
+    then VMs, in declaration order."""
+    position = {id(r): i for i, r in enumerate(resources)}
+    by_id = {id(r): r for r in resources}
+    graph = {id(r): {id(d) for d in r.dependencies() if id(d) in by_id} for r in resources}
+    sorter = graphlib.TopologicalSorter(graph)
+    sorter.prepare()
+    out: list[Resource] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda i: (KIND_ORDER[by_id[i].kind], position[i]))
+        out.extend(by_id[i] for i in ready)
+        sorter.done(*ready)
+    return out
+
+
+# -- ownership --------------------------------------------------------------------------
+def owner_stack(obj: ObservedObject, address: str, uri: str, store: StateStore, stack: str) -> str | None:
+    """The stack that owns `obj` as far as virtplan can prove: `stack` or another name, or
+    None when the object is foreign."""
+    if obj.kind in ("vm", "network"):
+        return obj.owner.stack if obj.owner is not None else None
+    record = store.get(uri, address)
+    if record is not None and (record.get("pending") or record.get("id") == obj.uuid):
+        return stack
+    return None
+
+
+def owned_objects(host: HostState, store: StateStore, stack: str) -> list[ObservedObject]:
+    """The objects on `host` that `stack` can prove it owns."""
+    return [
+        o for o in host.objects.values()
+        if owner_stack(o, f"{host.name}/{o.kind}/{o.key}", host.uri, store, stack) == stack
+    ]  # fmt: skip
+
+
+# -- the planner ------------------------------------------------------------------------
+class _Planner:
+    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: StateStore):
+        self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
+        self.errors: list[FieldError] = []
+        self.changes: dict[str, ResourceChange] = {}
+
+    def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
+        return owner_stack(obj, address, host.uri, self.store, self.stack.name) == self.stack.name
+
+    def clash(self, resource: Resource | str, obj: ObservedObject, host: HostState, kind: str, key: str) -> None:
+        address = resource if isinstance(resource, str) else resource.address
+        other = owner_stack(obj, address, host.uri, self.store, self.stack.name)
+        if other is not None:
+            why = f"it belongs to stack {other!r}"
+            fix = "rename it here, or remove it from that stack first"
+        else:
+            why = "virtplan did not create it (it has no virtplan ownership mark or record)"
+            fix = "rename it in the stack, or bring it under management with `virtplan import`"
+        self.errors.append(
+            FieldError(address, "name", f"a {kind} named {key!r} already exists on host {host.name!r} and {why}; {fix}")
+        )
+
+    # desired side
+    def plan_resource(self, resource: Resource) -> None:
+        try:
+            self._plan_resource(resource)
+        except ValueError as exc:  # what the host cannot do (arch, domain type)
+            self.errors.append(FieldError(resource.address, "host", str(exc)))
+
+    def _plan_resource(self, resource: Resource) -> None:
+        assert resource.host is not None
+        host = self.observed[resource.host.name]
+        obj = host.get(resource.kind, resource.key)
+        deps = [d.address for d in resource.dependencies() if d.address in self.changes]
+        if isinstance(resource, VM):
+            self.check_seed(resource, host)
+        if obj is None:
+            fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
+            self.add(resource, Action.CREATE, "missing on the host", fields, deps)
+            return
+        if not self.owned(obj, resource.address, host):
+            if not self.imported(resource, obj, host):
+                self.clash(resource, obj, host, resource.kind, resource.key)
+            return
+        desired = desired_spec(resource, self.renderer)
+        diffs = [
+            FieldChange(name, obj.spec.get(name), value, policy(resource.kind, name).value)
+            for name, value in desired.items()
+            if obj.spec.get(name) != value
+        ]
+        diffs = [self.refine(resource, d, obj) for d in diffs]
+        if not diffs:
+            return
+        refused = [d for d in diffs if d.policy == Policy.IMMUTABLE]
+        for d in refused:
+            hint = IMMUTABLE_HINTS.get((resource.kind, d.field), "declare a new resource instead")
+            self.errors.append(
+                FieldError(resource.address, d.field, f"cannot change from {d.before!r} to {d.after!r}; {hint}")
+            )
+        if refused:
+            return
+        names = ", ".join(d.field for d in diffs)
+        replacing = [d.field for d in diffs if d.policy == Policy.REPLACE]
+        restarting = [d.field for d in diffs if d.policy == Policy.RESTART]
+        if replacing:
+            action, reason = Action.REPLACE, f"{', '.join(replacing)} changed, which forces replacement"
+        elif (
+            restarting
+            and isinstance(resource, VM)
+            and obj.spec.get("state") == "running"
+            and resource.state == "running"
+        ):
+            action, reason = Action.RESTART, f"{names} changed; {', '.join(restarting)} take effect after a restart"
+        elif restarting and isinstance(resource, Network) and obj.spec.get("active"):
+            action, reason = Action.RESTART, f"{names} changed; the network restarts"
+        else:
+            action, reason = Action.UPDATE, f"{names} changed"
+        change = self.add(resource, action, reason, diffs, deps, obj)
+        change.destructive = self.destructive(resource, action, obj, host)
+
+    def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
+        """An object `virtplan import` declared for this stack, not adopted yet: virtplan
+        changes nothing on it, so it must match the stack exactly (then the plan is empty)."""
+        record = self.store.get(host.uri, resource.address)
+        if not record or not record.get("claim") or record.get("claim") != obj.uuid:
+            return False
+        desired = desired_spec(resource, self.renderer)
+        differ = sorted(k for k, v in desired.items() if obj.spec.get(k) != v)
+        if differ:
+            self.errors.append(FieldError(
+                resource.address, differ[0],
+                f"was imported but is not adopted, and the host differs in {', '.join(differ)}; virtplan changes "
+                "only what it owns: make the stack match the host, run `virtplan adopt`, then change it",
+            ))  # fmt: skip
+        return True
+
+    def refine(self, resource: Resource, d: FieldChange, obj: ObservedObject) -> FieldChange:
+        """Field changes whose policy depends on the values."""
+        if resource.kind == "vm" and d.field in ("disks", "nics"):
+            before = d.before or []
+            if before != d.after[: len(before)]:
+                d.policy = Policy.RESTART.value  # removal or change: not hot-pluggable here
+        if resource.kind == "volume" and d.field == "capacity" and d.before is not None and d.after < d.before:
+            d.policy = Policy.IMMUTABLE.value
+        return d
+
+    def check_seed(self, vm: VM, host: HostState) -> None:
+        if vm.cloud_init is None or vm.seed_pool is None:
+            return
+        key = f"{vm.seed_pool.name}/{vm.seed_volume_name}"
+        address = f"{host.name}/volume/{key}"
+        obj = host.get("volume", key)
+        if obj is not None and not self.owned(obj, address, host):
+            self.clash(address, obj, host, "volume", key)
+
+    def destructive(self, resource: Resource, action: Action, obj: ObservedObject, host: HostState) -> str | None:
+        if action not in (Action.REPLACE, Action.DELETE, Action.RESTART):
+            return None
+        if resource.kind == "volume" and action != Action.RESTART:
+            return "the volume and all data on it are deleted"
+        if resource.kind == "vm" and action == Action.REPLACE:
+            if obj.spec.get("state") == "running":
+                return "the running VM is stopped and its domain recreated"
+            return "the domain is recreated (its disks are kept)" if obj.spec.get("disks") else None
+        if resource.kind == "network":
+            users = running_users(host, resource.key)
+            if users:
+                return f"running VMs lose connectivity until restarted: {', '.join(users)}"
+        return None
+
+    def add(
+        self,
+        resource: Resource,
+        action: Action,
+        reason: str,
+        diffs: list[FieldChange] | None = None,
+        deps: list[str] | None = None,
+        obj: ObservedObject | None = None,
+    ) -> ResourceChange:
+        assert resource.host is not None
+        change = ResourceChange(
+            resource.address, resource.host.name, resource.kind, resource.key, action, reason,
+            diffs or [], None, deps or [], obj.fingerprint if obj else None,
+        )  # fmt: skip
+        self.changes[resource.address] = change
+        return change
+
+    # observed side
+    def deletions(self, declared: set[str], reason: str) -> list[ResourceChange]:
+        out = []
+        seeds = self.seed_addresses()
+        for host in self.observed.values():
+            for obj in host.objects.values():
+                address = f"{host.name}/{obj.kind}/{obj.key}"
+                if address in declared or address in seeds or not self.owned(obj, address, host):
+                    continue
+                if obj.kind == "volume" and self.layer_kept(address, host, declared):
+                    continue
+                change = ResourceChange(address, host.name, obj.kind, obj.key, Action.DELETE, reason,
+                                        fingerprint=obj.fingerprint)  # fmt: skip
+                out.append(change)
+        gone = {c.address for c in out}
+        for change in out:
+            where = self.observed[change.host]
+            found = where.get(change.kind, change.key)
+            assert found is not None
+            change.destructive = self.delete_risk(found, where, gone)
+        return out
+
+    def layer_kept(self, address: str, host: HostState, declared: set[str]) -> bool:
+        """A copy-on-write layer of a declared volume (see virtplan.apply.layers) goes with it."""
+        record = self.store.get(host.uri, address)
+        return bool(record and record.get("layer_of") in declared)
+
+    def seed_addresses(self) -> set[str]:
+        seeds = set()
+        for host in self.observed.values():
+            for address, record in self.store.records(host.uri).items():
+                if record.get("seed_of") or record.get("log_of"):
+                    seeds.add(address)  # owned through their VM, deleted with it
+        return seeds
+
+    def delete_risk(self, obj: ObservedObject, host: HostState, gone: set[str]) -> str | None:
+        if obj.kind == "snapshot":
+            return "the snapshot is deleted; the VM can no longer be reverted to it"
+        if obj.kind == "volume":
+            return "the volume and all data on it are deleted"
+        if obj.kind == "vm" and obj.spec.get("state") == "running":
+            return "the running VM is stopped and undefined (its disks are kept unless deleted too)"
+        if obj.kind == "network":
+            users = [u for u in running_users(host, obj.key) if f"{host.name}/vm/{u}" not in gone]
+            if users:
+                return f"running VMs lose connectivity: {', '.join(users)}"
+        return None
+
+
+def running_users(host: HostState, network: str) -> list[str]:
+    """Running VMs on `host` (as observed) with a NIC on `network`."""
+    return sorted(
+        o.key
+        for o in host.of_kind("vm")
+        if o.spec.get("state") == "running" and any(n.get("network") == network for n in o.spec.get("nics", []))
+    )
+
+
+def _order_deletions(
+    deletes: list[ResourceChange], observed: dict[str, HostState], kept: dict[str, ResourceChange]
+) -> list[ResourceChange]:
+    """VMs first, then volumes (overlays before what they back), pools, networks; each
+    waits for the changes of the objects that still use it."""
+    by_addr = {d.address: d for d in deletes}
+    for d in deletes:
+        host = observed[d.host]
+        users: list[str] = []
+        if d.kind == "volume":
+            path = host.get("volume", d.key).uuid  # type: ignore[union-attr]
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
+                      if any(x.get("volume") == d.key for x in o.spec.get("disks", []))]  # fmt: skip
+            users += [f"{d.host}/volume/{o.key}" for o in host.of_kind("volume") if o.spec.get("backing") == path]
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm") if f"file='{path}'" in o.xml]  # a layer
+        elif d.kind == "pool":
+            users += [
+                a
+                for a, x in by_addr.items()
+                if x.kind == "volume" and x.host == d.host and x.key.startswith(d.key + "/")
+            ]
+        elif d.kind == "network":
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
+                      if any(n.get("network") == d.key for n in o.spec.get("nics", []))]  # fmt: skip
+        elif d.kind == "vm":  # its snapshots go first
+            users += [a for a, x in by_addr.items() if x.kind == "snapshot" and x.key.startswith(d.key + "/")]
+        d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
+    rank = {"snapshot": 0, "vm": 0, "volume": 1, "pool": 2, "network": 2}
+    return sorted(deletes, key=lambda d: (rank[d.kind], d.address))
+
+
+def make_plan(
+    stack: Stack,
+    renderer: Renderer,
+    observed: dict[str, HostState],
+    store: StateStore,
+    destroy: bool = False,
+) -> Plan:
+    """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).
+
+    Raises PlanError, listing every clash and refused change, if no safe plan exists.
+    """
+    from virtplan._version import __version__
+
+    planner = _Planner(stack, renderer, observed, store)
+    if not destroy:
+        for resource in ordered(stack.managed()):
+            planner.plan_resource(resource)
+    if planner.errors:
+        raise PlanError(planner.errors)
+    kept = planner.changes
+    declared = set() if destroy else set(stack.by_address())
+    reason = "destroy requested" if destroy else "removed from the stack"
+    deletes = _order_deletions(planner.deletions(declared, reason), observed, kept)
+    vm_deletes = [d for d in deletes if d.kind == "vm"]
+    other_deletes = [d for d in deletes if d.kind != "vm"]
+    changes = vm_deletes + list(kept.values()) + other_deletes
+    hosts = {h.name: h.uri for h in stack.hosts}
+    return Plan(stack.name, stack.source_hash, changes, hosts, __version__)

@@ -1,0 +1,107 @@
+"""Human-readable plans and values. Pure functions returning text with rich markup.
+
+Secrets never reach this module as values: specs carry only salted digests of them,
+and anything under a "password" key is shown as "(sensitive)".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtplan.plan.planner import Action, FieldChange, Plan, ResourceChange
+from virtplan.units import format_size
+
+STYLES = {
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.RESTART: "yellow",
+    Action.REPLACE: "magenta",
+    Action.DELETE: "red",
+}
+SIZE_FIELDS = {"memory", "max_memory", "capacity"}
+
+
+def value(field: str, v: Any) -> str:
+    """One field value as a reviewer wants to read it."""
+    if v is None:
+        return "(none)"
+    if field in SIZE_FIELDS and isinstance(v, int) and not isinstance(v, bool):  # a snapshot's memory is a flag
+        return format_size(v)
+    if field == "cloud_init":
+        return f"seed sha256:{v[:12]}"
+    if field == "disks":
+        return "[" + ", ".join(_disk(d) for d in v) + "]" if v else "[]"
+    if field == "nics":
+        return "[" + ", ".join(_nic(n) for n in v) + "]" if v else "[]"
+    if field == "reservations":
+        return "[" + ", ".join(f"{r['ip']}={r['mac']}" for r in v) + "]" if v else "[]"
+    if field == "graphics":
+        secret = ", password set" if v.get("password") else ""
+        return f"{v.get('type')} on {v.get('listen')}{secret}"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
+def _disk(d: dict[str, Any]) -> str:
+    boot = f", boot {d['boot']}" if d.get("boot") else ""
+    return f"{d.get('volume')} ({d.get('bus')}{boot})"
+
+
+def _nic(n: dict[str, Any]) -> str:
+    where = n.get("network") or f"bridge {n.get('bridge')}"
+    return f"{where} {n.get('mac')} ({n.get('model')})"
+
+
+def escape(text: str) -> str:
+    """Make user text safe to embed in rich markup (names may contain '[')."""
+    return text.replace("\\", "\\\\").replace("[", "\\[")
+
+
+def field_line(fc: FieldChange, action: Action) -> str:
+    if action == Action.CREATE:
+        return f"{fc.field} = {escape(value(fc.field, fc.after))}"
+    before, after = escape(value(fc.field, fc.before)), escape(value(fc.field, fc.after))
+    if before == after and isinstance(fc.before, int) and isinstance(fc.after, int):
+        before, after = f"{fc.before} B", f"{fc.after} B"  # a difference below the display precision
+    return f"{fc.field}: {before} -> {after}  [dim]({fc.policy})[/dim]"
+
+
+def summary(plan: Plan) -> str:
+    c = plan.counts()
+    return (
+        f"Plan: {c[Action.CREATE]} to add, {c[Action.UPDATE]} to change live, {c[Action.RESTART]} to restart, "
+        f"{c[Action.REPLACE]} to replace, {c[Action.DELETE]} to destroy."
+    )
+
+
+def change_lines(change: ResourceChange) -> list[str]:
+    style = STYLES[change.action]
+    lines = [
+        f"  [{style}]{change.symbol:>3} {change.kind} {escape(change.key)}[/{style}]"
+        f"  [dim]{change.action.value}: {escape(change.reason)}[/dim]"
+    ]
+    shown = [fc for fc in change.changes if not (change.action == Action.CREATE and fc.after is None)]
+    lines += [f"        {field_line(fc, change.action)}" for fc in shown]
+    if change.destructive:
+        lines.append(f"        [bold red]! destructive: {escape(change.destructive)}[/bold red]")
+    return lines
+
+
+def plan_text(plan: Plan) -> str:
+    """The whole plan, grouped by host, ending with the summary line."""
+    if plan.empty:
+        return "No changes. The hosts match the stack."
+    lines = []
+    for host, uri in plan.hosts.items():
+        changes = plan.for_host(host)
+        if not changes:
+            continue
+        lines.append(f"[bold]Host {host}[/bold] [dim]({uri})[/dim]")
+        for change in changes:
+            lines += change_lines(change)
+        lines.append("")
+    lines.append(f"[bold]{summary(plan)}[/bold]")
+    return "\n".join(lines)
