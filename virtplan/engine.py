@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
+from virtplan.errors import ConfirmationRequired
 from virtplan.hosts.connection import connect
 from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import StateStore, default_state_path
@@ -23,6 +26,9 @@ from virtplan.hosts.speccache import SpecCache
 from virtplan.model import Stack
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
+
+if TYPE_CHECKING:
+    from virtplan.plan.drift import DriftReport
 
 
 @dataclass
@@ -110,17 +116,74 @@ class Engine:
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
 
     # -- plan and apply -------------------------------------------------------------------
-    def plan(self, destroy: bool = False, observation: Observation | None = None) -> tuple[Plan, Observation]:
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 0.0) -> Iterator[list[str]]:
+        """Hold the stack's lock and its hosts' locks (waiting up to `timeout` s); yields
+        notes about locks released from holders that died. Every command that changes the
+        hosts (apply, destroy, clone, snapshot, adopt) runs inside it."""
+        from virtplan.hosts.locks import ApplyLocks
+
+        hosts = {h.name: h.uri for h in self.stack.hosts}
+        with ApplyLocks(self.stack.name, self.store.path, hosts, timeout) as locks:
+            yield locks.notes()
+
+    def plan(
+        self,
+        destroy: bool = False,
+        observation: Observation | None = None,
+        *,
+        scope: Stack | None = None,
+        only: str | None = None,
+    ) -> tuple[Plan, Observation]:
+        """Observe (unless given) and plan; refuses (PlanError) what the guards refuse.
+
+        `scope` plans a part of the stack (its resources, with this stack's renderer);
+        `only` keeps the changes of one address. The guards run on what is kept."""
         observation = observation or self.observe()
-        plan = make_plan(self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        if only is not None:
+            plan.changes = [c for c in plan.changes if c.address == only]
         protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
         if protected:
             raise PlanError(protected)
         return plan, observation
 
-    def apply(self, plan: Plan, observation: Observation, progress: ProgressFn | None = None) -> ApplyReport:
-        conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
-        return apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+    def plan_saved(self, doc: dict[str, Any]) -> tuple[Plan, Observation]:
+        """Plan again and refuse (StalePlan) unless the result is exactly the saved plan `doc`."""
+        from virtplan.plan.planfile import check_current
+
+        plan, observation = self.plan(destroy=bool(doc.get("destroy")))
+        check_current(doc, plan, self.stack, observation.hosts, self.store)
+        return plan, observation
+
+    def apply(
+        self,
+        plan: Plan,
+        observation: Observation,
+        progress: ProgressFn | None = None,
+        *,
+        bookkeeping: bool = True,
+    ) -> ApplyReport:
+        """Apply `plan` (raises ApplyError with the report on failure). After a complete
+        apply of the whole stack (`bookkeeping`), records what was applied: the baseline
+        drift compares against, and forgets objects deleted outside virtplan that the stack
+        no longer declares. An empty plan only does that bookkeeping."""
+        report = ApplyReport()
+        if plan.changes:
+            conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
+            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+        if bookkeeping:
+            from virtplan.plan.drift import forget_vanished, record_baseline
+
+            forget_vanished(self.stack, observation.hosts, self.store)
+            record_baseline(self.stack, observation.hosts, self.store, observation.renderer)
+        return report
+
+    def drift(self, observation: Observation, pending: bool = False) -> DriftReport:
+        """What changed on the hosts outside virtplan since it last applied the stack."""
+        from virtplan.plan.drift import detect
+
+        return detect(self.stack, observation.hosts, self.store, observation.renderer, pending=pending)
 
     def guest_report(self, host: str, vm_name: str, refresh: bool = True) -> dict[str, str] | None:
         """The last report a probe-style guest printed on its console (see virtplan_lab.probe):
@@ -183,3 +246,28 @@ class Engine:
                     row["detail"] = o.spec.get("capacity")
                 rows.append(row)
         return rows
+
+
+def load_saved_plan(path: Path) -> tuple[dict[str, Any], Engine]:
+    """A saved plan and the engine of the stack it was made for; refuses (StalePlan) a plan
+    whose stack file changed or names another stack."""
+    from virtplan.model import load_stack
+    from virtplan.plan import planfile
+
+    doc = planfile.read_plan(path)
+    stack_file = planfile.stack_file_of(doc, path)
+    planfile.check_stack_file(doc, stack_file)
+    engine = Engine(load_stack(stack_file, dict(doc["hosts"])))
+    if engine.stack.name != doc["stack"]:
+        engine.close()
+        raise planfile.StalePlan([f"it is for stack {doc['stack']!r}, but {stack_file} is stack {engine.stack.name!r}"])
+    return doc, engine
+
+
+def require_allowed(plan: Plan, allow_destroy: bool, fix: str) -> None:
+    """Refuse (ConfirmationRequired, naming each one) a plan with destructive changes
+    unless they were allowed explicitly; `fix` says how to allow them."""
+    risky = plan.destructive()
+    if risky and not allow_destroy:
+        names = "\n".join(f"  - {c.action.value} {c.address}: {c.destructive}" for c in risky)
+        raise ConfirmationRequired(f"the plan has destructive changes; nothing was applied:\n{names}\n{fix}")

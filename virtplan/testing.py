@@ -108,10 +108,9 @@ def destroy(stack_file: Path) -> None:
     if not stack_file.exists():
         return
     stack = load_stack(stack_file)
-    with Engine(stack) as engine:
+    with Engine(stack) as engine, engine.locked():
         plan, observation = engine.plan(destroy=True)
-        if not plan.empty:
-            engine.apply(plan, observation)
+        engine.apply(plan, observation)
         state = engine.store.path
     stack_file.unlink()
     for leftover in (state, state.with_suffix(".cache.json"), Path(str(state) + ".lock")):

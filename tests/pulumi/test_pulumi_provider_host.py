@@ -296,3 +296,29 @@ def test_concurrent_calls_keep_every_ownership_record(private_host: PrivateHost,
     finally:
         lab.delete_all()
     assert lab.records() == {}
+
+
+def test_a_volume_others_back_onto_is_protected_from_pulumi_too(
+    private_host: PrivateHost, tmp_path: Path, conn: Any
+) -> None:
+    """The engine's plan-time guard (base images others build on) holds for Pulumi's calls:
+    neither deleting nor growing a volume that an overlay outside the stack backs onto."""
+    lab = Lab(private_host, tmp_path, "t7", 127)
+    lab.create("pool", "volume")
+    base = lab.outs["volume"]["volumePath"]
+    overlay = private_host.workdir / "t7-pool" / "someone-elses-overlay.qcow2"
+    lab.virsh("vol-create-as", "t7-pool", overlay.name, "64M", "--format", "qcow2",
+              "--backing-vol", base, "--backing-vol-format", "qcow2")  # fmt: skip
+    try:
+        with pytest.raises(PlanError, match="cannot be grown: other volumes are copy-on-write overlays on it"):
+            lab.providers["volume"].update(
+                lab.addresses["volume"], lab.outs["volume"], lab.changed("volume", size="128MiB")
+            )
+        with pytest.raises(PlanError, match="cannot be deleted: other volumes are copy-on-write overlays on it"):
+            lab.providers["volume"].delete(lab.addresses["volume"], lab.outs["volume"])
+        pool = conn.storagePoolLookupByName("t7-pool")
+        pool.refresh(0)
+        assert pool.storageVolLookupByName("t7-1.qcow2").info()[1] == 64 * MiB  # neither grown nor deleted
+    finally:
+        lab.virsh("vol-delete", "--pool", "t7-pool", overlay.name)
+        lab.delete_all()

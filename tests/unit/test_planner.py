@@ -289,3 +289,34 @@ def test_destroy_plans_only_owned_objects(tmp_path):
     )
     assert all(c.action == Action.DELETE for c in plan.changes)
     assert plan.changes[0].kind == "vm"
+
+
+def test_a_renamed_vm_keeping_its_disk_starts_only_after_the_old_one_is_gone(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    host = deployed(program(), store)
+    with declare("s") as stack:
+        Host("h", "test:///default", domain_type="qemu")
+        net = Network("net", cidr="10.5.0.0/24")
+        pool = Pool("pool", path="/p")
+        disk = Volume("disk", pool=pool, size="1GiB")
+        VM("vm-renamed", disks=[disk], nics=[NIC(net, ip="10.5.0.10")], memory="256MiB", max_memory="1GiB")
+    validate(stack)
+    plan = make_plan(stack, Renderer(stack, {"h": QEMU_FACTS}), {"h": host}, store)
+    got = {c.address: c for c in plan.changes}
+    assert got["h/vm/vm"].action == Action.DELETE
+    assert got["h/vm/vm-renamed"].action == Action.CREATE
+    assert "h/vm/vm" in got["h/vm/vm-renamed"].depends_on  # never two VMs on one disk
+
+
+def test_destroy_deletes_a_direct_boot_kernel_only_after_its_vm(tmp_path):
+    store = StateStore(tmp_path / "state.json", "s")
+    with declare("s") as stack:
+        Host("h", "test:///default", domain_type="qemu")
+        pool = Pool("pool", path="/p")
+        kernel = Volume("vmlinuz", pool=pool, size="16MiB", format="raw")
+        VM("vm", disks=[Volume("disk", pool=pool, size="1GiB")], kernel=kernel, cmdline="console=ttyS0")
+    validate(stack)
+    host = deployed(stack, store)
+    plan = make_plan(stack, Renderer(stack, {"h": QEMU_FACTS}), {"h": host}, store, destroy=True)
+    got = {c.address: c for c in plan.changes}
+    assert "h/vm/vm" in got["h/volume/pool/vmlinuz"].depends_on

@@ -408,6 +408,8 @@ def _order_deletions(
                       if any(x.get("volume") == d.key for x in o.spec.get("disks", []))]  # fmt: skip
             users += [f"{d.host}/volume/{o.key}" for o in host.of_kind("volume") if o.spec.get("backing") == path]
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm") if f"file='{path}'" in o.xml]  # a layer
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
+                      if path in (o.spec.get("kernel"), o.spec.get("initrd"))]  # direct kernel boot  # fmt: skip
         elif d.kind == "pool":
             users += [
                 a
@@ -422,6 +424,31 @@ def _order_deletions(
         d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
     rank = {"snapshot": 0, "vm": 0, "volume": 1, "pool": 2, "network": 2}
     return sorted(deletes, key=lambda d: (rank[d.kind], d.address))
+
+
+def _wait_for_what_frees(
+    kept: dict[str, ResourceChange], deletes: list[ResourceChange], stack: Stack, observed: dict[str, HostState]
+) -> None:
+    """A VM that is created (or redefined) with a volume that a VM being deleted still uses
+    waits for that delete: two running VMs must never share a disk (a renamed VM keeping
+    its disk is "delete old, create new")."""
+    declared = stack.by_address()
+    vm_deletes = [d for d in deletes if d.kind == "vm"]
+    if not vm_deletes:
+        return
+    for change in kept.values():
+        resource = declared.get(change.address)
+        if not isinstance(resource, VM) or change.action == Action.DELETE:
+            continue
+        wanted = {d.volume.key for d in resource.disks if isinstance(d.volume, Volume)}
+        wanted |= {v.key for v in (resource.kernel, resource.initrd) if isinstance(v, Volume)}
+        for d in vm_deletes:
+            obj = observed[d.host].get("vm", d.key)
+            if d.host != change.host or obj is None:
+                continue
+            used = {x.get("volume") for x in obj.spec.get("disks", [])}
+            if wanted & used and d.address not in change.depends_on:
+                change.depends_on.append(d.address)
 
 
 def make_plan(
@@ -447,6 +474,7 @@ def make_plan(
     declared = set() if destroy else set(stack.by_address())
     reason = "destroy requested" if destroy else "removed from the stack"
     deletes = _order_deletions(planner.deletions(declared, reason), observed, kept)
+    _wait_for_what_frees(kept, deletes, stack, observed)
     vm_deletes = [d for d in deletes if d.kind == "vm"]
     other_deletes = [d for d in deletes if d.kind != "vm"]
     changes = vm_deletes + list(kept.values()) + other_deletes

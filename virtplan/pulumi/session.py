@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virtplan.apply.executor import apply_plan
 from virtplan.engine import Engine, Observation
 from virtplan.errors import VirtplanError
 from virtplan.hosts.observe import ObservedObject, dhcp_leases
 from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Network, Pool, Volume
 from virtplan.model.secrets import MASK
-from virtplan.plan.planner import Plan, ResourceChange, desired_spec, make_plan, owner_stack
+from virtplan.plan.planner import Plan, ResourceChange, desired_spec, owner_stack
 from virtplan.pulumi.describe import Inputs, Rebuilt, rebuild
 
 
@@ -94,20 +93,21 @@ class Session:
     def plan(self, observation: Observation, destroy: bool = False) -> ResourceChange | None:
         """The engine's change for this resource alone (None: nothing to do).
 
-        Raises the engine's PlanError for clashes with objects this stack does not own and
-        for changes it refuses (immutable fields).
+        Raises the engine's PlanError for clashes with objects this stack does not own, for
+        changes it refuses (immutable fields) and for what its guards refuse (a volume
+        others build on), exactly as `virtplan plan` does.
         """
-        plan = make_plan(self.rebuilt.plan, observation.renderer, observation.hosts, self.store, destroy=destroy)
-        mine = [c for c in plan.changes if c.address == self.address]
-        return mine[0] if mine else None
+        plan, _ = self.engine.plan(destroy, observation, scope=self.rebuilt.plan, only=self.address)
+        return plan.changes[0] if plan.changes else None
 
     def apply(self, change: ResourceChange, observation: Observation) -> None:
-        """Apply one change with the engine's apply code (raises ApplyError on failure)."""
+        """Apply one change with the engine (raises ApplyError on failure). Pulumi runs one
+        update of a stack at a time and orders its resources itself; the engine's
+        whole-stack bookkeeping is left out, as the stack here is this one resource."""
         plan = Plan(self.rebuilt.plan.name, "", [change], {self.rebuilt.host.name: self.rebuilt.host.uri})
         host = self.rebuilt.host
         with _slot(host.uri, host.workers):
-            conns = {host.name: self.engine.connection(host.name)}
-            apply_plan(plan, self.rebuilt.plan, observation.renderer, observation.hosts, self.store, conns)
+            self.engine.apply(plan, observation, bookkeeping=False)
 
     # -- outputs ----------------------------------------------------------------------------
     def outputs(self, inputs: Inputs, observation: Observation) -> dict[str, Any]:

@@ -766,7 +766,7 @@ def clone(
     out = opts.out or src.path.parent / f"{opts.name}.py"
     if out.exists():
         raise CloneError(f"{out} already exists; pick another --name (or destroy that stack and remove the file)")
-    with Engine(src) as engine:
+    with Engine(src) as engine, engine.locked():  # freezing changes the source's domains
         observation = engine.observe()
         deployed_check(engine, observation)
         d = design(src, observation, opts)
@@ -821,7 +821,7 @@ def apply_clone(stack_file: Path, say: Progress) -> None:
     from virtplan.model import load_stack
     from virtplan.plan.planner import Action
 
-    with Engine(load_stack(stack_file)) as engine:
+    with Engine(load_stack(stack_file)) as engine, engine.locked():
         plan, observation = engine.plan()
         odd = [c for c in plan.changes if c.action != Action.CREATE]
         if odd:

@@ -594,7 +594,7 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
     say = say or (lambda _m: None)
     stack = load_stack(stack_file, host_uris)
     result = AdoptResult()
-    with Engine(stack) as engine:
+    with Engine(stack) as engine, engine.locked():
         observation = engine.observe()
         errors: list[FieldError] = []
         todo: list[tuple[Resource, ObservedObject]] = []

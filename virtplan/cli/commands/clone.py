@@ -7,17 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-
-def _pairs(items: list[str] | None, option: str, example: str) -> dict[str, str]:
-    from virtplan.errors import StackLoadError
-
-    out = {}
-    for item in items or []:
-        a, sep, b = item.partition("=")
-        if not sep or not a or not b:
-            raise StackLoadError(f"{option} {item!r}: write OLD=NEW, e.g. {option} {example}")
-        out[a.strip()] = b.strip()
-    return out
+from virtplan.cli.options import host_overrides, pairs
+from virtplan.cli.output import console
 
 
 def register(app: Any) -> None:
@@ -51,23 +42,22 @@ def register(app: Any) -> None:
         """Clone a deployed environment: new names, MACs and isolated networks, linked disks."""
         import json
 
-        from virtplan.cli.app import _console, _host_overrides
         from virtplan.workflows.clone import CloneOptions, clone
 
         opts = CloneOptions(
             name,
-            _pairs(subnet_map, "--subnet-map", "10.20.0.0/24=10.99.0.0/24"),
-            _pairs(host_map, "--host-map", "kvm1=kvm2"),
+            pairs(subnet_map, "--subnet-map", "OLD=NEW, e.g. --subnet-map 10.20.0.0/24=10.99.0.0/24"),
+            pairs(host_map, "--host-map", "OLD=NEW, e.g. --host-map kvm1=kvm2"),
             full,
             from_snapshot,
             connected,
             "stopped" if stopped else None,
             out,
         )
-        console = _console()
+        ui = console()
         quiet = format == "json"
-        result = clone(stack, opts, _host_overrides(host), apply=not no_apply,
-                       say=None if quiet else lambda m: console.print(f"  {m}"))  # fmt: skip
+        result = clone(stack, opts, host_overrides(host), apply=not no_apply,
+                       say=None if quiet else lambda m: ui.print(f"  {m}"))  # fmt: skip
         if quiet:
             typer.echo(json.dumps({
                 "name": result.name, "stack_file": str(result.stack_file), "vms": result.vms,
@@ -75,10 +65,10 @@ def register(app: Any) -> None:
                 "frozen": result.frozen, "mode": result.mode, "seconds": round(result.seconds, 3),
             }, indent=2))  # fmt: skip
             return
-        console.print(f"[bold green]Clone {result.name}[/bold green] ({result.mode}) in {result.seconds:.1f} s: "
+        ui.print(f"[bold green]Clone {result.name}[/bold green] ({result.mode}) in {result.seconds:.1f} s: "
                       f"{result.stack_file}")  # fmt: skip
         for source, new in result.vms.items():
-            console.print(f"  vm       {source} -> {new}")
+            ui.print(f"  vm       {source} -> {new}")
         for source, (new, cidr) in result.networks.items():
-            console.print(f"  network  {source} -> {new} {cidr or ''}")
-        console.print(f"Destroy it with: virtplan destroy {result.stack_file}")
+            ui.print(f"  network  {source} -> {new} {cidr or ''}")
+        ui.print(f"Destroy it with: virtplan destroy {result.stack_file}")

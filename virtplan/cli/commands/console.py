@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from virtplan.cli.options import open_engine
+
 
 def register(app: Any) -> None:
     @app.command("console-log")
@@ -17,11 +19,10 @@ def register(app: Any) -> None:
         tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Only the last N lines (0: all).")] = 0,
     ) -> None:
         """Print a VM's serial console log (read through libvirt, so remote hosts work)."""
-        from virtplan.cli.app import _engine
         from virtplan.errors import StackLoadError
         from virtplan.hosts.console import read_console_log, tail
 
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine:
             matches = [v for v in engine.stack.vms if v.name == vm]
             if not matches:
                 names = ", ".join(sorted(v.name for v in engine.stack.vms)) or "none"

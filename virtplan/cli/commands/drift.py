@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from virtplan.cli.options import open_engine, set_debug
+from virtplan.cli.output import console
+
 
 def register(app: Any) -> None:
     @app.command("drift")
@@ -22,17 +25,16 @@ def register(app: Any) -> None:
     ) -> None:
         """Report changes made outside virtplan, field by field, apart from the stack's own
         pending changes. Changes nothing."""
-        from virtplan.cli.app import _console, _drift, _engine, _set_debug
         from virtplan.errors import StackLoadError
         from virtplan.views.drift import drift_lines
         from virtplan.views.text import escape
 
-        _set_debug(debug)
+        set_debug(debug)
         if format not in ("text", "json"):
             raise StackLoadError(f"--format {format!r}: use text or json")
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine:
             observation = engine.observe()
-            report = _drift(engine, observation, pending=True)
+            report = engine.drift(observation, pending=True)
             hosts = {h.name: h.uri for h in engine.stack.hosts}
         if format == "json":
             doc = {
@@ -43,22 +45,22 @@ def register(app: Any) -> None:
             }
             typer.echo(json.dumps(doc, indent=2, default=str))
         else:
-            console = _console()
+            ui = console()
             if report.empty:
-                console.print("No changes outside virtplan.")
+                ui.print("No changes outside virtplan.")
             else:
-                console.print("\n".join(drift_lines(report, hosts)))
+                ui.print("\n".join(drift_lines(report, hosts)))
                 n = len(report.drifted)
-                console.print(
+                ui.print(
                     f"[bold]{n} object{'s' if n > 1 else ''} changed outside virtplan.[/bold] "
                     "`virtplan plan` shows how applying the stack undoes that."
                 )
             if report.pending:
-                console.print("\n[dim]Changed in the stack since the last apply (pending, not drift):[/dim]")
+                ui.print("\n[dim]Changed in the stack since the last apply (pending, not drift):[/dim]")
                 for p in report.pending:
-                    console.print(f"  [dim]{escape(p.address)}: {', '.join(p.fields)}[/dim]")
+                    ui.print(f"  [dim]{escape(p.address)}: {', '.join(p.fields)}[/dim]")
             if report.untracked:
-                console.print(
+                ui.print(
                     "\n[dim]No record of what was last applied (applied by an older virtplan; "
                     f"the next apply records it): {escape(', '.join(report.untracked))}[/dim]"
                 )

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from virtplan.cli.options import open_engine, set_debug
+
 
 def register(app: Any) -> None:
     @app.command("graph")
@@ -21,14 +23,13 @@ def register(app: Any) -> None:
     ) -> None:
         """Print the dependency graph of the stack's resources. Without --plan it reads only
         the stack file; with --plan it plans (changing nothing) and marks the actions."""
-        from virtplan.cli.app import _engine, _set_debug
         from virtplan.errors import StackLoadError
         from virtplan.views.graph import dot, mermaid, stack_graph
 
-        _set_debug(debug)
+        set_debug(debug)
         if format not in ("mermaid", "dot"):
             raise StackLoadError(f"--format {format!r}: use mermaid or dot")
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine:
             the_plan = engine.plan()[0] if with_plan else None
             g = stack_graph(engine.stack, the_plan)
         typer.echo(mermaid(g) if format == "mermaid" else dot(g), nl=False)

@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from virtplan.cli.options import host_overrides
+from virtplan.cli.output import console
+
 
 def register(app: Any) -> None:
     @app.command("import")
@@ -20,17 +23,16 @@ def register(app: Any) -> None:
         host_name: Annotated[str, typer.Option("--host-name", help="The host's name in the stack.")] = "imported",
     ) -> None:
         """Write a stack program declaring a host's existing objects (planning it is a no-op)."""
-        from virtplan.cli.app import _console
         from virtplan.workflows.importer import import_host
 
         result = import_host(host, out, name_pattern, host_name)
-        console = _console()
-        console.print(f"[bold green]Wrote {out}[/bold green]: {result.count} object(s) declared.")
+        ui = console()
+        ui.print(f"[bold green]Wrote {out}[/bold green]: {result.count} object(s) declared.")
         for kind, names in sorted(result.declared.items()):
-            console.print(f"  {kind:<8} {', '.join(sorted(names))}")
+            ui.print(f"  {kind:<8} {', '.join(sorted(names))}")
         for what, why in sorted(result.skipped.items()):
-            console.print(f"  [yellow]left out[/yellow] {what}: {why}")
-        console.print(f"They are not owned yet: `virtplan plan {out}` shows no changes; "
+            ui.print(f"  [yellow]left out[/yellow] {what}: {why}")
+        ui.print(f"They are not owned yet: `virtplan plan {out}` shows no changes; "
                       f"`virtplan adopt {out}` takes ownership.")  # fmt: skip
 
     @app.command("adopt")
@@ -39,15 +41,14 @@ def register(app: Any) -> None:
         host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
     ) -> None:
         """Take ownership of the existing objects the stack declares (each must match exactly)."""
-        from virtplan.cli.app import _console, _host_overrides
         from virtplan.workflows.importer import adopt
 
-        result = adopt(stack, _host_overrides(host))
-        console = _console()
-        console.print(f"[bold green]Adopted {len(result.adopted)} object(s)[/bold green] into stack {stack.stem}.")
+        result = adopt(stack, host_overrides(host))
+        ui = console()
+        ui.print(f"[bold green]Adopted {len(result.adopted)} object(s)[/bold green] into stack {stack.stem}.")
         for address in result.adopted:
-            console.print(f"  {address}")
+            ui.print(f"  {address}")
         if result.already:
-            console.print(f"  {len(result.already)} already owned by this stack.")
+            ui.print(f"  {len(result.already)} already owned by this stack.")
         if result.missing:
-            console.print(f"  not on the host (apply creates them): {', '.join(result.missing)}")
+            ui.print(f"  not on the host (apply creates them): {', '.join(result.missing)}")

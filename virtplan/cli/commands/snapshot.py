@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from virtplan.cli.options import open_engine
+from virtplan.cli.output import console
+
 StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")]
 VmsArg = Annotated[list[str] | None, typer.Argument(help="VM names (default: every VM of the stack)")]
 NameOpt = Annotated[str, typer.Option("--name", help="The snapshot's name.")]
@@ -29,13 +32,12 @@ def register(app: Any) -> None:
         host: HostOpt = None,
     ) -> None:
         """Take snapshot NAME of the VMs (all together: running VMs pause for an instant)."""
-        from virtplan.cli.app import _console, _engine
         from virtplan.workflows.snapshots import create_all
 
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine, engine.locked():
             done = create_all(engine, name, vms or None, memory=memory)
         kind = "memory" if memory else "disk-only"
-        _console().print(f"[green]Snapshot {name}[/green] ({kind}) of {len(done)} VM(s): {', '.join(done)}")
+        console().print(f"[green]Snapshot {name}[/green] ({kind}) of {len(done)} VM(s): {', '.join(done)}")
 
     @group.command("list")
     def list_(
@@ -47,21 +49,20 @@ def register(app: Any) -> None:
         """The snapshots this stack took (declared and on demand)."""
         import json
 
-        from virtplan.cli.app import _console, _engine
         from virtplan.workflows.snapshots import list_all
 
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine:
             found = [s for s in list_all(engine) if not vms or s.vm in vms]
         if format == "json":
             typer.echo(json.dumps([s.as_dict() for s in found], indent=2))
             return
-        console = _console()
+        ui = console()
         if not found:
-            console.print("No snapshots.")
+            ui.print("No snapshots.")
             return
         for s in found:
             how = "declared" if s.declared else "on demand"
-            console.print(f"  {s.host}/{s.vm:<20} {s.name:<20} {s.mode:<7} {s.created}  ({how})")
+            ui.print(f"  {s.host}/{s.vm:<20} {s.name:<20} {s.mode:<7} {s.created}  ({how})")
 
     @group.command("revert")
     def revert(
@@ -74,21 +75,20 @@ def register(app: Any) -> None:
         """Bring the VMs back to snapshot NAME. Destructive: their current state is discarded."""
         import sys
 
-        from virtplan.cli.app import _console, _engine
         from virtplan.errors import ConfirmationRequired
         from virtplan.workflows.snapshots import revert_all
 
-        console = _console()
+        ui = console()
         which = ", ".join(vms) if vms else "every VM of the stack"
         if not yes:
             if not sys.stdin.isatty():
                 raise ConfirmationRequired("reverting discards the VMs' current state; re-run with --yes")
-            console.print(f"[bold red]Destructive:[/bold red] {which} lose everything since snapshot {name}.")
+            ui.print(f"[bold red]Destructive:[/bold red] {which} lose everything since snapshot {name}.")
             if typer.prompt("Revert? Only 'yes' is accepted", default="", show_default=False).strip() != "yes":
                 raise ConfirmationRequired("not confirmed; nothing was reverted.")
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine, engine.locked():
             done = revert_all(engine, name, vms or None)
-        console.print(f"[green]Reverted[/green] to {name}: {', '.join(done)}")
+        ui.print(f"[green]Reverted[/green] to {name}: {', '.join(done)}")
 
     @group.command("delete")
     def delete(
@@ -98,9 +98,8 @@ def register(app: Any) -> None:
         host: HostOpt = None,
     ) -> None:
         """Delete snapshot NAME of the VMs."""
-        from virtplan.cli.app import _console, _engine
         from virtplan.workflows.snapshots import delete_all
 
-        with _engine(stack, host) as engine:
+        with open_engine(stack, host) as engine, engine.locked():
             done = delete_all(engine, name, vms or None)
-        _console().print(f"[green]Deleted[/green] snapshot {name} of {', '.join(done)}")
+        console().print(f"[green]Deleted[/green] snapshot {name} of {', '.join(done)}")

@@ -1,0 +1,73 @@
+"""Options every command shares, and the one place that turns them into an engine.
+
+Keep this module light (typer only): commands import it at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from virtplan.errors import StackLoadError
+
+if TYPE_CHECKING:
+    from virtplan.engine import Engine
+
+StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")]
+HostOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--host", help="Override a host's URI: NAME=URI (repeatable). VIRTPLAN_URI overrides the default host."
+    ),
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--lock-timeout",
+        help="Seconds to wait for another apply of this stack to finish (0: fail at once).",
+        min=0,
+    ),
+]
+
+
+class Settings:
+    """Process-wide CLI settings (set by the command being run)."""
+
+    debug = False
+
+
+def set_debug(debug: bool) -> None:
+    Settings.debug = debug
+
+
+def check_format(value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse an unknown --format, naming the ones that exist."""
+    if value not in allowed:
+        raise StackLoadError(f"--format {value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
+
+
+def pairs(items: list[str] | None, option: str, example: str) -> dict[str, str]:
+    """NAME=VALUE items of a repeatable option, or a usage error naming the option."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise StackLoadError(f"{option} {item!r}: write {example}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def host_overrides(hosts: list[str] | None) -> dict[str, str]:
+    """--host NAME=URI items as {name: uri}."""
+    return pairs(hosts, "--host", "NAME=URI, e.g. --host local=qemu:///system")
+
+
+def open_engine(stack_file: Path, hosts: list[str] | None) -> Engine:
+    """Load and validate the stack (no host is contacted before it is valid), then its engine."""
+    from virtplan.engine import Engine
+    from virtplan.model import load_stack
+
+    return Engine(load_stack(stack_file, host_overrides(hosts)))
