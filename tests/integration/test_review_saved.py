@@ -77,8 +77,8 @@ def test_saved_plan_applies_exactly_and_holds_no_secrets(bed):
 
     # The file round-trips into the same plan.
     loaded = plan_from_document(read_plan(tmp / "plan.json"))
-    assert [(c.address, c.action.value, c.reason) for c in loaded.changes] == [
-        (c["address"], c["action"], c["reason"]) for c in doc["changes"]
+    assert [(c.address, c.action.value, c.reason.value, c.reason_fields, c.why) for c in loaded.changes] == [
+        (c["address"], c["action"], c["reason_code"], c["reason_fields"], c["reason"]) for c in doc["changes"]
     ]
 
     out = cli("apply", "plan.json")

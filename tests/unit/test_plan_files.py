@@ -40,8 +40,9 @@ def test_round_trip(tmp_path, kind):
                                                                            plan.version)  # fmt: skip
     assert len(again.changes) == len(plan.changes)
     for a, b in zip(again.changes, plan.changes, strict=True):
-        assert (a.address, a.host, a.kind, a.key, a.action, a.reason, a.destructive, a.depends_on) == (
-            b.address, b.host, b.kind, b.key, b.action, b.reason, b.destructive, b.depends_on)  # fmt: skip
+        assert (a.address, a.host, a.kind, a.key, a.action, a.reason, a.reason_fields, a.destructive,
+                a.depends_on) == (b.address, b.host, b.kind, b.key, b.action, b.reason, b.reason_fields,
+                                  b.destructive, b.depends_on)  # fmt: skip
         assert [(f.field, f.policy) for f in a.changes] == [(f.field, f.policy) for f in b.changes]
         for fa, fb in zip(a.changes, b.changes, strict=True):
             if fa.field not in ("cloud_init", "graphics"):
@@ -88,13 +89,35 @@ def test_stale_objects_are_named(tmp_path):
     assert "  - volume lab-pool/base.qcow2 was deleted after this plan was made" in message
 
 
-def test_changed_plan_is_refused(tmp_path):
+@pytest.mark.parametrize(("key", "value"), [("reason", "something else"), ("reason_code", "missing"),
+                                            ("reason_fields", ["memory"])])  # fmt: skip
+def test_changed_plan_is_refused(tmp_path, key, value):
     stack, plan, observed, store, _ = scenario(tmp_path, "change")
     doc = plan_document(plan, stack, observed, store)
     tampered = copy.deepcopy(doc)
-    tampered["changes"][0]["reason"] = "something else"
+    tampered["changes"][0][key] = value
     with pytest.raises(StalePlan, match=r"stale plan: the planned change of vm old is different now; run plan again"):
         check_current(tampered, plan, stack, observed, store)
+
+
+def test_reasons_are_saved_as_code_fields_and_text(tmp_path):
+    stack, plan, observed, store, _ = scenario(tmp_path, "change")
+    doc = plan_document(plan, stack, observed, store)
+    saved = {c["address"]: (c["action"], c["reason_code"], c["reason_fields"], c["reason"]) for c in doc["changes"]}
+    assert saved["kvm1/vm/old"] == ("delete", "removed_from_stack", [], "removed from the stack")
+    assert saved["kvm1/vm/web1"] == ("update", "fields_changed", ["memory"], "memory changed")
+    action, code, fields, text = saved["kvm1/vm/db"]
+    assert (action, code) == ("restart", "needs_restart") and "max_memory" in fields
+    assert text.endswith(f"; {', '.join(fields)} take effect after a restart")
+
+
+def test_a_plan_without_reason_codes_is_refused(tmp_path):
+    stack, plan, observed, store, _ = scenario(tmp_path, "change")
+    doc = plan_document(plan, stack, observed, store)
+    del doc["changes"][0]["reason_code"]
+    write_plan(doc, tmp_path / "old.json")
+    with pytest.raises(PlanFileError, match="without a known reason code: it was made by an earlier virtplan"):
+        read_plan(tmp_path / "old.json")
 
 
 def test_usage_counters_are_not_changes():

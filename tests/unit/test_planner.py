@@ -1,4 +1,5 @@
-"""Planner cases as data: desired stack + observed state -> expected actions, policies, reasons."""
+"""Planner cases as data: desired stack + observed state -> expected actions, reasons (with
+the fields that decided them) and policies."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from virtplan.documents.render import Renderer, volume_path
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Host, Network, Pool, Stack, Volume, validate
-from virtplan.plan.planner import Action, PlanError, make_plan
+from virtplan.plan.planner import Action, PlanError, Reason, make_plan
 
 
 def program(**overrides: Any) -> Stack:
@@ -63,7 +64,7 @@ def deployed(stack: Stack, store: StateStore, running: bool = True) -> HostState
 @dataclass
 class Case:
     desired: Callable[[], Stack]
-    expected: dict[str, tuple[Action, str]]  # address -> (action, text in reason)
+    expected: dict[str, tuple[Action, Reason, list[str]]]  # address -> (action, reason, deciding fields)
     mutate: Callable[[HostState], None] = lambda h: None
     running: bool = True
     destructive: set[str] = field(default_factory=set)
@@ -86,46 +87,48 @@ CASES: dict[str, Case] = {
     "everything missing": Case(
         program,
         {
-            "h/network/net": (Action.CREATE, "missing"),
-            "h/pool/pool": (Action.CREATE, "missing"),
-            "h/volume/pool/disk": (Action.CREATE, "missing"),
-            "h/vm/vm": (Action.CREATE, "missing"),
+            "h/network/net": (Action.CREATE, Reason.MISSING, []),
+            "h/pool/pool": (Action.CREATE, Reason.MISSING, []),
+            "h/volume/pool/disk": (Action.CREATE, Reason.MISSING, []),
+            "h/vm/vm": (Action.CREATE, Reason.MISSING, []),
         },
         mutate=lambda h: h.objects.clear(),
     ),
     "memory up within max is live": Case(
         lambda: program(vm={"memory": "512MiB"}),
-        {"h/vm/vm": (Action.UPDATE, "memory changed")},
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["memory"])},
         policies={"h/vm/vm memory": "live"},
     ),
     "vcpus up within max is live": Case(
-        lambda: program(vm={"vcpus": 2}), {"h/vm/vm": (Action.UPDATE, "vcpus changed")}
+        lambda: program(vm={"vcpus": 2}), {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["vcpus"])}
     ),
     "max memory needs a restart": Case(
         lambda: program(vm={"max_memory": "2GiB"}),
-        {"h/vm/vm": (Action.RESTART, "max_memory take effect after a restart")},
+        {"h/vm/vm": (Action.RESTART, Reason.NEEDS_RESTART, ["max_memory"])},
         policies={"h/vm/vm max_memory": "restart"},
     ),
     "restart field on a stopped VM is a config update": Case(
         lambda: program(vm={"max_memory": "2GiB", "state": "stopped"}),
-        {"h/vm/vm": (Action.UPDATE, "max_memory changed")},
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["max_memory"])},
         running=False,
     ),
     "power state drift is reconciled": Case(
         program,
-        {"h/vm/vm": (Action.UPDATE, "state changed")},
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])},
         mutate=set_spec("vm", "vm", state="stopped"),
     ),
-    "desired stopped": Case(lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, "state changed")}),
+    "desired stopped": Case(
+        lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])}
+    ),
     "arch change replaces (destructive while running)": Case(
         lambda: program(vm={"arch": "x86_64"}),
-        {"h/vm/vm": (Action.REPLACE, "arch changed, which forces replacement")},
+        {"h/vm/vm": (Action.REPLACE, Reason.FORCES_REPLACEMENT, ["arch"])},
         mutate=set_spec("vm", "vm", arch="i686"),
         destructive={"h/vm/vm"},
     ),
     "out-of-band memory change is drift to undo": Case(
         program,
-        {"h/vm/vm": (Action.UPDATE, "memory changed")},
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["memory"])},
         mutate=set_spec("vm", "vm", memory=128 * 1024**2),
     ),
     "libvirt defaults are not drift": Case(
@@ -135,12 +138,15 @@ CASES: dict[str, Case] = {
     ),
     "new disk is hot-plugged": Case(
         lambda: _with_extra_disk(),
-        {"h/volume/pool/extra": (Action.CREATE, "missing"), "h/vm/vm": (Action.UPDATE, "disks changed")},
+        {
+            "h/volume/pool/extra": (Action.CREATE, Reason.MISSING, []),
+            "h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["disks"]),
+        },
         policies={"h/vm/vm disks": "live"},
     ),
     "removing a NIC needs a restart": Case(
         program,
-        {"h/vm/vm": (Action.RESTART, "nics")},
+        {"h/vm/vm": (Action.RESTART, Reason.NEEDS_RESTART, ["nics"])},
         mutate=lambda h: (
             h.objects[("vm", "vm")]
             .spec["nics"]
@@ -149,33 +155,35 @@ CASES: dict[str, Case] = {
         policies={"h/vm/vm nics": "restart"},
     ),
     "volume grows live": Case(
-        lambda: program(size="2GiB"), {"h/volume/pool/disk": (Action.UPDATE, "capacity changed")}
+        lambda: program(size="2GiB"), {"h/volume/pool/disk": (Action.UPDATE, Reason.FIELDS_CHANGED, ["capacity"])}
     ),
     "network reservation change is live": Case(
         program,
-        {"h/network/net": (Action.UPDATE, "reservations changed")},
+        {"h/network/net": (Action.UPDATE, Reason.FIELDS_CHANGED, ["reservations"])},
         mutate=set_spec("network", "net", reservations=[]),
         policies={"h/network/net reservations": "live"},
     ),
     "subnet change replaces the network, destructive for running guests": Case(
         program,
-        {"h/network/net": (Action.REPLACE, "cidr")},
+        {"h/network/net": (Action.REPLACE, Reason.FORCES_REPLACEMENT, ["cidr"])},
         mutate=set_spec("network", "net", cidr="10.6.0.0/24"),
         destructive={"h/network/net"},
     ),
     "dhcp range change restarts the network": Case(
         lambda: program(net={"dhcp_range": ("10.5.0.50", "10.5.0.60")}),
-        {"h/network/net": (Action.RESTART, "dhcp_range")},
+        {"h/network/net": (Action.RESTART, Reason.NEEDS_RESTART, ["dhcp_range"])},
         destructive={"h/network/net"},
     ),
     "stopped network is started": Case(
-        program, {"h/network/net": (Action.UPDATE, "active changed")}, mutate=set_spec("network", "net", active=False)
+        program,
+        {"h/network/net": (Action.UPDATE, Reason.FIELDS_CHANGED, ["active"])},
+        mutate=set_spec("network", "net", active=False),
     ),
     "removed VM is deleted and its reservation dropped": Case(
         lambda: program(no_vm=True),
         {
-            "h/vm/vm": (Action.DELETE, "removed from the stack"),
-            "h/network/net": (Action.UPDATE, "reservations changed"),
+            "h/vm/vm": (Action.DELETE, Reason.REMOVED_FROM_STACK, []),
+            "h/network/net": (Action.UPDATE, Reason.FIELDS_CHANGED, ["reservations"]),
         },
         destructive={"h/vm/vm"},
     ),
@@ -214,9 +222,8 @@ def test_planner_case(name, tmp_path):
     plan = run_case(case, tmp_path)
     got = {c.address: c for c in plan.changes}
     assert set(got) == set(case.expected), plan.changes
-    for address, (action, reason) in case.expected.items():
-        assert got[address].action == action, (address, got[address])
-        assert reason in got[address].reason, got[address].reason
+    for address, (action, reason, fields) in case.expected.items():
+        assert (got[address].action, got[address].reason, got[address].reason_fields) == (action, reason, fields)
     assert {c.address for c in plan.destructive()} == case.destructive
     for key, pol in case.policies.items():
         address, fld = key.split(" ")
@@ -287,7 +294,7 @@ def test_destroy_plans_only_owned_objects(tmp_path):
     assert sorted(c.address for c in plan.changes) == sorted(
         ["h/network/net", "h/pool/pool", "h/volume/pool/disk", "h/vm/vm"]
     )
-    assert all(c.action == Action.DELETE for c in plan.changes)
+    assert {(c.action, c.reason) for c in plan.changes} == {(Action.DELETE, Reason.DESTROY_REQUESTED)}
     assert plan.changes[0].kind == "vm"
 
 

@@ -56,6 +56,12 @@ def writable_disks(conn: Any, domain_xml: str) -> list[DiskInfo]:
     return out
 
 
+def disk_files(domain_xml: str) -> set[str]:
+    """Every file a domain's disks name: their sources and those of their backing chains."""
+    root = ET.fromstring(domain_xml)
+    return {f for disk in root.iterfind("devices/disk") for el in disk.iter("source") if (f := el.get("file"))}
+
+
 def _volume_path(conn: Any, key: str) -> str:
     pool, _, name = key.partition("/")
     return str(conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())

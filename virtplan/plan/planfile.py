@@ -1,10 +1,11 @@
 """Saved plans: a Plan as a JSON document to review, keep and apply later.
 
-The document holds every change (address, action, reason, field diffs with policies,
-destructive mark, dependencies), the virtplan version, the stack file's content hash,
-and a fingerprint of every observed object the plan depends on (each declared address,
-absent ones as null, and every object the stack owns). `apply plan.json` refuses, naming
-the objects, when any of that no longer holds, then applies exactly those changes.
+The document holds every change (address, action, reason as text and as a code with the
+fields that decided it, field diffs with policies, destructive mark, dependencies), the
+virtplan version, the stack file's content hash, and a fingerprint of every observed
+object the plan depends on (each declared address, absent ones as null, and every object
+the stack owns). `apply plan.json` refuses, naming the objects, when any of that no longer
+holds, then applies exactly those changes.
 
 No secret reaches the document: values derived from secrets (the cloud-init seed digest,
 a console password's digest) are replaced by the marker "(sensitive)". To still prove at
@@ -29,7 +30,8 @@ from virtplan.errors import VirtplanError
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Stack
-from virtplan.plan.planner import Action, FieldChange, Plan, ResourceChange, owned_objects
+from virtplan.plan.changes import Action, FieldChange, Plan, Reason, ResourceChange
+from virtplan.plan.ownership import owned_objects
 
 FORMAT = "virtplan-plan"
 FORMAT_VERSION = 1
@@ -153,7 +155,9 @@ def change_dict(change: ResourceChange) -> dict[str, Any]:
         "key": change.key,
         "action": change.action.value,
         "symbol": change.symbol,
-        "reason": change.reason,
+        "reason": change.why,
+        "reason_code": change.reason.value,
+        "reason_fields": list(change.reason_fields),
         "changes": [fc.__dict__.copy() for fc in _masked_fields(change)],
         "destructive": change.destructive,
         "depends_on": list(change.depends_on),
@@ -254,6 +258,10 @@ def read_plan(path: Path) -> dict[str, Any]:
         )
     if doc.get("virtplan_version") != __version__:
         raise StalePlan([f"it was made by virtplan {doc.get('virtplan_version')}, this is virtplan {__version__}"])
+    codes = {r.value for r in Reason}
+    if any(c.get("reason_code") not in codes for c in doc.get("changes", [])):
+        raise PlanFileError(f"{path} has a change without a known reason code: it was made by an earlier virtplan; "
+                            "run plan again")  # fmt: skip
     return doc
 
 
@@ -266,11 +274,12 @@ def plan_from_document(doc: dict[str, Any]) -> Plan:
             c["kind"],
             c["key"],
             Action(c["action"]),
-            c["reason"],
+            Reason(c["reason_code"]),
             [FieldChange(f["field"], f["before"], f["after"], f["policy"]) for f in c["changes"]],
             c.get("destructive"),
             list(c.get("depends_on", [])),
             c.get("fingerprint"),
+            list(c.get("reason_fields", [])),
         )
         for c in doc["changes"]
     ]

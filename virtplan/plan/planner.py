@@ -9,100 +9,24 @@ observed object it was computed from.
 from __future__ import annotations
 
 import graphlib
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any
 
 from virtplan.documents.parse import Spec, parse
 from virtplan.documents.render import Renderer
-from virtplan.errors import FieldError, VirtplanError
+from virtplan.errors import FieldError
+from virtplan.hosts.chains import disk_files
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
-from virtplan.plan.policy import IMMUTABLE_HINTS, Policy, policy
+from virtplan.plan.changes import Action, FieldChange, Plan, PlanError, Reason, ResourceChange
+from virtplan.plan.ownership import owned_objects, owner_stack
+from virtplan.plan.policy import IMMUTABLE_HINTS, Policy, change_risk, choose_action, delete_risk, field_policy
 
+__all__ = [  # the plan's data types and ownership helpers live beside; callers may import them from here
+    "Action", "FieldChange", "Plan", "PlanError", "Reason", "ResourceChange",
+    "desired_spec", "make_plan", "ordered", "owned_objects", "owner_stack", "rendered_spec", "running_users",
+]  # fmt: skip
 
-class Action(StrEnum):
-    CREATE = "create"
-    UPDATE = "update"  # applied live, or to the config of a stopped VM
-    RESTART = "restart"  # config changed; the running VM restarts gracefully
-    REPLACE = "replace"
-    DELETE = "delete"
-
-
-SYMBOLS = {
-    Action.CREATE: "+",
-    Action.UPDATE: "~",
-    Action.RESTART: "~",
-    Action.REPLACE: "-/+",
-    Action.DELETE: "-",
-}
 KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
-
-
-@dataclass
-class FieldChange:
-    field: str
-    before: Any
-    after: Any
-    policy: str
-
-
-@dataclass
-class ResourceChange:
-    address: str
-    host: str
-    kind: str
-    key: str
-    action: Action
-    reason: str
-    changes: list[FieldChange] = field(default_factory=list)
-    destructive: str | None = None
-    depends_on: list[str] = field(default_factory=list)
-    fingerprint: str | None = None
-
-    @property
-    def symbol(self) -> str:
-        return SYMBOLS[self.action]
-
-
-@dataclass
-class Plan:
-    """An ordered list of changes for one stack, plus where it came from."""
-
-    stack: str
-    stack_hash: str
-    changes: list[ResourceChange]
-    hosts: dict[str, str]  # host name -> URI
-    version: str = ""
-
-    @property
-    def empty(self) -> bool:
-        return not self.changes
-
-    def destructive(self) -> list[ResourceChange]:
-        return [c for c in self.changes if c.destructive]
-
-    def counts(self) -> dict[Action, int]:
-        counts = dict.fromkeys(Action, 0)
-        for change in self.changes:
-            counts[change.action] += 1
-        return counts
-
-    def for_host(self, host: str) -> list[ResourceChange]:
-        return [c for c in self.changes if c.host == host]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class PlanError(VirtplanError):
-    """The plan cannot be made: ownership clashes or changes virtplan refuses."""
-
-    def __init__(self, errors: list[FieldError]):
-        self.errors = errors
-        lines = "\n".join(f"  - {e}" for e in errors)
-        super().__init__(f"cannot plan; nothing was changed:\n{lines}")
 
 
 # -- desired specs ----------------------------------------------------------------------
@@ -167,26 +91,6 @@ def ordered(resources: list[Resource]) -> list[Resource]:
     return out
 
 
-# -- ownership --------------------------------------------------------------------------
-def owner_stack(obj: ObservedObject, address: str, uri: str, store: StateStore, stack: str) -> str | None:
-    """The stack that owns `obj` as far as virtplan can prove: `stack` or another name, or
-    None when the object is foreign."""
-    if obj.kind in ("vm", "network"):
-        return obj.owner.stack if obj.owner is not None else None
-    record = store.get(uri, address)
-    if record is not None and (record.get("pending") or record.get("id") == obj.uuid):
-        return stack
-    return None
-
-
-def owned_objects(host: HostState, store: StateStore, stack: str) -> list[ObservedObject]:
-    """The objects on `host` that `stack` can prove it owns."""
-    return [
-        o for o in host.objects.values()
-        if owner_stack(o, f"{host.name}/{o.kind}/{o.key}", host.uri, store, stack) == stack
-    ]  # fmt: skip
-
-
 # -- the planner ------------------------------------------------------------------------
 class _Planner:
     def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: StateStore):
@@ -226,7 +130,7 @@ class _Planner:
             self.check_seed(resource, host)
         if obj is None:
             fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
-            self.add(resource, Action.CREATE, "missing on the host", fields, deps)
+            self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
         if not self.owned(obj, resource.address, host):
             if not self.imported(resource, obj, host):
@@ -234,11 +138,10 @@ class _Planner:
             return
         desired = desired_spec(resource, self.renderer)
         diffs = [
-            FieldChange(name, obj.spec.get(name), value, policy(resource.kind, name).value)
+            FieldChange(name, before, value, field_policy(resource.kind, name, before, value).value)
             for name, value in desired.items()
-            if obj.spec.get(name) != value
+            if (before := obj.spec.get(name)) != value
         ]
-        diffs = [self.refine(resource, d, obj) for d in diffs]
         if not diffs:
             return
         refused = [d for d in diffs if d.policy == Policy.IMMUTABLE]
@@ -249,24 +152,10 @@ class _Planner:
             )
         if refused:
             return
-        names = ", ".join(d.field for d in diffs)
-        replacing = [d.field for d in diffs if d.policy == Policy.REPLACE]
-        restarting = [d.field for d in diffs if d.policy == Policy.RESTART]
-        if replacing:
-            action, reason = Action.REPLACE, f"{', '.join(replacing)} changed, which forces replacement"
-        elif (
-            restarting
-            and isinstance(resource, VM)
-            and obj.spec.get("state") == "running"
-            and resource.state == "running"
-        ):
-            action, reason = Action.RESTART, f"{names} changed; {', '.join(restarting)} take effect after a restart"
-        elif restarting and isinstance(resource, Network) and obj.spec.get("active"):
-            action, reason = Action.RESTART, f"{names} changed; the network restarts"
-        else:
-            action, reason = Action.UPDATE, f"{names} changed"
-        change = self.add(resource, action, reason, diffs, deps, obj)
-        change.destructive = self.destructive(resource, action, obj, host)
+        action, reason, deciding = choose_action(resource.kind, diffs, obj.spec, desired)
+        change = self.add(resource, action, reason, deciding, diffs, deps, obj)
+        users = running_users(host, resource.key) if resource.kind == "network" else []
+        change.destructive = change_risk(resource.kind, action, obj.spec, users)
 
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan
@@ -284,16 +173,6 @@ class _Planner:
             ))  # fmt: skip
         return True
 
-    def refine(self, resource: Resource, d: FieldChange, obj: ObservedObject) -> FieldChange:
-        """Field changes whose policy depends on the values."""
-        if resource.kind == "vm" and d.field in ("disks", "nics"):
-            before = d.before or []
-            if before != d.after[: len(before)]:
-                d.policy = Policy.RESTART.value  # removal or change: not hot-pluggable here
-        if resource.kind == "volume" and d.field == "capacity" and d.before is not None and d.after < d.before:
-            d.policy = Policy.IMMUTABLE.value
-        return d
-
     def check_seed(self, vm: VM, host: HostState) -> None:
         if vm.cloud_init is None or vm.seed_pool is None:
             return
@@ -303,40 +182,26 @@ class _Planner:
         if obj is not None and not self.owned(obj, address, host):
             self.clash(address, obj, host, "volume", key)
 
-    def destructive(self, resource: Resource, action: Action, obj: ObservedObject, host: HostState) -> str | None:
-        if action not in (Action.REPLACE, Action.DELETE, Action.RESTART):
-            return None
-        if resource.kind == "volume" and action != Action.RESTART:
-            return "the volume and all data on it are deleted"
-        if resource.kind == "vm" and action == Action.REPLACE:
-            if obj.spec.get("state") == "running":
-                return "the running VM is stopped and its domain recreated"
-            return "the domain is recreated (its disks are kept)" if obj.spec.get("disks") else None
-        if resource.kind == "network":
-            users = running_users(host, resource.key)
-            if users:
-                return f"running VMs lose connectivity until restarted: {', '.join(users)}"
-        return None
-
     def add(
         self,
         resource: Resource,
         action: Action,
-        reason: str,
-        diffs: list[FieldChange] | None = None,
-        deps: list[str] | None = None,
+        reason: Reason,
+        deciding: list[str],
+        diffs: list[FieldChange],
+        deps: list[str],
         obj: ObservedObject | None = None,
     ) -> ResourceChange:
         assert resource.host is not None
         change = ResourceChange(
-            resource.address, resource.host.name, resource.kind, resource.key, action, reason,
-            diffs or [], None, deps or [], obj.fingerprint if obj else None,
+            resource.address, resource.host.name, resource.kind, resource.key, action, reason, diffs,
+            depends_on=deps, fingerprint=obj.fingerprint if obj else None, reason_fields=deciding,
         )  # fmt: skip
         self.changes[resource.address] = change
         return change
 
     # observed side
-    def deletions(self, declared: set[str], reason: str) -> list[ResourceChange]:
+    def deletions(self, declared: set[str], reason: Reason) -> list[ResourceChange]:
         out = []
         seeds = self.seed_addresses()
         for host in self.observed.values():
@@ -354,7 +219,9 @@ class _Planner:
             where = self.observed[change.host]
             found = where.get(change.kind, change.key)
             assert found is not None
-            change.destructive = self.delete_risk(found, where, gone)
+            users = running_users(where, found.key) if found.kind == "network" else []
+            users = [u for u in users if f"{where.name}/vm/{u}" not in gone]
+            change.destructive = delete_risk(found.kind, found.spec, users)
         return out
 
     def layer_kept(self, address: str, host: HostState, declared: set[str]) -> bool:
@@ -369,19 +236,6 @@ class _Planner:
                 if record.get("seed_of") or record.get("log_of"):
                     seeds.add(address)  # owned through their VM, deleted with it
         return seeds
-
-    def delete_risk(self, obj: ObservedObject, host: HostState, gone: set[str]) -> str | None:
-        if obj.kind == "snapshot":
-            return "the snapshot is deleted; the VM can no longer be reverted to it"
-        if obj.kind == "volume":
-            return "the volume and all data on it are deleted"
-        if obj.kind == "vm" and obj.spec.get("state") == "running":
-            return "the running VM is stopped and undefined (its disks are kept unless deleted too)"
-        if obj.kind == "network":
-            users = [u for u in running_users(host, obj.key) if f"{host.name}/vm/{u}" not in gone]
-            if users:
-                return f"running VMs lose connectivity: {', '.join(users)}"
-        return None
 
 
 def running_users(host: HostState, network: str) -> list[str]:
@@ -399,6 +253,13 @@ def _order_deletions(
     """VMs first, then volumes (overlays before what they back), pools, networks; each
     waits for the changes of the objects that still use it."""
     by_addr = {d.address: d for d in deletes}
+    files: dict[tuple[str, str], set[str]] = {}  # (host, vm) -> the files its disks use, parsed once
+
+    def uses_file(host: HostState, vm: ObservedObject, path: str | None) -> bool:
+        if (host.name, vm.key) not in files:
+            files[(host.name, vm.key)] = disk_files(vm.xml)
+        return path in files[(host.name, vm.key)]
+
     for d in deletes:
         host = observed[d.host]
         users: list[str] = []
@@ -407,7 +268,7 @@ def _order_deletions(
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
                       if any(x.get("volume") == d.key for x in o.spec.get("disks", []))]  # fmt: skip
             users += [f"{d.host}/volume/{o.key}" for o in host.of_kind("volume") if o.spec.get("backing") == path]
-            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm") if f"file='{path}'" in o.xml]  # a layer
+            users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm") if uses_file(host, o, path)]  # a layer
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
                       if path in (o.spec.get("kernel"), o.spec.get("initrd"))]  # direct kernel boot  # fmt: skip
         elif d.kind == "pool":
@@ -472,7 +333,7 @@ def make_plan(
         raise PlanError(planner.errors)
     kept = planner.changes
     declared = set() if destroy else set(stack.by_address())
-    reason = "destroy requested" if destroy else "removed from the stack"
+    reason = Reason.DESTROY_REQUESTED if destroy else Reason.REMOVED_FROM_STACK
     deletes = _order_deletions(planner.deletions(declared, reason), observed, kept)
     _wait_for_what_frees(kept, deletes, stack, observed)
     vm_deletes = [d for d in deletes if d.kind == "vm"]

@@ -1,14 +1,24 @@
-"""How each comparable field is changed: the one table the planner and apply share.
+"""How each comparable field is changed: the one table the planner, apply and the virsh
+view share, and its refinements.
 
 - live: applied to the running object and its persistent config, no interruption.
 - restart: persistent config now; takes effect after the graceful restart the plan shows.
 - replace: the object is destroyed and created again.
 - immutable: virtplan refuses the change and says what to do instead.
+
+Besides the table (`FIELDS`): how a live field reaches the running object (`LIVE`), the
+policies that depend on the values (`field_policy`), which action a set of field changes
+makes (`choose_action`) and what a change or deletion puts at risk (`change_risk`,
+`delete_risk`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import Any
+
+from virtplan.plan.changes import Action, FieldChange, Reason
 
 
 class Policy(StrEnum):
@@ -35,7 +45,7 @@ FIELDS: dict[str, dict[str, Policy]] = {
         "reservations": L, "autostart": L, "active": L,
     },
     "pool": {"type": FIXED, "path": FIXED, "autostart": L, "active": L},
-    "volume": {"format": X, "backing": X, "capacity": L},  # shrinking replaces
+    "volume": {"format": X, "backing": X, "capacity": L},  # shrinking is refused
     "snapshot": {"memory": FIXED},  # a snapshot keeps the moment it was taken
 }  # fmt: skip
 
@@ -47,5 +57,112 @@ IMMUTABLE_HINTS = {
 }
 
 
+class Delivery(StrEnum):
+    """How a live field reaches the running object."""
+
+    RUNTIME = "runtime"  # power state, autostart, activity: the definition does not change
+    HOT = "hot"  # set on the running object and in its definition, without redefining it
+    PLUG = "plug"  # items appended at the end are hot-plugged after the definition is rewritten
+
+
+LIVE: dict[str, dict[str, Delivery]] = {
+    "vm": {
+        "memory": Delivery.HOT, "vcpus": Delivery.HOT, "description": Delivery.HOT,  # within the maxima
+        "disks": Delivery.PLUG, "nics": Delivery.PLUG,
+        "state": Delivery.RUNTIME, "autostart": Delivery.RUNTIME,
+    },
+    "network": {"reservations": Delivery.HOT, "autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
+    "pool": {"autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
+    "volume": {"capacity": Delivery.HOT},  # grown under a running guest through it
+}  # fmt: skip
+
+
 def policy(kind: str, field: str) -> Policy:
     return FIELDS[kind][field]
+
+
+def field_policy(kind: str, field: str, before: Any, after: Any) -> Policy:
+    """The policy of one field change, refined by its values: disks and NICs appended at
+    the end are hot-plugged while any other change to them restarts; a volume shrink is
+    refused."""
+    if LIVE.get(kind, {}).get(field) == Delivery.PLUG:
+        kept = before or []
+        if kept != after[: len(kept)]:
+            return Policy.RESTART  # removal or change: not hot-pluggable
+    if kind == "volume" and field == "capacity" and before is not None and after < before:
+        return Policy.IMMUTABLE
+    return FIELDS[kind][field]
+
+
+def hot_fields(kind: str, fields: Iterable[str]) -> list[str]:
+    """The fields among `fields` that are set on the running object (in table order)."""
+    wanted = set(fields)
+    return [f for f, how in LIVE.get(kind, {}).items() if how == Delivery.HOT and f in wanted]
+
+
+def plugged_fields(kind: str, fields: Iterable[str]) -> list[str]:
+    """The fields among `fields` whose appended items are hot-plugged (in table order)."""
+    wanted = set(fields)
+    return [f for f, how in LIVE.get(kind, {}).items() if how == Delivery.PLUG and f in wanted]
+
+
+def redefines(kind: str, fields: Iterable[str]) -> bool:
+    """Whether changing `fields` rewrites the object's definition: anything but runtime and
+    hot fields does."""
+    delivered = LIVE.get(kind, {})
+    return any(delivered.get(f) not in (Delivery.RUNTIME, Delivery.HOT) for f in fields)
+
+
+def stays_up(kind: str, observed: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Whether the object is up and is to stay up, so restart fields need a restart: a
+    running VM declared running, an active network."""
+    if kind == "vm":
+        return observed.get("state") == "running" and desired.get("state") == "running"
+    if kind == "network":
+        return bool(observed.get("active"))
+    return False
+
+
+def choose_action(
+    kind: str, diffs: list[FieldChange], observed: dict[str, Any], desired: dict[str, Any]
+) -> tuple[Action, Reason, list[str]]:
+    """The action, reason and deciding fields for an owned object whose fields differ
+    (none of them immutable): replace if any field forces it, restart if restart fields
+    changed on an object that stays up, else update."""
+    replacing = [d.field for d in diffs if d.policy == Policy.REPLACE]
+    restarting = [d.field for d in diffs if d.policy == Policy.RESTART]
+    if replacing:
+        return Action.REPLACE, Reason.FORCES_REPLACEMENT, replacing
+    if restarting and stays_up(kind, observed, desired):
+        return Action.RESTART, Reason.NEEDS_RESTART, restarting
+    return Action.UPDATE, Reason.FIELDS_CHANGED, [d.field for d in diffs]
+
+
+def change_risk(kind: str, action: Action, observed: dict[str, Any], users: list[str]) -> str | None:
+    """What a replace or restart of an object puts at risk (None: nothing); `users` are the
+    running VMs on a network."""
+    if action not in (Action.REPLACE, Action.DELETE, Action.RESTART):
+        return None
+    if kind == "volume" and action != Action.RESTART:
+        return "the volume and all data on it are deleted"
+    if kind == "vm" and action == Action.REPLACE:
+        if observed.get("state") == "running":
+            return "the running VM is stopped and its domain recreated"
+        return "the domain is recreated (its disks are kept)" if observed.get("disks") else None
+    if kind == "network" and users:
+        return f"running VMs lose connectivity until restarted: {', '.join(users)}"
+    return None
+
+
+def delete_risk(kind: str, observed: dict[str, Any], users: list[str]) -> str | None:
+    """What deleting an object puts at risk (None: nothing); `users` are the running VMs on
+    a network that stay."""
+    if kind == "snapshot":
+        return "the snapshot is deleted; the VM can no longer be reverted to it"
+    if kind == "volume":
+        return "the volume and all data on it are deleted"
+    if kind == "vm" and observed.get("state") == "running":
+        return "the running VM is stopped and undefined (its disks are kept unless deleted too)"
+    if kind == "network" and users:
+        return f"running VMs lose connectivity: {', '.join(users)}"
+    return None

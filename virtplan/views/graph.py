@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from virtplan.model import Stack
-from virtplan.plan.planner import SYMBOLS, Action, Plan, ordered
+from virtplan.plan.changes import SYMBOLS, Action, Plan
+from virtplan.plan.planner import ordered
 
 COLORS = {  # fill, stroke
     "create": ("#dafbe1", "#1a7f37"),

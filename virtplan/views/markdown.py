@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from virtplan.plan.planner import Action
+from virtplan.plan.changes import Action
 
 ACTION_WORDS = {
     "create": "create",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtplan.plan.planner import Action, FieldChange, Plan, ResourceChange
+from virtplan.plan.changes import Action, FieldChange, Plan, ResourceChange
 from virtplan.units import format_size
 
 STYLES = {
@@ -81,7 +81,7 @@ def change_lines(change: ResourceChange) -> list[str]:
     style = STYLES[change.action]
     lines = [
         f"  [{style}]{change.symbol:>3} {change.kind} {escape(change.key)}[/{style}]"
-        f"  [dim]{change.action.value}: {escape(change.reason)}[/dim]"
+        f"  [dim]{change.action.value}: {escape(change.why)}[/dim]"
     ]
     shown = [fc for fc in change.changes if not (change.action == Action.CREATE and fc.after is None)]
     lines += [f"        {field_line(fc, change.action)}" for fc in shown]

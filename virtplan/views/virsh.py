@@ -450,7 +450,7 @@ def script(plan: Plan, commands: dict[str, list[str]]) -> str:
             continue
         lines += [f"# --- host {host} ---", f"export LIBVIRT_DEFAULT_URI={q(uri)}", ""]
         for change in changes:
-            lines.append(f"# {change.symbol} {change.kind} {change.key}  ({change.action.value}: {change.reason})")
+            lines.append(f"# {change.symbol} {change.kind} {change.key}  ({change.action.value}: {change.why})")
             if change.destructive:
                 lines.append(f"# ! destructive: {change.destructive}")
             lines += commands.get(change.address, [])

@@ -826,6 +826,6 @@ def apply_clone(stack_file: Path, say: Progress) -> None:
         odd = [c for c in plan.changes if c.action != Action.CREATE]
         if odd:
             raise CloneError("the clone's plan is not only creations; nothing applied:\n"
-                             + "\n".join(f"  - {c.action.value} {c.address}: {c.reason}" for c in odd))  # fmt: skip
+                             + "\n".join(f"  - {c.action.value} {c.address}: {c.why}" for c in odd))  # fmt: skip
         say(f"applying {len(plan.changes)} creation(s)")
         engine.apply(plan, observation)

@@ -1,0 +1,141 @@
+"""What a plan is made of: actions, reasons, field changes, resource changes, the plan.
+
+Plain data shared by the planner (which makes plans), apply (which runs them), saved
+plans and the views. Every change says why it is planned with a `Reason` from a closed
+set plus the fields involved; its human text is derived from those in one place,
+`reason_text`, which the text, Markdown and virsh views and the plan file all print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, assert_never
+
+from virtplan.errors import FieldError, VirtplanError
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"  # applied live, or to the config of a stopped VM
+    RESTART = "restart"  # config changed; the running VM restarts gracefully
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class Reason(StrEnum):
+    """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
+
+    Each action has its reasons: create MISSING; update FIELDS_CHANGED; restart
+    NEEDS_RESTART; replace FORCES_REPLACEMENT; delete REMOVED_FROM_STACK or
+    DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
+
+    MISSING = "missing"  # declared, not on the host
+    FIELDS_CHANGED = "fields_changed"  # declared fields differ; all can change in place
+    NEEDS_RESTART = "needs_restart"  # fields that take effect after a restart changed on a running object
+    FORCES_REPLACEMENT = "forces_replacement"  # fields that cannot change in place changed
+    REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
+    DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
+
+
+SYMBOLS = {
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.RESTART: "~",
+    Action.REPLACE: "-/+",
+    Action.DELETE: "-",
+}
+
+
+@dataclass
+class FieldChange:
+    field: str
+    before: Any
+    after: Any
+    policy: str
+
+
+@dataclass
+class ResourceChange:
+    address: str
+    host: str
+    kind: str
+    key: str
+    action: Action
+    reason: Reason
+    changes: list[FieldChange] = field(default_factory=list)
+    destructive: str | None = None
+    depends_on: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+    reason_fields: list[str] = field(default_factory=list)
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.action]
+
+    @property
+    def why(self) -> str:
+        """The reason as a reviewer reads it (see `reason_text`)."""
+        return reason_text(self)
+
+
+def reason_text(change: ResourceChange) -> str:
+    """The one wording of a change's reason, from its Reason, reason fields and field diffs."""
+    fields = ", ".join(change.reason_fields)
+    match change.reason:
+        case Reason.MISSING:
+            return "missing on the host"
+        case Reason.FIELDS_CHANGED:
+            return f"{fields} changed"
+        case Reason.NEEDS_RESTART:
+            changed = ", ".join(fc.field for fc in change.changes)
+            if change.kind == "network":
+                return f"{changed} changed; the network restarts"
+            return f"{changed} changed; {fields} take effect after a restart"
+        case Reason.FORCES_REPLACEMENT:
+            return f"{fields} changed, which forces replacement"
+        case Reason.REMOVED_FROM_STACK:
+            return "removed from the stack"
+        case Reason.DESTROY_REQUESTED:
+            return "destroy requested"
+        case unknown:
+            assert_never(unknown)
+
+
+@dataclass
+class Plan:
+    """An ordered list of changes for one stack, plus where it came from."""
+
+    stack: str
+    stack_hash: str
+    changes: list[ResourceChange]
+    hosts: dict[str, str]  # host name -> URI
+    version: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def destructive(self) -> list[ResourceChange]:
+        return [c for c in self.changes if c.destructive]
+
+    def counts(self) -> dict[Action, int]:
+        counts = dict.fromkeys(Action, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    def for_host(self, host: str) -> list[ResourceChange]:
+        return [c for c in self.changes if c.host == host]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PlanError(VirtplanError):
+    """The plan cannot be made: ownership clashes or changes virtplan refuses."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"cannot plan; nothing was changed:\n{lines}")
