@@ -12,7 +12,8 @@ import pytest
 from builders import QEMU_FACTS, declare
 from test_planner import deployed, program
 
-from virtplan.apply.layers import apply_layers, layer_disk
+from virtplan.apply.layers import apply_layers
+from virtplan.documents.fragments import layer_disk
 from virtplan.documents.parse import parse
 from virtplan.documents.render import Renderer
 from virtplan.engine import Observation

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtplan.documents import fragments
 from virtplan.documents.merge import device_xml, keep_device_addresses
 from virtplan.documents.render import Renderer, console_log_path
 from virtplan.documents.seed import build_seed_iso
@@ -271,9 +272,7 @@ class HostApplier:
 
     def _upload(self, pool: Any, name: str, path: Path, fmt: str) -> Any:
         size = path.stat().st_size
-        xml = (f"<volume><name>{_xml_text(name)}</name><capacity unit='bytes'>{size}</capacity>"
-               f"<target><format type='{fmt}'/></target></volume>")  # fmt: skip
-        obj = pool.createXML(xml, 0)
+        obj = pool.createXML(fragments.volume(name, size, fmt), 0)
         stream = self.conn.newStream(0)
         obj.upload(stream, 0, size, 0)
         with path.open("rb") as f:
@@ -452,9 +451,7 @@ class HostApplier:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                 raise
-        xml = (f"<volume><name>{_xml_text(vm.seed_volume_name)}</name><capacity unit='bytes'>{len(data)}"
-               "</capacity><target><format type='raw'/></target></volume>")  # fmt: skip
-        vol = pool.createXML(xml, 0)
+        vol = pool.createXML(fragments.volume(vm.seed_volume_name, len(data), "raw"), 0)
         stream = self.conn.newStream(0)
         vol.upload(stream, 0, len(data), 0)
         view = memoryview(data)
@@ -552,8 +549,7 @@ def _update_reservations(net: Any, before: list[dict[str, Any]], after: list[dic
     import libvirt
 
     def host_xml(r: dict[str, Any]) -> str:
-        name = f" name='{_xml_text(r['name'])}'" if r.get("name") else ""
-        return f"<host mac='{r['mac']}'{name} ip='{r['ip']}'/>"
+        return fragments.dhcp_host(r["mac"], r["ip"], r.get("name"))
 
     section = libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST
     changes = [(libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, r) for r in before if r not in after]
@@ -567,12 +563,6 @@ def _update_reservations(net: Any, before: list[dict[str, Any]], after: list[dic
                 # Not in the running network (delete) or already in it (add): nothing to do there.
                 if exc.get_error_code() not in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED):
                     raise
-
-
-def _xml_text(value: str) -> str:
-    from xml.sax.saxutils import quoteattr
-
-    return quoteattr(value)[1:-1]
 
 
 def _error_text(error: BaseException) -> str:

@@ -29,10 +29,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtplan.documents.fragments import domain_with_disk, external_disk_snapshot, layer_disk, layer_volume
 from virtplan.hosts.chains import LayerError, chain_of, dependents, writable_disks
 from virtplan.hosts.records import StateStore
 
-LAYER_FORMAT = "qcow2"
 _LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -78,32 +78,6 @@ def apply_layers(domain_xml: str, store: StateStore, uri: str, host: str) -> str
             layer_disk(disk, chain, key, base_format)
             changed = True
     return ET.tostring(root, encoding="unicode") if changed else domain_xml
-
-
-def layer_disk(disk: ET.Element, chain: list[str], volume: str, base_format: str) -> None:
-    """Rewrite one <disk> element: source = chain[0], backing chain down to `volume`."""
-    pool, _, name = volume.partition("/")
-    for tag in ("source", "backingStore"):
-        for el in disk.findall(tag):
-            disk.remove(el)
-    disk.set("type", "file")
-    driver = disk.find("driver")
-    if driver is None:
-        driver = ET.Element("driver", {"name": "qemu"})
-        disk.insert(0, driver)
-    driver.set("type", LAYER_FORMAT)
-    at = list(disk).index(driver) + 1
-    disk.insert(at, ET.Element("source", {"file": chain[0]}))
-    parent = ET.Element("backingStore", {"type": "file"})
-    disk.insert(at + 1, parent)
-    node = parent
-    for path in chain[1:]:
-        ET.SubElement(node, "format", {"type": LAYER_FORMAT})
-        ET.SubElement(node, "source", {"file": path})
-        node = ET.SubElement(node, "backingStore", {"type": "file"})
-    node.set("type", "volume")
-    ET.SubElement(node, "format", {"type": base_format})
-    ET.SubElement(node, "source", {"pool": pool, "volume": name})
 
 
 # -- freezing -----------------------------------------------------------------------------
@@ -163,7 +137,7 @@ def freeze(
             for d, _, _, address in planned
         })  # fmt: skip
         for d, pool, layer_name, address in planned:
-            layer = pool.createXML(_layer_xml(layer_name, result.disks[d.target].capacity, d.top, d.format), 0)
+            layer = pool.createXML(layer_volume(layer_name, result.disks[d.target].capacity, d.top, d.format), 0)
             created.append((layer, address))
             new_tops[d.target] = layer.path()
         # the chain before the switch: should anything stop in between, the next
@@ -207,36 +181,18 @@ def _free_name(pool: Any, wanted: str) -> str:
     return name
 
 
-def _layer_xml(name: str, capacity: int, backing: str, backing_format: str) -> str:
-    from xml.sax.saxutils import escape, quoteattr
-
-    return (
-        f"<volume><name>{escape(name)}</name><capacity unit='bytes'>{capacity}</capacity>"
-        f"<target><format type='{LAYER_FORMAT}'/></target>"
-        f"<backingStore><path>{escape(backing)}</path><format type={quoteattr(backing_format)}/></backingStore>"
-        "</volume>"
-    )
-
-
 def _external_snapshot(dom: Any, new_tops: dict[str, str], domain_xml: str) -> None:
     """Switch `dom` to the pre-made layers (REUSE_EXT), keeping no libvirt snapshot metadata:
     virtplan tracks the layers, and libvirt's own deletion would write into frozen files."""
-    from xml.sax.saxutils import quoteattr
-
     import libvirt
 
-    parts = []
+    disks = []
     for disk in ET.fromstring(domain_xml).iterfind("devices/disk"):
         target = disk.find("target")
         dev = target.get("dev", "") if target is not None else ""
-        if dev in new_tops:
-            parts.append(
-                f"<disk name={quoteattr(dev)} snapshot='external' type='file'><driver type='{LAYER_FORMAT}'/>"
-                f"<source file={quoteattr(new_tops[dev])}/></disk>"
-            )
-        elif dev:
-            parts.append(f"<disk name={quoteattr(dev)} snapshot='no'/>")
-    xml = f"<domainsnapshot><disks>{''.join(parts)}</disks></domainsnapshot>"
+        if dev:
+            disks.append((dev, new_tops.get(dev)))
+    xml = external_disk_snapshot(disks)
     flags = (
         libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
@@ -255,7 +211,7 @@ def _redefine_with_chains(conn: Any, dom: Any, store: StateStore, uri: str, host
     root = ET.fromstring(xml)
     records = store.records(uri)
     for disk in root.iterfind("devices/disk"):
-        info = writable_disks(conn, _wrap(disk))
+        info = writable_disks(conn, domain_with_disk(disk))
         if not info or info[0].volume is None:
             continue
         key = info[0].volume
@@ -267,10 +223,6 @@ def _redefine_with_chains(conn: Any, dom: Any, store: StateStore, uri: str, host
             base_format = _volume_format(conn, key)
             layer_disk(disk, chain, key, base_format)
     conn.defineXML(ET.tostring(root, encoding="unicode"))
-
-
-def _wrap(disk: ET.Element) -> str:
-    return f"<domain><devices>{ET.tostring(disk, encoding='unicode')}</devices></domain>"
 
 
 def _volume_format(conn: Any, key: str) -> str:
@@ -295,7 +247,7 @@ def new_layer(conn: Any, store: StateStore, uri: str, host: str, frozen: FrozenD
     name = _free_name(pool, f"{frozen.volume.partition('/')[2]}.{label_for(tag)}")
     address = f"{host}/volume/{pool.name()}/{name}"
     store.put(uri, address, kind="volume", pending=True, layer_of=frozen.volume_address, backing=frozen.path)
-    layer = pool.createXML(_layer_xml(name, capacity, frozen.path, frozen.format), 0)
+    layer = pool.createXML(layer_volume(name, capacity, frozen.path, frozen.format), 0)
     store.put(uri, address, kind="volume", id=layer.path(), pending=False, layer_of=frozen.volume_address)
     return str(layer.path())
 

@@ -100,15 +100,11 @@ def take(
         return
     if not dom.isActive():
         raise SnapshotError(f"a memory snapshot needs a running VM; {vm!r} is stopped (take a disk-only one)")
-    from xml.sax.saxutils import escape
+    from virtplan.documents.fragments import memory_snapshot
 
     store.put(uri, address, kind="snapshot", pending=True, mode="memory", **common)
     try:
-        snap = dom.snapshotCreateXML(
-            f"<domainsnapshot><name>{escape(name)}</name><description>{escape(description or 'virtplan')}"
-            "</description></domainsnapshot>",
-            0,
-        )
+        snap = dom.snapshotCreateXML(memory_snapshot(name, description or "virtplan"), 0)
     except libvirt.libvirtError:
         store.forget(uri, address)
         raise

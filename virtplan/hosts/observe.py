@@ -8,6 +8,7 @@ carry this stack's mark, so a host with thousands of foreign VMs stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import xml.etree.ElementTree as ET
@@ -132,7 +133,18 @@ def _inactive_xml(obj: Any, flags: int) -> str | None:
 
 
 def _mine(xml: str, stack_name: str) -> bool:
-    return NAMESPACE in xml and f'stack="{stack_name}"' in xml.replace("'", '"')
+    """Whether a domain carries this stack's owner mark, decided on parsed XML. Cheap for
+    foreign domains: without virtplan's namespace they are not parsed at all, and otherwise
+    only their <metadata> element is (the whole document if it cannot be parsed alone)."""
+    if NAMESPACE not in xml:
+        return False
+    start, end = xml.find("<metadata>"), xml.find("</metadata>")
+    root = None
+    if 0 <= start < end:
+        with contextlib.suppress(ET.ParseError):
+            root = ET.fromstring("<domain>" + xml[start : end + len("</metadata>")] + "</domain>")
+    owner = owner_of(root if root is not None else ET.fromstring(xml))
+    return owner is not None and owner.stack == stack_name
 
 
 def _read_domains(

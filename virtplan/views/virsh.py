@@ -405,10 +405,9 @@ class Commands:
 
 
 def _host_xml(r: dict[str, Any]) -> str:
-    from xml.sax.saxutils import quoteattr
+    from virtplan.documents.fragments import dhcp_host
 
-    name = f" name={quoteattr(r['name'])}" if r.get("name") else ""
-    return f"<host mac={quoteattr(r['mac'])}{name} ip={quoteattr(r['ip'])}/>"
+    return dhcp_host(r["mac"], r["ip"], r.get("name"))
 
 
 def _running_user(host: HostState, key: str) -> tuple[str, str] | None:

@@ -630,32 +630,20 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
 
 
 def _take(conn: Any, store: Any, host: HostState, r: Resource, obj: ObservedObject, stack: str) -> None:
-    import xml.etree.ElementTree as ET
-    from xml.sax.saxutils import quoteattr
-
     import libvirt
 
+    from virtplan.documents.fragments import owner_mark, with_network_owner
     from virtplan.documents.render import NAMESPACE
 
     if r.kind == "vm":
         dom = conn.lookupByName(r.key)
-        timeout = getattr(r, "shutdown_timeout", 60.0)
-        mark = f'<owner stack={quoteattr(stack)} address={quoteattr(r.address)} shutdown-timeout="{timeout}"/>'
+        mark = owner_mark(stack, r.address, getattr(r, "shutdown_timeout", 60.0))
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, mark, "virtplan", NAMESPACE, flags)
         store.forget(host.uri, r.address)
     elif r.kind == "network":
         net = conn.networkLookupByName(r.key)
-        ET.register_namespace("virtplan", NAMESPACE)
-        root = ET.fromstring(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
-        meta = root.find("metadata")
-        if meta is None:
-            meta = ET.Element("metadata")
-            root.insert(2, meta)
-        for old in meta.findall(f"{{{NAMESPACE}}}owner"):
-            meta.remove(old)
-        ET.SubElement(meta, f"{{{NAMESPACE}}}owner", {"stack": stack, "address": r.address})
-        conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+        conn.networkDefineXML(with_network_owner(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), stack, r.address))
         store.forget(host.uri, r.address)
     else:
         store.put(host.uri, r.address, kind=r.kind, id=obj.uuid, pending=False, claim=None)
