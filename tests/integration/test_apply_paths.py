@@ -19,7 +19,7 @@ from virtplan.hosts.records import StateStore
 from virtplan.model import load_stack
 from virtplan.plan.planner import Action
 
-SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65, "modes": 66}
+SUBNETS = {"paths": 61, "uefi": 62, "pools": 63, "fail": 64, "crash": 65, "modes": 66, "stopped": 69}
 
 
 def header(name: str) -> str:
@@ -217,6 +217,28 @@ def test_reservation_added_to_the_stored_config_only_is_removed_cleanly(env):
     for xml in (net.XMLDesc(0), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)):
         assert "10.61.0.99" not in xml and "ip='10.61.0.20'" in xml
     assert replan(body).empty
+
+
+def test_stopped_network_redefined_with_a_new_reservation_converges(env):
+    """A stopped network whose definition changes is redefined (the new definition carries
+    the new reservation: adding it again would clash), then started."""
+    run, replan, conn, _, _ = env
+    body = (
+        'dns = Network("stopped-dns", cidr="10.70.0.0/24", domain="a.test")\n'
+        'VM("st", memory="64MiB", nics=[NIC(dns, ip="10.70.0.10")], state="stopped", shutdown_timeout=0)\n'
+    )
+    run(body, name="stopped")
+    conn.networkLookupByName("stopped-dns").destroy()  # stopped outside virtplan
+    edited = body.replace("a.test", "b.test").replace("10.70.0.10", "10.70.0.11")
+    plan = run(edited, name="stopped", allow={Action.UPDATE})
+    [change] = plan.changes
+    assert (change.address, change.reason_fields) == ("h/network/stopped-dns", ["domain", "reservations", "active"])
+    net = conn.networkLookupByName("stopped-dns")
+    assert net.isActive()
+    for xml in (net.XMLDesc(0), net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)):
+        assert "name='b.test'" in xml and "ip='10.70.0.11'" in xml and "10.70.0.10" not in xml
+    assert replan(edited, name="stopped").empty
+    run(edited, name="stopped", destroy=True)
 
 
 def test_spice_console_vm_starts_listening_on_localhost(env):

@@ -7,8 +7,15 @@ import subprocess
 
 from plan_review_fixtures import PASSWORD, VNC_PASSWORD, scenario
 
+from virtplan.apply.steps import STEPS, Context, operations
+from virtplan.apply.steps.shell import heredoc
+from virtplan.apply.steps.vm import HOT_VALUES, GracefulStop
+from virtplan.model import Disk, Volume, collecting
 from virtplan.model.secrets import Secret
-from virtplan.views.virsh import graceful_stop, heredoc, plan_commands, script
+from virtplan.plan.changes import Action
+from virtplan.plan.planner import make_plan
+from virtplan.plan.policy import LIVE, Delivery
+from virtplan.views.virsh import plan_commands, script
 
 
 def commands(tmp_path, kind):
@@ -59,7 +66,7 @@ def test_changes(tmp_path):
     )
     assert cmds["kvm1/volume/lab-pool/data.raw"] == ["virsh blockresize db vdb 3221225472B"]
     assert cmds["kvm1/volume/lab-pool/scratch"][0] == "virsh vol-delete --pool lab-pool scratch"
-    assert cmds["kvm1/vm/old"][-1] == "virsh undefine old --managed-save"
+    assert cmds["kvm1/vm/old"][-1] == "virsh undefine old --managed-save --snapshots-metadata"
     assert cmds["kvm1/volume/lab-pool/old.qcow2"] == ["virsh vol-delete --pool lab-pool old.qcow2"]
     assert cmds["kvm1/network/lab-net"] == [
         "virsh net-update lab-net add-last ip-dhcp-host "
@@ -70,7 +77,64 @@ def test_changes(tmp_path):
     assert "<uuid>" not in replace[2]  # a replacement is a new network
 
 
-def test_helpers():
+def test_helpers(tmp_path):
+    ctx = scenario(tmp_path, "none")
+    context = Context(ctx[0], ctx[4], ctx[2]["kvm1"], ctx[3], ctx[0].by_address())
     assert heredoc("f.xml", "EOF\nx") == "cat > f.xml <<'EOF_'\nEOF\nx\nEOF_"
-    assert graceful_stop("a b", 0) == ["virsh destroy 'a b'"]
-    assert graceful_stop("vm", 2.5)[1].startswith("timeout 2.5 sh -c ")
+    assert GracefulStop("a b", 0).shell(context) == ["virsh destroy 'a b'"]
+    assert GracefulStop("vm", 2.5).shell(context)[1].startswith("timeout 2.5 sh -c ")
+
+
+def test_every_change_the_planner_makes_has_a_step():
+    kinds = {"vm": set(Action), "network": set(Action), "pool": {Action.CREATE, Action.UPDATE, Action.DELETE},
+             "volume": set(Action) - {Action.RESTART}, "snapshot": {Action.CREATE, Action.DELETE}}  # fmt: skip
+    assert set(STEPS) == {(kind, action) for kind, actions in kinds.items() for action in actions}
+    assert set(HOT_VALUES) == {f for f, how in LIVE["vm"].items() if how == Delivery.HOT}
+
+
+def test_a_replacement_is_printed_as_new_and_the_renderer_kept(tmp_path):
+    stack, plan, observed, store, renderer = scenario(tmp_path, "change")
+    before = dict(renderer.identities)
+    replace = plan_commands(plan, stack, renderer, observed, store)["kvm1/network/back|net"]
+    assert "<uuid>" not in "\n".join(replace)
+    assert renderer.identities == before
+
+
+def test_an_inactive_network_redefined_gets_its_reservations_from_the_definition(tmp_path):
+    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    net = observed["kvm1"].objects[("network", "lab-net")]
+    net.spec.update(active=False, reservations=[], domain="old.test")
+    plan = make_plan(stack, renderer, observed, store)
+    [change] = [c for c in plan.changes if c.kind == "network"]
+    assert (change.action, change.reason_fields) == (Action.UPDATE, ["domain", "reservations", "active"])
+    cmds = plan_commands(plan, stack, renderer, observed, store)["kvm1/network/lab-net"]
+    assert 'ip="10.20.0.11"' in cmds[0] and cmds[1:] == [
+        "virsh net-define network-lab-net.xml",
+        "virsh net-start lab-net",
+    ]
+
+
+def test_hot_fields_of_a_stopped_vm_change_its_definition_only(tmp_path):
+    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    observed["kvm1"].objects[("vm", "db")].spec["state"] = "stopped"
+    db = next(v for v in stack.vms if v.name == "db")
+    db.memory, db.description, db.state = "512MiB", "d & <2>", "stopped"
+    plan = make_plan(stack, renderer, observed, store)
+    assert plan_commands(plan, stack, renderer, observed, store)["kvm1/vm/db"] == [
+        "virsh setmem db 524288KiB --config", "virsh desc db --config --new-desc 'd & <2>'"]  # fmt: skip
+
+
+def test_a_disk_appended_to_a_running_vm_is_hot_plugged(tmp_path):
+    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    db = next(v for v in stack.vms if v.name == "db")
+    with collecting(stack):
+        extra = Volume("extra.qcow2", pool=stack.pools[0], size="1GiB")
+    db.disks.append(Disk(extra))
+    plan = make_plan(stack, renderer, observed, store)
+    change = next(c for c in plan.changes if c.address == "kvm1/vm/db")
+    context = Context(stack, renderer, observed["kvm1"], store, stack.by_address())
+    names = [type(op).__name__ for op in operations(change, context)]
+    assert names == ["DefineDomain", "AttachDevice", "Recorded"]
+    cmds = plan_commands(plan, stack, renderer, observed, store)["kvm1/vm/db"]
+    assert cmds[-1] == "virsh attach-device db disk-db-lab-pool_extra.qcow2.xml --live"
+    assert '<source pool="lab-pool" volume="extra.qcow2"' in cmds[-2]

@@ -30,7 +30,6 @@ from virtplan.hosts.snapshots import _internal_id
 
 if TYPE_CHECKING:
     from virtplan.hosts.records import StateStore
-    from virtplan.plan.planner import ResourceChange
 
 
 class SnapshotError(VirtplanError):
@@ -53,18 +52,6 @@ class SnapshotInfo:
 
 def address_of(host: str, vm: str, name: str) -> str:
     return f"{host}/snapshot/{vm}/{name}"
-
-
-# -- apply handlers (declared snapshots) --------------------------------------------------
-def create_declared(applier: Any, change: ResourceChange) -> None:
-    snap = applier.resource(change)
-    take(applier.conn, applier.store, applier.host.uri, applier.host.name, snap.vm.name, snap.name,
-         memory=snap.memory, description=snap.description)  # fmt: skip
-
-
-def delete_declared(applier: Any, change: ResourceChange) -> None:
-    vm, _, name = change.key.partition("/")
-    delete(applier.conn, applier.store, applier.host.uri, applier.host.name, vm, name, missing_ok=True)
 
 
 # -- one VM ---------------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def _drift_section(drift: list[dict[str, Any]], hosts: dict[str, str]) -> list[s
 
 
 def _commands_section(items: list[tuple[dict[str, Any], list[str]]], uri: str) -> list[str]:
-    from virtplan.views.virsh import q
+    from virtplan.apply.steps.shell import q
 
     body = [f"export LIBVIRT_DEFAULT_URI={q(uri)}", ""]
     for change, commands in items:

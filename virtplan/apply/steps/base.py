@@ -1,0 +1,85 @@
+"""What steps and operations are made of.
+
+A step turns one planned change into operations. Each operation has two forms that do
+the same thing: `run(rt)` through libvirt (apply) and `shell(ctx)`, the equivalent shell
+commands (`plan --commands`). Steps read only the `Context` (the plan's view of the host);
+what can only be known while running is decided inside an operation, in both forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from virtplan.documents.render import Renderer
+from virtplan.hosts.observe import HostState, ObservedObject
+from virtplan.hosts.records import StateStore
+from virtplan.model import Resource, Stack
+from virtplan.plan.changes import ResourceChange
+
+
+@dataclass
+class Context:
+    """What a step and an operation's shell form read: the stack, the renderer, the host as
+    the plan observed it, the ownership record, and which addresses the plan deletes."""
+
+    stack: Stack
+    renderer: Renderer
+    host: HostState
+    store: StateStore
+    desired: dict[str, Resource]
+    deleted: set[str] = field(default_factory=set)
+
+    def resource(self, change: ResourceChange) -> Any:
+        return self.desired[change.address]
+
+    def observed(self, change: ResourceChange) -> ObservedObject | None:
+        return self.host.get(change.kind, change.key)
+
+
+class Bookkeeping(Protocol):
+    """What an apply run keeps across the changes of one host (see the executor)."""
+
+    conn: Any
+
+    def note_applied(self, change: ResourceChange) -> None: ...
+
+
+class Runtime:
+    """An operation's run form: one host's libvirt connection, the handles of one change
+    looked up or created so far, facts its operations learnt (say, that a pool's
+    directory was built), and the apply run's bookkeeping."""
+
+    def __init__(self, ctx: Context, run: Bookkeeping):
+        self.ctx, self.run, self.conn = ctx, run, run.conn
+        self.facts: dict[str, Any] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
+
+    def remember(self, kind: str, key: str, handle: Any) -> Any:
+        self._handles[(kind, key)] = handle
+        return handle
+
+    def handle(self, kind: str, key: str) -> Any:
+        """The libvirt object of `kind` ("vm", "network", "pool", "volume") named `key`."""
+        if (kind, key) not in self._handles:
+            if kind == "vm":
+                found = self.conn.lookupByName(key)
+            elif kind == "network":
+                found = self.conn.networkLookupByName(key)
+            elif kind == "pool":
+                found = self.conn.storagePoolLookupByName(key)
+            else:
+                pool, _, name = key.partition("/")
+                found = self.handle("pool", pool).storageVolLookupByName(name)
+            self._handles[(kind, key)] = found
+        return self._handles[(kind, key)]
+
+
+class Operation:
+    """One thing done to a host, in its two forms."""
+
+    def run(self, rt: Runtime) -> None:
+        raise NotImplementedError
+
+    def shell(self, ctx: Context) -> list[str]:
+        raise NotImplementedError

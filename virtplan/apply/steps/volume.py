@@ -1,0 +1,192 @@
+"""Storage volumes: create (blank, an overlay, a full copy, or uploaded from a local
+image), grow (through the running guest that uses it, if any), delete."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtplan.apply.steps.base import Context, Operation, Runtime
+from virtplan.apply.steps.records import Applied, Forget, Intent, Recorded
+from virtplan.apply.steps.shell import file_name, heredoc, q
+from virtplan.documents import fragments
+from virtplan.hosts.observe import HostState
+from virtplan.hosts.pools import refresh_pool
+from virtplan.model import Volume
+from virtplan.plan.changes import ResourceChange
+
+CHUNK = 1024 * 1024
+
+
+# -- operations -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreateVolume(Operation):
+    """A blank volume or a copy-on-write overlay, as the stack declares it."""
+
+    vol: Volume
+
+    def run(self, rt: Runtime) -> None:
+        assert self.vol.pool is not None
+        pool = rt.handle("pool", self.vol.pool.name)
+        rt.remember("volume", self.vol.key, pool.createXML(rt.ctx.renderer.volume_xml(self.vol), 0))
+
+    def shell(self, ctx: Context) -> list[str]:
+        assert self.vol.pool is not None
+        v = ctx.renderer.volume_context(self.vol)
+        line = f"virsh vol-create-as {q(self.vol.pool.name)} {q(self.vol.name)} {v.capacity} --format {v.format}"
+        if v.backing_path:
+            line += f" --backing-vol {q(v.backing_path)} --backing-vol-format {v.backing_format}"
+        return [line]
+
+
+@dataclass(frozen=True)
+class CopyVolume(Operation):
+    """A full copy of the volume at `vol.copy_of`, made by libvirt on the host (a chain is
+    flattened)."""
+
+    vol: Volume
+
+    def run(self, rt: Runtime) -> None:
+        assert self.vol.pool is not None and self.vol.copy_of is not None
+        pool = rt.handle("pool", self.vol.pool.name)
+        source = rt.conn.storageVolLookupByPath(self.vol.copy_of)
+        rt.remember("volume", self.vol.key, pool.createXMLFrom(rt.ctx.renderer.volume_xml(self.vol), source, 0))
+
+    def shell(self, ctx: Context) -> list[str]:
+        assert self.vol.pool is not None and self.vol.copy_of is not None
+        path = file_name("volume", self.vol.pool.name, self.vol.name) + ".xml"
+        return [heredoc(path, ctx.renderer.volume_xml(self.vol)),
+                f"virsh vol-create-from {q(self.vol.pool.name)} {q(path)} {q(self.vol.copy_of)}"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class UploadVolume(Operation):
+    """A volume holding a local image file, streamed through libvirt (remote hosts too)."""
+
+    vol: Volume
+
+    def run(self, rt: Runtime) -> None:
+        assert self.vol.pool is not None and self.vol.source is not None
+        path = Path(self.vol.source)
+        size = path.stat().st_size
+        pool = rt.handle("pool", self.vol.pool.name)
+        obj = rt.remember(
+            "volume", self.vol.key, pool.createXML(fragments.volume(self.vol.name, size, self.vol.format), 0)
+        )
+        stream = rt.conn.newStream(0)
+        obj.upload(stream, 0, size, 0)
+        with path.open("rb") as f:
+            stream.sendAll(lambda _s, n, fh: fh.read(min(n, CHUNK)), f)
+        stream.finish()
+        refresh_pool(pool)
+
+    def shell(self, ctx: Context) -> list[str]:
+        assert self.vol.pool is not None and self.vol.source is not None
+        pool, name = q(self.vol.pool.name), q(self.vol.name)
+        source = os.path.abspath(self.vol.source)
+        size = Path(source).stat().st_size
+        return [f"virsh vol-create-as {pool} {name} {size} --format {self.vol.format}",
+                f"virsh vol-upload --pool {pool} {name} {q(source)}"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ResizeVolume(Operation):
+    """Grow a volume that no running guest uses."""
+
+    key: str  # "pool/name"
+    capacity: int
+
+    def run(self, rt: Runtime) -> None:
+        rt.handle("volume", self.key).resize(self.capacity, 0)
+
+    def shell(self, ctx: Context) -> list[str]:
+        pool, _, name = self.key.partition("/")
+        return [f"virsh vol-resize --pool {q(pool)} {q(name)} {self.capacity}"]
+
+
+@dataclass(frozen=True)
+class BlockResize(Operation):
+    """Grow a volume through the running guest that uses it (the guest sees the new size)."""
+
+    domain: str
+    target: str
+    capacity: int
+
+    def run(self, rt: Runtime) -> None:
+        import libvirt
+
+        rt.handle("vm", self.domain).blockResize(self.target, self.capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    def shell(self, ctx: Context) -> list[str]:
+        return [f"virsh blockresize {q(self.domain)} {q(self.target)} {self.capacity}B"]
+
+
+@dataclass(frozen=True)
+class DeleteVolume(Operation):
+    """Delete a volume; the run form checks right before that nothing backs onto it (the
+    plan was refused if anything did; see virtplan.apply.protection)."""
+
+    address: str
+    key: str
+
+    def run(self, rt: Runtime) -> None:
+        from virtplan.apply.protection import refuse_if_backing
+
+        vol = rt.handle("volume", self.key)
+        refuse_if_backing(rt.run, self.address, vol.path())  # overlays of other stacks (clones)
+        vol.delete(0)
+
+    def shell(self, ctx: Context) -> list[str]:
+        pool, _, name = self.key.partition("/")
+        return [f"virsh vol-delete --pool {q(pool)} {q(name)}"]
+
+
+# -- steps ------------------------------------------------------------------------------------
+def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    vol: Volume = ctx.resource(change)
+    yield Intent(change.address, "volume")
+    if vol.source is not None:
+        yield UploadVolume(vol)
+    elif vol.copy_of is not None:
+        yield CopyVolume(vol)
+    else:
+        yield CreateVolume(vol)
+    yield Recorded(change)
+
+
+def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    for fc in change.changes:
+        if fc.field != "capacity":
+            continue
+        user = running_user(ctx.host, change.key)
+        if user is not None:
+            yield BlockResize(user[0], user[1], fc.after)
+        else:
+            yield ResizeVolume(change.key, fc.after)
+    yield Applied(change)
+
+
+def replace(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    yield from delete(change, ctx)
+    yield from create(change, ctx)
+
+
+def delete(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    yield DeleteVolume(change.address, change.key)
+    yield Forget(change.address)
+
+
+def running_user(host: HostState, key: str) -> tuple[str, str] | None:
+    """A running domain (as observed) with volume `key` attached, and the disk's target."""
+    import xml.etree.ElementTree as ET
+
+    for obj in host.of_kind("vm"):
+        if obj.spec.get("state") != "running":
+            continue
+        for disk in ET.fromstring(obj.xml).iterfind("devices/disk"):
+            src, tgt = disk.find("source"), disk.find("target")
+            if src is not None and tgt is not None and f"{src.get('pool')}/{src.get('volume')}" == key:
+                return obj.key, tgt.get("dev", "")
+    return None
