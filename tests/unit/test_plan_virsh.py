@@ -9,7 +9,7 @@ from plan_review_fixtures import PASSWORD, VNC_PASSWORD, scenario
 
 from virtplan.apply.steps import STEPS, Context, operations
 from virtplan.apply.steps.shell import heredoc
-from virtplan.apply.steps.vm import HOT_VALUES, GracefulStop
+from virtplan.apply.steps.vm import HOT, GracefulStop
 from virtplan.model import Disk, Volume, collecting
 from virtplan.model.secrets import Secret
 from virtplan.plan.changes import Action
@@ -89,7 +89,7 @@ def test_every_change_the_planner_makes_has_a_step():
     kinds = {"vm": set(Action), "network": set(Action), "pool": {Action.CREATE, Action.UPDATE, Action.DELETE},
              "volume": set(Action) - {Action.RESTART}, "snapshot": {Action.CREATE, Action.DELETE}}  # fmt: skip
     assert set(STEPS) == {(kind, action) for kind, actions in kinds.items() for action in actions}
-    assert set(HOT_VALUES) == {f for f, how in LIVE["vm"].items() if how == Delivery.HOT}
+    assert set(HOT) == {f for f, how in LIVE["vm"].items() if how == Delivery.HOT}
 
 
 def test_a_replacement_is_printed_as_new_and_the_renderer_kept(tmp_path):

@@ -23,7 +23,7 @@ from virtplan.documents.render import Renderer
 from virtplan.errors import ApplyError
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import StateStore
-from virtplan.model import Resource, Stack
+from virtplan.model import Stack
 from virtplan.plan.changes import Action, Plan, ResourceChange
 
 ProgressFn = Callable[[str, ResourceChange, str | None], None]
@@ -77,7 +77,8 @@ def apply_plan(
     hosts = [h for h in stack.hosts if plan.for_host(h.name)]
 
     def run_host(name: str, workers: int) -> None:
-        applier = HostApplier(connections[name], observed[name], stack, renderer, store, desired, deleted)
+        context = Context(stack, renderer, observed[name], store, desired, deleted)
+        applier = HostApplier(connections[name], context)
         outcomes = applier.run(plan.for_host(name), workers, progress)
         with lock:
             report.outcomes.extend(outcomes)
@@ -93,21 +94,12 @@ def apply_plan(
 
 
 class HostApplier:
-    """Applies the changes of one host over one libvirt connection."""
+    """Applies the changes of one host over one libvirt connection, and keeps what the run
+    learns across them (the specs applied, the host's backing map for the last guard)."""
 
-    def __init__(
-        self,
-        conn: Any,
-        host: HostState,
-        stack: Stack,
-        renderer: Renderer,
-        store: StateStore,
-        desired: dict[str, Resource],
-        deleted: set[str] | None = None,
-    ):
-        self.conn, self.host, self.stack, self.renderer = conn, host, stack, renderer
-        self.store, self.desired = store, desired
-        self.context = Context(stack, renderer, host, store, desired, deleted or set())
+    def __init__(self, conn: Any, context: Context):
+        self.conn, self.context = conn, context
+        self.host, self.store = context.host, context.store
         self.applied: dict[str, dict[str, Any]] = {}  # address -> {"applied": spec}, written by run()
         self._applied_lock = threading.Lock()
 
@@ -162,11 +154,11 @@ class HostApplier:
         tell changes made outside virtplan from the stack's own pending changes."""
         from virtplan.plan.planner import desired_spec
 
-        resource = self.desired.get(change.address)
+        resource = self.context.desired.get(change.address)
         if resource is None:
             return
         try:
-            spec = desired_spec(resource, self.renderer)
+            spec = desired_spec(resource, self.context.renderer)
         except (ValueError, OSError):
             return
         with self._applied_lock:

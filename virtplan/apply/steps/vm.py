@@ -8,7 +8,7 @@ import contextlib
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from virtplan.documents.seed import build_seed_iso
 from virtplan.hosts.observe import ObservedObject
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import VM, Resource
-from virtplan.plan.changes import FieldChange, ResourceChange
+from virtplan.plan.changes import ResourceChange
 from virtplan.plan.policy import hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -137,12 +137,10 @@ def graceful_stop(dom: Any, timeout: float) -> None:
 
 # -- live changes -----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SetLive(Operation):
-    """A hot VM field (memory, vCPUs, description) set on the running guest (`live`) and/or
-    in its definition (`config`)."""
+class _HotField(Operation):
+    """A hot VM field set on the running guest (`live`) and/or in its definition (`config`)."""
 
     name: str
-    field: str
     value: Any
     live: bool
     config: bool
@@ -150,37 +148,48 @@ class SetLive(Operation):
     def flags(self) -> int:
         import libvirt
 
-        return (libvirt.VIR_DOMAIN_AFFECT_LIVE if self.live else 0) | (
-            libvirt.VIR_DOMAIN_AFFECT_CONFIG if self.config else 0
-        )
+        live = libvirt.VIR_DOMAIN_AFFECT_LIVE if self.live else 0
+        return live | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if self.config else 0)
+
+    def options(self) -> str:
+        return " ".join(f for f, on in (("--live", self.live), ("--config", self.config)) if on)
+
+
+class SetMemory(_HotField):
+    """Current memory (bytes), within the maximum."""
+
+    def run(self, rt: Runtime) -> None:
+        rt.handle("vm", self.name).setMemoryFlags(self.value // 1024, self.flags())
+
+    def shell(self, ctx: Context) -> list[str]:
+        return [f"virsh setmem {q(self.name)} {self.value // 1024}KiB {self.options()}"]
+
+
+class SetVcpus(_HotField):
+    """The number of vCPUs, within the maximum."""
+
+    def run(self, rt: Runtime) -> None:
+        rt.handle("vm", self.name).setVcpusFlags(self.value, self.flags())
+
+    def shell(self, ctx: Context) -> list[str]:
+        return [f"virsh setvcpus {q(self.name)} {self.value} {self.options()}"]
+
+
+class SetDescription(_HotField):
+    """The description ("" removes it)."""
 
     def run(self, rt: Runtime) -> None:
         import libvirt
 
-        dom = rt.handle("vm", self.name)
-        if self.field == "memory":
-            dom.setMemoryFlags(self.value // 1024, self.flags())
-        elif self.field == "vcpus":
-            dom.setVcpusFlags(self.value, self.flags())
-        else:
-            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, self.value or None, None, None, self.flags())
+        meta = libvirt.VIR_DOMAIN_METADATA_DESCRIPTION
+        rt.handle("vm", self.name).setMetadata(meta, self.value or None, None, None, self.flags())
 
     def shell(self, ctx: Context) -> list[str]:
-        flags = " ".join(f for f, on in (("--live", self.live), ("--config", self.config)) if on)
-        name = q(self.name)
-        if self.field == "memory":
-            return [f"virsh setmem {name} {self.value // 1024}KiB {flags}"]
-        if self.field == "vcpus":
-            return [f"virsh setvcpus {name} {self.value} {flags}"]
-        return [f"virsh desc {name} {flags} --new-desc {q(self.value or '')}"]
+        return [f"virsh desc {q(self.name)} {self.options()} --new-desc {q(self.value or '')}"]
 
 
-#: How each hot field's new value is taken from the stack (see virtplan.plan.policy.LIVE).
-HOT_VALUES: dict[str, Callable[[VM, FieldChange], Any]] = {
-    "memory": lambda vm, fc: fc.after,
-    "vcpus": lambda vm, fc: fc.after,
-    "description": lambda vm, fc: vm.description or "",
-}
+#: The operation that sets each hot field (see `virtplan.plan.policy.LIVE`).
+HOT: dict[str, type[_HotField]] = {"memory": SetMemory, "vcpus": SetVcpus, "description": SetDescription}
 
 
 @dataclass(frozen=True)
@@ -405,7 +414,7 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
     running = obj.spec.get("state") == "running"
     if not redefines("vm", fields):
         for name in hot_fields("vm", fields):
-            yield SetLive(vm.name, name, HOT_VALUES[name](vm, fields[name]), live=running, config=True)
+            yield HOT[name](vm.name, fields[name].after, live=running, config=True)
     else:
         if "cloud_init" in fields and vm.cloud_init is not None:
             yield WriteSeed(vm)
@@ -415,7 +424,7 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         yield define
         if running and not restart:
             for name in hot_fields("vm", fields):
-                yield SetLive(vm.name, name, HOT_VALUES[name](vm, fields[name]), live=True, config=False)
+                yield HOT[name](vm.name, fields[name].after, live=True, config=False)
             rendered = define.document(ctx, reveal_secrets=False) if plugged_fields("vm", fields) else ""
             for name in plugged_fields("vm", fields):
                 tag, key = ("disk", "volume") if name == "disks" else ("interface", "mac")
