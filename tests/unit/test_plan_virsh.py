@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 
-from plan_review_fixtures import PASSWORD, VNC_PASSWORD, scenario
+from plan_review_fixtures import PASSWORD, URI, VNC_PASSWORD, scenario
 
 from virtplan.apply.steps import STEPS, Context, operations
+from virtplan.apply.steps.pool import StopPool
 from virtplan.apply.steps.shell import heredoc
 from virtplan.apply.steps.vm import HOT, GracefulStop
+from virtplan.hosts.observe import ObservedObject
 from virtplan.model import Disk, Volume, collecting
 from virtplan.model.secrets import Secret
 from virtplan.plan.changes import Action
@@ -138,3 +140,22 @@ def test_a_disk_appended_to_a_running_vm_is_hot_plugged(tmp_path):
     cmds = plan_commands(plan, stack, renderer, observed, store)["kvm1/vm/db"]
     assert cmds[-1] == "virsh attach-device db disk-db-lab-pool_extra.qcow2.xml --live"
     assert '<source pool="lab-pool" volume="extra.qcow2"' in cmds[-2]
+
+
+def test_steps_decide_on_the_records_as_they_were_before_any_change_ran(tmp_path):
+    """Apply runs a pool's step after its VMs were deleted (their seeds forgotten); it still
+    removes the directory virtplan made, as the printed commands say."""
+    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    seed = "kvm1/volume/lab-pool/web1-cidata.iso"
+    store.put(URI, seed, kind="volume", id="/var/lib/virtplan/lab/web1-cidata.iso", seed_of="kvm1/vm/web1")
+    store.put(URI, "kvm1/pool/lab-pool", created_dir=True)
+    observed["kvm1"].objects[("volume", "lab-pool/web1-cidata.iso")] = ObservedObject(
+        "volume", "lab-pool/web1-cidata.iso", "/var/lib/virtplan/lab/web1-cidata.iso", "", {}
+    )
+    plan = make_plan(stack, renderer, observed, store, destroy=True)
+    printed = plan_commands(plan, stack, renderer, observed, store)["kvm1/pool/lab-pool"]
+    assert printed[1] == "virsh pool-delete lab-pool  # removes the empty directory virtplan created"
+    context = Context.at(stack, renderer, observed["kvm1"], store, plan)
+    store.forget(URI, seed)  # what deleting web1 does before the pool's turn
+    pool = next(c for c in plan.changes if c.address == "kvm1/pool/lab-pool")
+    assert next(operations(pool, context)) == StopPool("lab-pool", remove_dir=True)

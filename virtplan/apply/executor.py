@@ -24,7 +24,7 @@ from virtplan.errors import ApplyError
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import StateStore
 from virtplan.model import Stack
-from virtplan.plan.changes import Action, Plan, ResourceChange
+from virtplan.plan.changes import Plan, ResourceChange
 
 ProgressFn = Callable[[str, ResourceChange, str | None], None]
 
@@ -72,12 +72,10 @@ def apply_plan(
     """Apply every change of `plan`; raise ApplyError (with the report) on failure."""
     report = ApplyReport()
     lock = threading.Lock()
-    desired = stack.by_address()
-    deleted = {c.address for c in plan.changes if c.action == Action.DELETE}
     hosts = [h for h in stack.hosts if plan.for_host(h.name)]
 
     def run_host(name: str, workers: int) -> None:
-        context = Context(stack, renderer, observed[name], store, desired, deleted)
+        context = Context.at(stack, renderer, observed[name], store, plan)
         applier = HostApplier(connections[name], context)
         outcomes = applier.run(plan.for_host(name), workers, progress)
         with lock:

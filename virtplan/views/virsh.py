@@ -20,16 +20,14 @@ from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import StateStore
 from virtplan.model import Stack
-from virtplan.plan.changes import Action, Plan
+from virtplan.plan.changes import Plan
 
 
 def plan_commands(plan: Plan, stack: Stack, renderer: Renderer, observed: dict[str, HostState],
                   store: StateStore) -> dict[str, list[str]]:  # fmt: skip
     """address -> the shell commands of that change, for every change of `plan`. The
     renderer is left as it was (a replacement renders as a new object while printed)."""
-    desired = stack.by_address()
-    deleted = {c.address for c in plan.changes if c.action == Action.DELETE}
-    contexts = {host: Context(stack, renderer, state, store, desired, deleted) for host, state in observed.items()}
+    contexts = {host: Context.at(stack, renderer, state, store, plan) for host, state in observed.items()}
     out: dict[str, list[str]] = {}
     kept = dict(renderer.identities)
     try:

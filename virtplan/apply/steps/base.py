@@ -8,6 +8,7 @@ what can only be known while running is decided inside an operation, in both for
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,13 +16,17 @@ from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import Resource, Stack
-from virtplan.plan.changes import ResourceChange
+from virtplan.plan.changes import Action, Plan, ResourceChange
 
 
 @dataclass
 class Context:
     """What a step and an operation's shell form read: the stack, the renderer, the host as
-    the plan observed it, the ownership record, and which addresses the plan deletes."""
+    the plan observed it, the ownership record, and which addresses the plan deletes.
+
+    `records` are the stack's records on this host as they were before any change ran
+    (`at` takes them): steps read those, so a step decides the same whether it is printed
+    or run after other changes (which add and forget records) already ran."""
 
     stack: Stack
     renderer: Renderer
@@ -29,6 +34,14 @@ class Context:
     store: StateStore
     desired: dict[str, Resource]
     deleted: set[str] = field(default_factory=set)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def at(cls, stack: Stack, renderer: Renderer, host: HostState, store: StateStore, plan: Plan) -> Context:
+        """The context of `plan`'s changes on `host`, with the records as they are now."""
+        deleted = {c.address for c in plan.changes if c.action == Action.DELETE}
+        records = copy.deepcopy(store.records(host.uri))
+        return cls(stack, renderer, host, store, stack.by_address(), deleted, records)
 
     def resource(self, change: ResourceChange) -> Any:
         return self.desired[change.address]

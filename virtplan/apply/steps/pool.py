@@ -131,7 +131,7 @@ def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
 def delete(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     obj = ctx.observed(change)
     if obj is not None and obj.spec.get("active"):
-        record = ctx.store.get(ctx.host.uri, change.address) or {}
+        record = ctx.records.get(change.address) or {}
         yield StopPool(change.key, remove_dir=bool(record.get("created_dir")) and not _volumes_left(change, ctx))
     yield UndefinePool(change.key)
     yield Forget(change.address)
@@ -145,7 +145,7 @@ def _volumes_left(change: ResourceChange, ctx: Context) -> list[str]:
         address = f"{host.name}/volume/{v.key}"
         if not v.key.startswith(change.key + "/") or address in ctx.deleted:
             continue
-        record = ctx.store.get(host.uri, address) or {}
+        record = ctx.records.get(address) or {}
         if (record.get("seed_of") or record.get("log_of")) in ctx.deleted:
             continue  # a seed or console log, deleted with its VM
         left.append(v.key)

@@ -459,6 +459,6 @@ def delete(change: ResourceChange, ctx: Context, keep_seed: bool = False) -> Ite
     yield Forget(change.address)
     yield ForgetSnapshots(change.address)
     if not keep_seed:
-        for address, record in sorted(ctx.store.records(ctx.host.uri).items()):
+        for address, record in sorted(ctx.records.items()):
             if change.address in (record.get("seed_of"), record.get("log_of")):
                 yield DeleteVmVolume(address, log=bool(record.get("log_of")))
