@@ -1,7 +1,12 @@
 """Plans: the desired stack against the observed hosts, as data.
 
-The planner is a pure function; each change has an action from a closed set, a reason,
-field diffs with the policy of each field (one table: `virtplan.plan.policy`), a
-destructive mark and its dependencies. Saved plans, drift and the guards that refuse a
-plan also live here.
+- `changes`: what a plan is made of (Action, Reason, FieldChange, ResourceChange, Plan)
+  and the one wording of each reason;
+- `policy`: the one table of field policies and its refinements (value-dependent
+  policies, the action a set of field changes makes, how live fields reach a running
+  object, what a change puts at risk);
+- `ownership`: which stack owns an observed object;
+- `planner`: the pure function desired + observed + records -> Plan;
+- `planfile`, `drift`, `protection`: saved plans, changes made outside virtplan, and the
+  guards that refuse a plan.
 """
