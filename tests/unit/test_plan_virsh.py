@@ -10,7 +10,8 @@ from plan_review_fixtures import PASSWORD, URI, VNC_PASSWORD, scenario
 from virtplan.apply.steps import STEPS, Context, operations
 from virtplan.apply.steps.pool import StopPool
 from virtplan.apply.steps.shell import heredoc
-from virtplan.apply.steps.vm import HOT, GracefulStop
+from virtplan.apply.steps.vm import GracefulStop
+from virtplan.apply.steps.vm_live import HOT
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import Disk, Volume, collecting
 from virtplan.model.secrets import Secret

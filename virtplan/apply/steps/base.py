@@ -18,6 +18,8 @@ from virtplan.hosts.records import StateStore
 from virtplan.model import Resource, Stack
 from virtplan.plan.changes import Action, Plan, ResourceChange
 
+CHUNK = 1024 * 1024  # bytes per write when streaming a volume's content to the host
+
 
 @dataclass
 class Context:

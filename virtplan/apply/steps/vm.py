@@ -1,13 +1,12 @@
-"""VMs: write the cloud-init seed, define (keeping device addresses and copy-on-write
-layers), start; change memory, vCPUs and the description live, hot-plug appended disks
-and NICs; restart gracefully; stop gracefully and undefine, with the seed and console log."""
+"""VMs: define (keeping device addresses and copy-on-write layers) and start; live changes
+(`vm_live`) or a new definition and a graceful restart; stop gracefully and undefine, with
+the volumes the VM owns (`vm_volumes`)."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,19 +14,16 @@ from typing import Any
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.records import Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
-from virtplan.documents import fragments
+from virtplan.apply.steps.vm_live import HOT, AttachDevice
+from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
 from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
-from virtplan.documents.seed import build_seed_iso
 from virtplan.hosts.observe import ObservedObject
-from virtplan.hosts.pools import refresh_pool
 from virtplan.model import VM, Resource
 from virtplan.plan.changes import ResourceChange
 from virtplan.plan.policy import hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
-CHUNK = 1024 * 1024
-_SEED_SECRET = re.compile(r"\(sensitive:[0-9a-f]+\)")
 _DIGEST_ATTR = {
     name: re.compile(rf"""(\b{name}=["'])[0-9a-f]+(["'])""") for name in ("graphics-password", "cloud-init")
 }
@@ -133,203 +129,6 @@ def graceful_stop(dom: Any, timeout: float) -> None:
             delay = min(delay * 2, 0.5)
     if dom.isActive():
         dom.destroy()
-
-
-# -- live changes -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _HotField(Operation):
-    """A hot VM field set on the running guest (`live`) and/or in its definition (`config`)."""
-
-    name: str
-    value: Any
-    live: bool
-    config: bool
-
-    def flags(self) -> int:
-        import libvirt
-
-        live = libvirt.VIR_DOMAIN_AFFECT_LIVE if self.live else 0
-        return live | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if self.config else 0)
-
-    def options(self) -> str:
-        return " ".join(f for f, on in (("--live", self.live), ("--config", self.config)) if on)
-
-
-class SetMemory(_HotField):
-    """Current memory (bytes), within the maximum."""
-
-    def run(self, rt: Runtime) -> None:
-        rt.handle("vm", self.name).setMemoryFlags(self.value // 1024, self.flags())
-
-    def shell(self, ctx: Context) -> list[str]:
-        return [f"virsh setmem {q(self.name)} {self.value // 1024}KiB {self.options()}"]
-
-
-class SetVcpus(_HotField):
-    """The number of vCPUs, within the maximum."""
-
-    def run(self, rt: Runtime) -> None:
-        rt.handle("vm", self.name).setVcpusFlags(self.value, self.flags())
-
-    def shell(self, ctx: Context) -> list[str]:
-        return [f"virsh setvcpus {q(self.name)} {self.value} {self.options()}"]
-
-
-class SetDescription(_HotField):
-    """The description ("" removes it)."""
-
-    def run(self, rt: Runtime) -> None:
-        import libvirt
-
-        meta = libvirt.VIR_DOMAIN_METADATA_DESCRIPTION
-        rt.handle("vm", self.name).setMetadata(meta, self.value or None, None, None, self.flags())
-
-    def shell(self, ctx: Context) -> list[str]:
-        return [f"virsh desc {q(self.name)} {self.options()} --new-desc {q(self.value or '')}"]
-
-
-#: The operation that sets each hot field (see `virtplan.plan.policy.LIVE`).
-HOT: dict[str, type[_HotField]] = {"memory": SetMemory, "vcpus": SetVcpus, "description": SetDescription}
-
-
-@dataclass(frozen=True)
-class AttachDevice(Operation):
-    """Hot-plug a disk (by its volume "pool/name") or NIC (by MAC) into the running guest.
-    The run form attaches the device as libvirt defined it (with the address it assigned
-    in the definition just written); the shell form attaches it as rendered."""
-
-    vm: VM
-    tag: str  # "disk" | "interface"
-    match: str
-    rendered: str  # the domain document as rendered, device addresses kept
-
-    def run(self, rt: Runtime) -> None:
-        import libvirt
-
-        dom = rt.handle("vm", self.vm.name)
-        defined = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        dom.attachDeviceFlags(ET.tostring(self.device(defined), encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-
-    def shell(self, ctx: Context) -> list[str]:
-        path = file_name("disk" if self.tag == "disk" else "nic", self.vm.name, self.match) + ".xml"
-        return [heredoc(path, ET.tostring(self.device(self.rendered), encoding="unicode")),
-                f"virsh attach-device {q(self.vm.name)} {q(path)} --live"]  # fmt: skip
-
-    def device(self, domain_xml: str) -> ET.Element:
-        for dev in ET.fromstring(domain_xml).iterfind(f"devices/{self.tag}"):
-            if self.tag == "disk":
-                src = dev.find("source")
-                if src is not None and f"{src.get('pool')}/{src.get('volume')}" == self.match:
-                    return dev
-            else:
-                mac = dev.find("mac")
-                if mac is not None and mac.get("address", "").lower() == self.match:
-                    return dev
-        raise KeyError(f"{self.tag} {self.match}")
-
-
-# -- seed and console log ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class WriteSeed(Operation):
-    """(Re)write the VM's NoCloud seed volume, recorded before it is created. The run form
-    builds the ISO in memory; the shell form writes the files and runs genisoimage."""
-
-    vm: VM
-
-    def address(self, ctx: Context) -> str:
-        assert self.vm.seed_pool is not None
-        return f"{ctx.host.name}/volume/{self.vm.seed_pool.name}/{self.vm.seed_volume_name}"
-
-    def run(self, rt: Runtime) -> None:
-        import libvirt
-
-        assert self.vm.seed_pool is not None
-        store, uri, address = rt.ctx.store, rt.ctx.host.uri, self.address(rt.ctx)
-        data = build_seed_iso(rt.ctx.renderer.seed_files(self.vm))
-        pool = rt.handle("pool", self.vm.seed_pool.name)
-        store.put(uri, address, kind="volume", pending=True, seed_of=self.vm.address)
-        try:
-            pool.storageVolLookupByName(self.vm.seed_volume_name).delete(0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise
-        vol = pool.createXML(fragments.volume(self.vm.seed_volume_name, len(data), "raw"), 0)
-        stream = rt.conn.newStream(0)
-        vol.upload(stream, 0, len(data), 0)
-        view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += stream.send(bytes(view[offset : offset + CHUNK]))
-        stream.finish()
-        store.put(uri, address, id=vol.path(), pending=False, seed_of=self.vm.address)
-
-    def shell(self, ctx: Context) -> list[str]:
-        vm = self.vm
-        assert vm.seed_pool is not None
-        folder = file_name("seed", vm.name)
-        iso = vm.seed_volume_name
-        files = ctx.renderer.seed_files(vm, reveal_secrets=False)
-        out = [f"mkdir -p {q(folder)}"]
-        if vm.cloud_init is not None and vm.cloud_init.password is not None:
-            out.append(f"# {SENSITIVE} in {folder}/user-data stands for the password: put the real one there")
-        for name, content in sorted(files.items()):
-            out.append(heredoc(f"{folder}/{name}", _SEED_SECRET.sub(SENSITIVE, content)))
-        paths = " ".join(q(f"{folder}/{n}") for n in sorted(files))
-        pool = q(vm.seed_pool.name)
-        return [
-            *out,
-            f"genisoimage -quiet -output {q(folder + '.iso')} -volid cidata -joliet -rock {paths}",
-            f"virsh vol-delete --pool {pool} {q(iso)} 2>/dev/null || true  # an old seed, if any",
-            f'virsh vol-create-as {pool} {q(iso)} "$(stat -c %s {q(folder + ".iso")})" --format raw',
-            f"virsh vol-upload --pool {pool} {q(iso)} {q(folder + '.iso')}",
-        ]
-
-
-@dataclass(frozen=True)
-class ClaimConsoleLog(Operation):
-    """Record the console log file (written by libvirt's virtlogd) as the VM's own."""
-
-    vm: VM
-
-    def run(self, rt: Runtime) -> None:
-        assert self.vm.seed_pool is not None
-        address = f"{rt.ctx.host.name}/volume/{self.vm.seed_pool.name}/{self.vm.console_log_name}"
-        rt.ctx.store.put(rt.ctx.host.uri, address, kind="volume", pending=True, log_of=self.vm.address)
-
-    def shell(self, ctx: Context) -> list[str]:
-        return []
-
-
-@dataclass(frozen=True)
-class DeleteVmVolume(Operation):
-    """Delete a volume a VM owns besides its disks (its seed or console log) and forget it.
-    A console log is known to libvirt only after a pool refresh and may not exist; the run
-    form also tolerates a seed already gone."""
-
-    address: str
-    log: bool
-
-    def run(self, rt: Runtime) -> None:
-        import libvirt
-
-        pool_name, _, name = self.address.split("/", 2)[2].partition("/")
-        try:
-            pool = rt.handle("pool", pool_name)
-            if self.log:
-                refresh_pool(pool)  # libvirt learns of files virtlogd created only on refresh
-            pool.storageVolLookupByName(name).delete(0)
-        except libvirt.libvirtError as exc:
-            gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
-            if exc.get_error_code() not in (*gone, libvirt.VIR_ERR_OPERATION_INVALID):
-                raise
-        rt.ctx.store.forget(rt.ctx.host.uri, self.address)
-
-    def shell(self, ctx: Context) -> list[str]:
-        pool, _, name = self.address.split("/", 2)[2].partition("/")
-        if self.log:
-            return [f"virsh pool-refresh {q(pool)}",
-                    f"virsh vol-delete --pool {q(pool)} {q(name)} 2>/dev/null || true  # console log"]  # fmt: skip
-        return [f"virsh vol-delete --pool {q(pool)} {q(name)}"]
 
 
 # -- undefining -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtplan.apply.steps.base import Context, Operation, Runtime
+from virtplan.apply.steps.base import CHUNK, Context, Operation, Runtime
 from virtplan.apply.steps.records import Applied, Forget, Intent, Recorded
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.documents import fragments
@@ -16,8 +16,6 @@ from virtplan.hosts.observe import HostState
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import Volume
 from virtplan.plan.changes import ResourceChange
-
-CHUNK = 1024 * 1024
 
 
 # -- operations -------------------------------------------------------------------------------
