@@ -76,6 +76,7 @@ def test_ownership_is_read_from_parsed_metadata():
     assert not _mine(domain("other"), "s")
     assert not _mine(domain("s-2"), "s")
     assert _mine(domain("a&amp;b"), "a&b")  # the attribute's value, not its spelling
+    assert _mine(domain("caf&#233;"), "café") and not _mine(domain("caf&#233;"), "cafe")
     # a foreign domain whose description mentions the namespace and the stack is not ours
     assert not _mine(domain(None, f"see {NAMESPACE} stack='s'"), "s")
     # the mark's namespace declared on the root: read from the whole document

@@ -132,11 +132,19 @@ def _inactive_xml(obj: Any, flags: int) -> str | None:
         return str(obj.XMLDesc(0))
 
 
+def _written_as_is(name: str) -> bool:
+    """Whether `name` appears unchanged in libvirt's XML (nothing in it is escaped)."""
+    return name.isascii() and name.isprintable() and not set("&<>\"'").intersection(name)
+
+
 def _mine(xml: str, stack_name: str) -> bool:
     """Whether a domain carries this stack's owner mark, decided on parsed XML. Cheap for
-    foreign domains: without virtplan's namespace they are not parsed at all, and otherwise
-    only their <metadata> element is (the whole document if it cannot be parsed alone)."""
+    foreign domains: without virtplan's namespace (or, for a plain stack name, without that
+    name) they are not parsed at all, and otherwise only their <metadata> element is (the
+    whole document if it cannot be parsed alone)."""
     if NAMESPACE not in xml:
+        return False
+    if _written_as_is(stack_name) and stack_name not in xml:
         return False
     start, end = xml.find("<metadata>"), xml.find("</metadata>")
     root = None
