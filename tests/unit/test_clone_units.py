@@ -13,6 +13,7 @@ from builders import QEMU_FACTS, declare
 from test_planner import deployed, program
 
 from virtplan.apply.layers import apply_layers, layer_disk
+from virtplan.documents.fastspec import desired_snapshot
 from virtplan.documents.parse import parse
 from virtplan.documents.render import Renderer
 from virtplan.engine import Observation
@@ -168,7 +169,7 @@ def test_snapshots_validate_and_are_taken_in_declared_order():
     assert "disks[1] is raw; a memory snapshot needs qcow2 disks" in text
     _, first, second = snap_stack()
     assert second.dependencies() == [first.vm, first]
-    assert first.key == "vm/one" and first.spec() == {"memory": False}
+    assert first.key == "vm/one" and desired_snapshot(first) == {"memory": False}
 
 
 def snapshot_host(stack, store, memory=False):
