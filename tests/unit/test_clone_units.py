@@ -22,8 +22,9 @@ from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Disk, Host, Network, Pool, Snapshot, Volume, load_stack, validate
 from virtplan.plan.planner import Action, PlanError, make_plan
-from virtplan.workflows.clone import CloneError, CloneOptions, _free_subnet, _shift, design
-from virtplan.workflows.clone import program as clone_program
+from virtplan.workflows.clone import CloneError, CloneOptions, clone_program
+from virtplan.workflows.clone import design_clone as design
+from virtplan.workflows.clone.subnets import free_subnet, shift
 
 SOURCE = """
 from virtplan import NIC, VM, CloudInit, Disk, Host, Network, Pool, Volume
@@ -98,7 +99,7 @@ def test_clone_picks_a_free_subnet_when_the_old_one_would_clash(source):
     again = design(stack, obs, CloneOptions("t1"))
     assert next(n for n in again.nets if n.name == "t1-lab-net").cidr == str(cidr), "deterministic"
     taken = [ipaddress.IPv4Network("10.128.0.0/10")]
-    assert not _free_subnet(24, taken, "x").overlaps(taken[0])
+    assert not free_subnet(24, taken, "x").overlaps(taken[0])
 
 
 @pytest.mark.parametrize(
@@ -120,9 +121,9 @@ def test_clone_options_are_checked_before_anything_happens(source, opts, message
 
 def test_fixed_ips_keep_their_place_in_the_subnet():
     old, new = ipaddress.IPv4Network("10.20.1.0/24"), ipaddress.IPv4Network("10.99.0.0/16")
-    assert _shift("10.20.1.11", old, new, "ip") == "10.99.0.11"
+    assert shift("10.20.1.11", old, new, "ip") == "10.99.0.11"
     with pytest.raises(CloneError, match="no place"):
-        _shift("10.20.1.200", old, ipaddress.IPv4Network("10.5.0.0/25"), "ip")
+        shift("10.20.1.200", old, ipaddress.IPv4Network("10.5.0.0/25"), "ip")
 
 
 # -- layers -----------------------------------------------------------------------------------
