@@ -46,7 +46,7 @@ PARTS = (Disk, NIC, Graphics, CloudInit)
 #: accepts in their place (a Volume for a Disk, a Network for a NIC, "vnc" for Graphics).
 SHORT_FORMS = (Disk, NIC, Graphics)
 #: Plain values written as literals; anything else is refused rather than written wrong.
-LITERALS = (str, int, float, bool, type(None), tuple)
+LITERALS = (str, int, float, bool, type(None))
 #: Calls longer than this are written one argument per line; VMs always are.
 WIDTH = 100
 
@@ -183,6 +183,8 @@ class Writer:
             return self.part(value)
         if isinstance(value, list):
             return "[" + ", ".join(self.value(v, key) for v in value) + "]"
+        if isinstance(value, tuple):
+            return literal(tuple(Code(self.value(v, key)) for v in value))
         if key in SIZE_KEYWORDS and isinstance(value, int) and not isinstance(value, bool):
             return literal(exact_size(value))
         if isinstance(value, os.PathLike):
