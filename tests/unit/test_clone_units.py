@@ -13,6 +13,7 @@ from builders import QEMU_FACTS, declare
 from test_planner import deployed, program
 
 from virtplan.apply.layers import apply_layers
+from virtplan.documents.fastspec import desired_snapshot
 from virtplan.documents.fragments import layer_disk
 from virtplan.documents.parse import parse
 from virtplan.documents.render import Renderer
@@ -22,8 +23,9 @@ from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Disk, Host, Network, Pool, Snapshot, Volume, load_stack, validate
 from virtplan.plan.planner import Action, PlanError, make_plan
-from virtplan.workflows.clone import CloneError, CloneOptions, _free_subnet, _shift, design
-from virtplan.workflows.clone import program as clone_program
+from virtplan.workflows.clone import CloneError, CloneOptions, clone_program
+from virtplan.workflows.clone import design_clone as design
+from virtplan.workflows.clone.subnets import free_subnet, shift
 
 SOURCE = """
 from virtplan import NIC, VM, CloudInit, Disk, Host, Network, Pool, Volume
@@ -98,7 +100,7 @@ def test_clone_picks_a_free_subnet_when_the_old_one_would_clash(source):
     again = design(stack, obs, CloneOptions("t1"))
     assert next(n for n in again.nets if n.name == "t1-lab-net").cidr == str(cidr), "deterministic"
     taken = [ipaddress.IPv4Network("10.128.0.0/10")]
-    assert not _free_subnet(24, taken, "x").overlaps(taken[0])
+    assert not free_subnet(24, taken, "x").overlaps(taken[0])
 
 
 @pytest.mark.parametrize(
@@ -120,9 +122,9 @@ def test_clone_options_are_checked_before_anything_happens(source, opts, message
 
 def test_fixed_ips_keep_their_place_in_the_subnet():
     old, new = ipaddress.IPv4Network("10.20.1.0/24"), ipaddress.IPv4Network("10.99.0.0/16")
-    assert _shift("10.20.1.11", old, new, "ip") == "10.99.0.11"
+    assert shift("10.20.1.11", old, new, "ip") == "10.99.0.11"
     with pytest.raises(CloneError, match="no place"):
-        _shift("10.20.1.200", old, ipaddress.IPv4Network("10.5.0.0/25"), "ip")
+        shift("10.20.1.200", old, ipaddress.IPv4Network("10.5.0.0/25"), "ip")
 
 
 # -- layers -----------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_snapshots_validate_and_are_taken_in_declared_order():
     assert "disks[1] is raw; a memory snapshot needs qcow2 disks" in text
     _, first, second = snap_stack()
     assert second.dependencies() == [first.vm, first]
-    assert first.key == "vm/one" and first.spec() == {"memory": False}
+    assert first.key == "vm/one" and desired_snapshot(first) == {"memory": False}
 
 
 def snapshot_host(stack, store, memory=False):

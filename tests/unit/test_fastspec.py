@@ -16,10 +16,10 @@ from virtplan.plan.planner import rendered_spec
 
 STACKS = Path(__file__).resolve().parents[2] / "stacks"
 FAST = {
-    "vm": fastspec.domain_spec,
-    "network": fastspec.network_spec,
-    "pool": fastspec.pool_spec,
-    "volume": fastspec.volume_spec,
+    "vm": fastspec.desired_domain,
+    "network": fastspec.desired_network,
+    "pool": fastspec.desired_pool,
+    "volume": fastspec.desired_volume,
 }
 
 

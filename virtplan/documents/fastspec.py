@@ -1,25 +1,39 @@
-"""Comparable specs computed straight from the render contexts, without rendering.
+"""Desired specs computed from the model and the render contexts, without rendering.
 
 Rendering a template and parsing it back costs about 0.2 ms per VM; a no-op plan of a
-thousand VMs should not pay that. These functions build the same dict the parsers in
-`virtplan.documents.parse` produce from the built-in templates' output, from the very context
-objects those templates consume. `tests/unit/test_fastspec.py` proves the two agree on
-every example stack; a stack that overrides templates always takes the render-and-parse
-path, so its own templates take part in diffing.
+thousand VMs should not pay that. `desired_domain(vm, renderer)` and its siblings build the
+same spec (`virtplan.documents.specs`) that `virtplan.documents.parse` reads from the
+built-in templates' output, from the very context objects those templates consume.
+`tests/unit/test_fastspec.py` proves the two agree on every example stack; a stack that
+overrides templates always takes the render-and-parse path, so its own templates take
+part in diffing.
 """
 
 from __future__ import annotations
 
-from virtplan.documents.parse import Spec
-from virtplan.documents.render import Renderer, volume_path
-from virtplan.model import VM, Network, Pool, Snapshot, Volume
+from virtplan.documents.render import Renderer
+from virtplan.documents.specs import (
+    DiskSpec,
+    GraphicsSpec,
+    NetworkSpec,
+    NicSpec,
+    PoolSpec,
+    ReservationSpec,
+    SnapshotSpec,
+    Spec,
+    VMSpec,
+    VolumeSpec,
+    generic,
+)
+from virtplan.model import VM, Network, Pool, Resource, Snapshot, Volume
 
 
-def domain_spec(vm: VM, r: Renderer) -> Spec:
+def desired_domain(vm: VM, r: Renderer) -> VMSpec:
+    """The spec of the domain XML the built-in template renders for `vm`."""
     d = r.domain_context(vm)
     graphics = None
     if vm.graphics is not None:
-        graphics = {"type": vm.graphics.type, "listen": vm.graphics.listen, "password": d.graphics_password_digest}
+        graphics = GraphicsSpec(type=vm.graphics.type, listen=vm.graphics.listen, password=d.graphics_password_digest)
     return {
         "type": d.type,
         "arch": d.arch,
@@ -30,10 +44,10 @@ def domain_spec(vm: VM, r: Renderer) -> Spec:
         "max_memory": vm.max_memory_bytes // 1024 * 1024,
         "firmware": vm.firmware,
         "disks": [
-            {"volume": f"{disk.pool}/{disk.volume}", "device": "disk", "bus": disk.bus, "boot": disk.boot or None}
+            DiskSpec(volume=f"{disk.pool}/{disk.volume}", device="disk", bus=disk.bus, boot=disk.boot or None)
             for disk in d.disks
         ],
-        "nics": [{"network": n.network, "bridge": n.bridge, "model": n.model, "mac": n.mac} for n in d.nics],
+        "nics": [NicSpec(network=n.network, bridge=n.bridge, model=n.model, mac=n.mac) for n in d.nics],
         "cloud_init": d.seed_digest,
         "graphics": graphics,
         "serial": bool(vm.serial),
@@ -45,10 +59,11 @@ def domain_spec(vm: VM, r: Renderer) -> Spec:
     }
 
 
-def network_spec(net: Network, r: Renderer) -> Spec:
+def desired_network(net: Network, r: Renderer) -> NetworkSpec:
+    """The spec of the network XML the built-in template renders for `net`."""
     n = r.network_context(net)
     bridge = net.bridge if net.mode == "bridge" else net.bridge_name
-    spec: Spec = {
+    spec: NetworkSpec = {
         "mode": net.mode,
         "bridge": bridge,
         "domain": net.domain,
@@ -65,22 +80,41 @@ def network_spec(net: Network, r: Renderer) -> Spec:
             spec["dhcp"] = True
             spec["dhcp_range"] = f"{n.range[0]}-{n.range[1]}"
             spec["reservations"] = sorted(
-                ({"mac": x.mac.lower(), "ip": x.ip, "name": x.name} for x in n.reservations), key=lambda x: x["mac"]
+                (ReservationSpec(mac=x.mac.lower(), ip=x.ip, name=x.name) for x in n.reservations),
+                key=lambda x: x["mac"],
             )
     return spec
 
 
-def pool_spec(pool: Pool, _r: Renderer) -> Spec:
+def desired_pool(pool: Pool, _r: Renderer) -> PoolSpec:
+    """The spec of the pool XML the built-in template renders for `pool`."""
     return {"type": pool.type, "path": pool.path}
 
 
-def volume_spec(vol: Volume, r: Renderer) -> Spec:
+def desired_volume(vol: Volume, r: Renderer) -> VolumeSpec:
+    """The spec of the volume XML the built-in template renders for `vol`."""
     v = r.volume_context(vol)
     return {"format": v.format, "capacity": v.capacity, "backing": v.backing_path}
 
 
-def snapshot_spec(snap: Snapshot, _r: Renderer) -> Spec:
-    return snap.spec()
+def desired_snapshot(snap: Snapshot, _r: Renderer | None = None) -> SnapshotSpec:
+    """A snapshot has no XML of its own: its spec is what kind of snapshot it is."""
+    return {"memory": bool(snap.memory)}
 
 
-__all__ = ["domain_spec", "network_spec", "pool_spec", "snapshot_spec", "volume_path", "volume_spec"]
+def desired(resource: Resource, r: Renderer) -> Spec:
+    """The spec of any declared resource, in the generic form."""
+    if isinstance(resource, VM):
+        return generic(desired_domain(resource, r))
+    if isinstance(resource, Network):
+        return generic(desired_network(resource, r))
+    if isinstance(resource, Pool):
+        return generic(desired_pool(resource, r))
+    if isinstance(resource, Volume):
+        return generic(desired_volume(resource, r))
+    if isinstance(resource, Snapshot):
+        return generic(desired_snapshot(resource, r))
+    raise TypeError(f"no spec for {resource!r}")  # pragma: no cover - the model has no other kinds
+
+
+__all__ = ["desired", "desired_domain", "desired_network", "desired_pool", "desired_snapshot", "desired_volume"]

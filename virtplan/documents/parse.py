@@ -1,4 +1,4 @@
-"""Parse libvirt XML into the comparable form the planner diffs.
+"""Parse libvirt XML into the comparable specs the planner diffs (`virtplan.documents.specs`).
 
 The same parsers read what virtplan rendered and what libvirt returns, so a field means
 the same on both sides. Only fields virtplan manages are extracted: libvirt's own
@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import ipaddress
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from virtplan.documents.render import NAMESPACE
+from virtplan.documents.specs import (
+    DiskSpec,
+    GraphicsSpec,
+    KindSpec,
+    NetworkSpec,
+    NicSpec,
+    PoolSpec,
+    ReservationSpec,
+    Spec,
+    VMSpec,
+    VolumeSpec,
+    generic,
+)
 
-Spec = dict[str, Any]
+__all__ = [  # Spec too: callers that handle every kind import it from here or from specs
+    "PARSERS", "Owner", "Spec", "layered_volume", "owner_of",
+    "parse", "parse_domain", "parse_network", "parse_pool", "parse_volume",
+]  # fmt: skip
 _UNIT = {"b": 1, "bytes": 1, "kib": 1024, "k": 1024, "mib": 1024**2, "m": 1024**2, "gib": 1024**3, "g": 1024**3,
          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tib": 1024**4, "t": 1024**4, "tb": 1000**4}  # fmt: skip
 
@@ -42,8 +58,8 @@ def _size(el: ET.Element | None, default_unit: str = "KiB") -> int | None:
     return int(el.text) * _UNIT[el.get("unit", default_unit).lower()]
 
 
-def domain_spec(root: ET.Element) -> Spec:
-    """Comparable fields of a domain (persistent config; runtime state is added by observe)."""
+def parse_domain(root: ET.Element) -> VMSpec:
+    """The spec of a domain's XML (persistent config; observe adds the runtime state)."""
     owner = owner_of(root)
     attrs = owner.attrs if owner else {}
     seed_volume = attrs.get("seed-volume")
@@ -52,7 +68,7 @@ def domain_spec(root: ET.Element) -> Spec:
     vcpu_el = root.find("vcpu")
     max_vcpus = int(vcpu_el.text or 1) if vcpu_el is not None else 1
     memory = _size(root.find("memory"))
-    disks = []
+    disks: list[DiskSpec] = []
     for disk in root.findall("devices/disk"):
         source = disk.find("source")
         target = disk.find("target")
@@ -71,7 +87,7 @@ def domain_spec(root: ET.Element) -> Spec:
             "bus": target.get("bus") if target is not None else None,
             "boot": int(boot.get("order", 0)) if boot is not None else None,
         })  # fmt: skip
-    nics = []
+    nics: list[NicSpec] = []
     for iface in root.findall("devices/interface"):
         source = iface.find("source")
         mac = iface.find("mac")
@@ -84,7 +100,7 @@ def domain_spec(root: ET.Element) -> Spec:
             "mac": mac.get("address", "").lower() if mac is not None else None,
         })  # fmt: skip
     graphics_el = root.find("devices/graphics")
-    graphics = None
+    graphics: GraphicsSpec | None = None
     if graphics_el is not None:
         listen_el = graphics_el.find("listen")
         listen = graphics_el.get("listen") or (listen_el.get("address") if listen_el is not None else None)
@@ -131,13 +147,13 @@ def layered_volume(disk: ET.Element) -> str | None:
     return None
 
 
-def network_spec(root: ET.Element) -> Spec:
-    """Comparable fields of a network."""
+def parse_network(root: ET.Element) -> NetworkSpec:
+    """The spec of a network's XML."""
     forward = root.find("forward")
     mode = forward.get("mode", "nat") if forward is not None else "isolated"
     bridge = root.find("bridge")
     domain = root.find("domain")
-    spec: Spec = {
+    spec: NetworkSpec = {
         "mode": mode,
         "bridge": bridge.get("name") if bridge is not None else None,
         "domain": domain.get("name") if domain is not None else None,
@@ -162,7 +178,7 @@ def network_spec(root: ET.Element) -> Spec:
                 spec["dhcp_range"] = f"{rng.get('start')}-{rng.get('end')}"
             spec["reservations"] = sorted(
                 (
-                    {"mac": (h.get("mac") or "").lower(), "ip": h.get("ip"), "name": h.get("name")}
+                    ReservationSpec(mac=(h.get("mac") or "").lower(), ip=h.get("ip"), name=h.get("name"))
                     for h in dhcp.findall("host")
                 ),
                 key=lambda r: r["mac"],
@@ -171,13 +187,13 @@ def network_spec(root: ET.Element) -> Spec:
     return spec
 
 
-def pool_spec(root: ET.Element) -> Spec:
-    """Comparable fields of a storage pool."""
+def parse_pool(root: ET.Element) -> PoolSpec:
+    """The spec of a storage pool's XML."""
     return {"type": root.get("type"), "path": root.findtext("target/path")}
 
 
-def volume_spec(root: ET.Element) -> Spec:
-    """Comparable fields of a storage volume."""
+def parse_volume(root: ET.Element) -> VolumeSpec:
+    """The spec of a storage volume's XML."""
     fmt = root.find("target/format")
     backing = root.findtext("backingStore/path")
     return {
@@ -187,9 +203,12 @@ def volume_spec(root: ET.Element) -> Spec:
     }
 
 
-PARSERS = {"vm": domain_spec, "network": network_spec, "pool": pool_spec, "volume": volume_spec}
+#: The parser of each kind that has an XML document.
+PARSERS: dict[str, Callable[[ET.Element], KindSpec]] = {
+    "vm": parse_domain, "network": parse_network, "pool": parse_pool, "volume": parse_volume,
+}  # fmt: skip
 
 
 def parse(kind: str, xml: str) -> Spec:
-    """Parse one document of `kind` (vm, network, pool, volume)."""
-    return PARSERS[kind](ET.fromstring(xml))
+    """The spec of one document of `kind` (vm, network, pool, volume), in the generic form."""
+    return generic(PARSERS[kind](ET.fromstring(xml)))

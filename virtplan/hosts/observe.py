@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from virtplan.documents.capabilities import HostFacts, parse_capabilities
-from virtplan.documents.parse import Owner, Spec, domain_spec, network_spec, owner_of, pool_spec, volume_spec
+from virtplan.documents.parse import Owner, owner_of, parse_domain, parse_network, parse_pool, parse_volume
 from virtplan.documents.render import NAMESPACE
+from virtplan.documents.specs import Spec, VMSpec, generic
 from virtplan.hosts.speccache import SpecCache, xml_key
 
 
@@ -31,7 +32,7 @@ class ObservedObject:
     key: str  # name; "pool/volume" for volumes
     uuid: str | None
     xml: str
-    spec: Spec
+    spec: Spec  # a `virtplan.documents.specs` spec of `kind`, runtime fields included
     owner: Owner | None = None
 
     @property
@@ -172,18 +173,18 @@ def _read_domains(
             continue  # foreign and not declared: none of this stack's business
         key = xml_key(xml)
         hit = cache.get(key) if cache is not None else None
+        spec: VMSpec
         if hit is not None:
             spec, owner = hit
         else:
             root = ET.fromstring(xml)
-            spec, owner = domain_spec(root), owner_of(root)
+            spec, owner = parse_domain(root), owner_of(root)
             if cache is not None:
-                cache.put(key, spec, owner)
-                spec = dict(spec)
+                cache.put(key, spec, owner)  # a copy: the runtime fields below are not cached
         uuid = dom.UUIDString()
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart
-        state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, spec, owner)
+        state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, generic(spec), owner)
 
 
 def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
@@ -195,10 +196,11 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
             continue
         root = ET.fromstring(xml)
         uuid = net.UUIDString()
-        spec = network_spec(root)
+        spec = parse_network(root)
         spec["active"] = uuid in active
         spec["autostart"] = uuid in autostart
-        state.objects[("network", net.name())] = ObservedObject("network", net.name(), uuid, xml, spec, owner_of(root))
+        obj = ObservedObject("network", net.name(), uuid, xml, generic(spec), owner_of(root))
+        state.objects[("network", net.name())] = obj
 
 
 def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
@@ -210,11 +212,11 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
         if xml is None:
             continue
         uuid = pool.UUIDString()
-        spec = pool_spec(ET.fromstring(xml))
+        spec = parse_pool(ET.fromstring(xml))
         spec["active"] = uuid in active
         spec["autostart"] = uuid in autostart
         pools[pool.name()] = pool
-        state.objects[("pool", pool.name())] = ObservedObject("pool", pool.name(), uuid, xml, spec)
+        state.objects[("pool", pool.name())] = ObservedObject("pool", pool.name(), uuid, xml, generic(spec))
     return pools
 
 
@@ -224,7 +226,8 @@ def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
         if xml is None:
             continue
         key = f"{pool_name}/{vol.name()}"
-        state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, volume_spec(ET.fromstring(xml)))
+        spec = parse_volume(ET.fromstring(xml))
+        state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, generic(spec))
 
 
 def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:

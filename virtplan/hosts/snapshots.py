@@ -20,6 +20,7 @@ def observe_snapshots(conn: Any, state: HostState, stack: Stack, store: StateSto
     """Add the snapshots the planner must know about to `state`: this stack's recorded ones
     (except those taken on demand and not declared) and, for declared memory snapshots,
     whatever libvirt has under that name (someone else's, if not recorded: a clash)."""
+    from virtplan.documents.specs import SnapshotSpec, generic
     from virtplan.hosts.observe import ObservedObject
     from virtplan.model import Snapshot
 
@@ -43,14 +44,15 @@ def observe_snapshots(conn: Any, state: HostState, stack: Stack, store: StateSto
             uid = _internal_id(conn, vm_name, key.split("/", 1)[1])
             if uid is None:
                 continue
-        spec = {"memory": memory}
-        state.objects[("snapshot", key)] = ObservedObject("snapshot", key, uid, "", spec)
+        spec = SnapshotSpec(memory=memory)
+        state.objects[("snapshot", key)] = ObservedObject("snapshot", key, uid, "", generic(spec))
     for key, snap in declared.items():
         if ("snapshot", key) in state.objects or not snap.memory or state.get("vm", snap.vm.name) is None:
             continue
         uid = _internal_id(conn, snap.vm.name, snap.name)
         if uid is not None:
-            state.objects[("snapshot", key)] = ObservedObject("snapshot", key, uid, "", {"memory": True})
+            spec = SnapshotSpec(memory=True)
+            state.objects[("snapshot", key)] = ObservedObject("snapshot", key, uid, "", generic(spec))
 
 
 def _internal_id(conn: Any, vm: str, name: str) -> str | None:

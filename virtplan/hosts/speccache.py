@@ -1,4 +1,4 @@
-"""A memo of parsed specs, keyed by the exact XML libvirt returned.
+"""A memo of parsed domain specs, keyed by the exact XML libvirt returned.
 
 Parsing a domain's XML costs about 0.1 ms; hashing it a few microseconds. A no-op plan of
 a thousand VMs reads a thousand unchanged documents, so remembering "this XML parses to
@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from virtplan.documents.parse import Owner, Spec
+from virtplan.documents.parse import Owner
+from virtplan.documents.specs import VMSpec
 
-Entry = tuple[Spec, Owner | None]
+Entry = tuple[VMSpec, Owner | None]
 
 
 def xml_key(xml: str) -> str:
@@ -50,7 +51,8 @@ class SpecCache:
         owner = Owner(**raw["owner"]) if raw["owner"] is not None else None
         return json.loads(raw["spec"]), owner
 
-    def put(self, key: str, spec: Spec, owner: Owner | None) -> None:
+    def put(self, key: str, spec: VMSpec, owner: Owner | None) -> None:
+        """Remember a copy of `spec` (later changes to the dict are not remembered)."""
         raw = {"spec": json.dumps(spec), "owner": None if owner is None else vars(owner)}
         with self._lock:
             self._entries[key] = raw

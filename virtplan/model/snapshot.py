@@ -56,10 +56,6 @@ class Snapshot(Resource):
     def declared(self) -> set[str]:
         return {"memory"}
 
-    def spec(self) -> dict[str, Any]:
-        """The comparable form: what kind of snapshot it is."""
-        return {"memory": bool(self.memory)}
-
 
 def _last_snapshot_of(vm: VM) -> Snapshot | None:
     from virtplan.model.registry import current_stack

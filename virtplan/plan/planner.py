@@ -51,13 +51,11 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     from virtplan.documents import fastspec
 
     if resource.kind == "snapshot":  # no XML of its own: what kind of snapshot it is
-        return resource.spec()  # type: ignore[attr-defined]
+        return fastspec.desired(resource, renderer)
     if renderer.stack.template_dir is not None:
         spec = rendered_spec(resource, renderer)
     else:
-        fast = {"vm": fastspec.domain_spec, "network": fastspec.network_spec,
-                "pool": fastspec.pool_spec, "volume": fastspec.volume_spec}[resource.kind]  # fmt: skip
-        spec = fast(resource, renderer)  # type: ignore[operator]
+        spec = fastspec.desired(resource, renderer)
     if isinstance(resource, VM):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
         spec.update(state=resource.state, autostart=resource.autostart)
