@@ -48,7 +48,7 @@ class CertificateAuthority:
         folder.mkdir(parents=True, exist_ok=True)
         cert, key = folder / "cacert.pem", folder / "cakey.pem"
         _run(
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-sha256",
             "-keyout", str(key), "-out", str(cert), "-days", _DAYS, "-subj", f"/O=virtplan lab/CN={name}",
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -66,7 +66,7 @@ class CertificateAuthority:
         request = cert.with_suffix(".csr")
         extensions = cert.with_suffix(".ext")
         _run(
-            "openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-sha256",
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-sha256",
             "-keyout", str(key), "-out", str(request), "-subj", f"/O=virtplan lab/CN={name}",
         )  # fmt: skip
         key.chmod(0o600)
