@@ -9,7 +9,10 @@ A :class:`Lab` owns
   part of a user's ``~/.ssh/config`` without touching ``~/.ssh``.  libvirt runs ``ssh``
   from ``PATH``, so with :meth:`Lab.env` (or the ``PATH`` it returns) the URI stays
   exactly what a user writes: ``qemu+ssh://root@10.250.K.N/system``.  Host keys are
-  verified (``StrictHostKeyChecking yes``); nothing is ever accepted blindly;
+  verified (``StrictHostKeyChecking yes``); nothing is ever accepted blindly.  libvirt's
+  ``qemu+ssh`` (the ssh binary) has no URI parameter for a known_hosts file; its
+  built-in client does: ``PrivateHost.libssh2_uri`` (``qemu+libssh2://...?keyfile=...
+  &known_hosts=...&known_hosts_verify=normal``) reaches the same sshd without the wrapper;
 - a TLS CA, and a client ``pkipath`` folder signed by it;
 - its hosts (:class:`~virtplan_lab.testbed.PrivateHost` with a
   :class:`~virtplan_lab.testbed.RemoteAccess`), each with an address on the network,
@@ -148,6 +151,8 @@ class Lab:
                 tls_ca=self.ca if tls else None,
                 tls_client_pki=self.pki_path if tls else None,
                 client_path=self.bin_dir,
+                ssh_identity=self.client_key,
+                known_hosts=self.known_hosts,
             )
             workdir = Path(tempfile.mkdtemp(prefix="vp-", dir="/var/tmp"))  # short: socket paths
             host = PrivateHost(workdir, name, qemu_caps_cache=self.qemu_caps_cache, remote=remote)

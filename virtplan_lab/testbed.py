@@ -114,7 +114,10 @@ class RemoteAccess:
     - ``tls_client_pki``: the ``pkipath`` folder clients use (it goes into ``tls_uri``);
     - ``client_path``: a folder put first on the daemons' PATH (the lab's ``ssh``
       wrapper), so the host's own outgoing connections, e.g. peer-to-peer migration,
-      use the lab's ssh configuration and known hosts.
+      use the lab's ssh configuration and known hosts;
+    - ``ssh_identity``, ``known_hosts``: the lab's client key and known_hosts files,
+      for URIs of libvirt's built-in ssh clients (``qemu+libssh2://``), which take them
+      as URI parameters.
     """
 
     network: LabNetwork
@@ -123,6 +126,8 @@ class RemoteAccess:
     tls_ca: CertificateAuthority | None = None
     tls_client_pki: Path | None = None
     client_path: Path | None = None
+    ssh_identity: Path | None = None
+    known_hosts: Path | None = None
 
     @property
     def address(self) -> str:
@@ -262,6 +267,22 @@ class PrivateHost:
         if self._remote.ssh_client_key is None:
             raise RuntimeError(f"{self!r} runs no sshd")
         return f"qemu+ssh://root@{self.address}/system"
+
+    @property
+    def libssh2_uri(self) -> str:
+        """The same sshd through libvirt's built-in ssh client (libssh2), which takes the key and
+        known_hosts as URI parameters: no ssh process, no ssh configuration needed.
+
+        Not ``qemu+libssh://``: with libvirt 9.0 and Debian 12's libssh 0.10 it hangs on
+        any reply larger than a few kilobytes (``getCapabilities``, ``XMLDesc``).
+        """
+        remote = self._remote
+        if remote.ssh_client_key is None or remote.ssh_identity is None or remote.known_hosts is None:
+            raise RuntimeError(f"{self!r} runs no sshd")
+        return (
+            f"qemu+libssh2://root@{self.address}/system?keyfile={remote.ssh_identity}"
+            f"&known_hosts={remote.known_hosts}&known_hosts_verify=normal&sshauth=privkey"
+        )
 
     @property
     def tls_uri(self) -> str:

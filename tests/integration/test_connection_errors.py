@@ -91,6 +91,9 @@ def test_changed_ssh_host_key(stack: Path, netlab: Lab, lab_hosts: LabHosts) -> 
     line = plan_fails(stack, netlab, host.ssh_uri, "ssh host key verification failed", 10)
     assert f"Host key for {host.address} has changed" in line
     assert str(netlab.known_hosts) in line
+    # libvirt's built-in ssh client, given the same known_hosts in the URI, refuses too.
+    line = plan_fails(stack, netlab, host.libssh2_uri, "ssh host key verification failed", 10)
+    assert f"Identity of host '{host.address}:22' differs from stored identity" in line
 
 
 def test_tls_server_certificate_from_another_ca(

@@ -63,12 +63,16 @@ def download(conn: Any, pool: str, name: str) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.fixture(params=["ssh", "tls"])
+@pytest.fixture(params=["ssh", "libssh2", "tls"])
 def remote(request: pytest.FixtureRequest) -> tuple[PrivateHost, str]:
-    """(host, URI): the module's ssh host over qemu+ssh, or its TLS host over qemu+tls."""
+    """(host, URI): the module's ssh host over qemu+ssh (the ssh binary) or qemu+libssh2
+    (libvirt's built-in client), or its TLS host over qemu+tls."""
     if request.param == "ssh":
         host: PrivateHost = request.getfixturevalue("ssh_host")
         return host, host.ssh_uri
+    if request.param == "libssh2":
+        host = request.getfixturevalue("ssh_host")
+        return host, host.libssh2_uri
     host = request.getfixturevalue("tls_host")
     return host, host.tls_uri
 
@@ -77,7 +81,7 @@ def test_small_stack_lifecycle_over_a_remote_transport(
     remote: tuple[PrivateHost, str], netlab: Lab, tmp_path: Path
 ) -> None:
     host, uri = remote
-    assert uri.startswith(("qemu+ssh://root@", "qemu+tls://"))
+    assert uri.startswith(("qemu+ssh://root@", "qemu+libssh2://root@", "qemu+tls://"))
     stack = tmp_path / "remote.py"
     stack.write_text(SMALL_STACK)
     image = tmp_path / "data.raw"

@@ -128,7 +128,7 @@ def _open_within(uri: str, timeout: float) -> Any:
 #: (pattern in libvirt's or ssh's text, what went wrong in plain words); first match wins.
 _CAUSES = (
     (
-        re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.IGNORECASE),
         "ssh host key verification failed",
     ),
     (re.compile(r"Permission denied \(|Too many authentication failures"), "ssh authentication failed"),
