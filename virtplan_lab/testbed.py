@@ -9,9 +9,10 @@ A :class:`PrivateHost` runs ``virtlogd`` and ``libvirtd`` inside
 - ``/var/lib/libvirt``, ``/var/log/libvirt`` and ``/var/cache/libvirt`` are
   directories under ``<workdir>``;
 - the network namespace is new: only ``lo``, which is brought up;
-- the UTS namespace is new: the host's hostname is its name (libvirt refuses to
-  migrate between two hosts of the same hostname or host UUID; each host also gets
-  its own ``host_uuid``).
+- the UTS namespace is new: the host's hostname is its name (what ``getHostname()``
+  answers), and its ``libvirtd.conf`` sets a ``host_uuid`` of its own (otherwise all
+  hosts share the machine's SMBIOS UUID, and libvirt refuses a migration between two
+  of them: "Attempt to migrate guest to the same host").
 
 A host given a :class:`RemoteAccess` (see :mod:`virtplan_lab.lab`, which builds them)
 is also a machine on a lab network (:mod:`virtplan_lab.labnet`): its namespace gets an
