@@ -10,6 +10,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients   # the daemon under test
   qemu-system-x86 qemu-utils ovmf                             # guests, qemu-img, UEFI firmware
   dnsmasq-base iptables iproute2                              # libvirt NAT networks
+  openssh-server openssh-client openssl                       # lab hosts over qemu+ssh:// and qemu+tls://
   busybox-static                                              # userland of the tiny test guest
   virtinst                                                    # virt-clone, compared in bench/clone.py
   genisoimage                                                 # seed ISOs in `plan --commands` (replayed in tests)

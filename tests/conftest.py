@@ -4,6 +4,12 @@ Tests that use a host fixture are marked ``integration`` automatically. Where a
 private host cannot run (not root, libvirt or QEMU missing) they fail with the
 reason, so CI can never pass by skipping them; VIRTPLAN_SKIP_INTEGRATION=1 skips
 them deliberately on a machine that cannot run them.
+
+Hosts that are machines on a network (``virtplan_lab.lab``): ``netlab`` is this
+process's lab network (one per pytest-xdist worker, each on its own 10.250.K.0/24);
+``ssh_host`` and ``tls_host`` are hosts on it reached over ``qemu+ssh://`` (a real
+sshd, key authentication, verified host keys) and ``qemu+tls://`` (a CA and
+certificates made for the run); ``lab_hosts(n, ssh=..., tls=...)`` starts n more.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from virtplan_lab.lab import Lab
 from virtplan_lab.probe import ProbeImage, build_probe
 from virtplan_lab.testbed import PrivateHost, missing_prereqs
 
@@ -24,7 +31,19 @@ from virtplan_lab.testbed import PrivateHost, missing_prereqs
 QEMU_CAPS_CACHE = Path("/var/tmp/virtplan-qemu-caps")
 
 #: Fixtures that start private hosts; tests using them get the ``integration`` marker.
-HOST_FIXTURES = frozenset({"private_host", "two_hosts", "host_uri", "make_private_host", "host_workdir"})
+HOST_FIXTURES = frozenset(
+    {
+        "private_host",
+        "two_hosts",
+        "host_uri",
+        "make_private_host",
+        "host_workdir",
+        "netlab",
+        "ssh_host",
+        "tls_host",
+        "lab_hosts",
+    }
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,3 +131,69 @@ def make_private_host() -> Iterator[Callable[[str], PrivateHost]]:
     """
     with ExitStack() as stack:
         yield lambda name: stack.enter_context(running_host(name))
+
+
+# -- hosts on a lab network, reached over ssh and TLS ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def netlab() -> Iterator[Lab]:
+    """This process's lab network with its ssh and TLS client credentials.
+
+    For the whole session the lab's ``ssh`` wrapper comes first on PATH, so plain
+    ``qemu+ssh://root@<address>/system`` URIs work here and in subprocesses (the
+    virtplan CLI), with the lab's key and known_hosts, as a user's ~/.ssh/config would.
+    """
+    problems = missing_prereqs(remote=True)
+    if problems:
+        _unavailable(f"no lab network here: {'; '.join(problems)} (scripts/setup.sh installs what is missing)")
+    with Lab(qemu_caps_cache=QEMU_CAPS_CACHE) as lab:
+        patch = pytest.MonkeyPatch()
+        patch.setenv("PATH", lab.env()["PATH"])
+        try:
+            yield lab
+        finally:
+            patch.undo()
+
+
+@contextmanager
+def lab_host(lab: Lab, *, ssh: bool, tls: bool) -> Iterator[PrivateHost]:
+    host = lab.add_host(ssh=ssh, tls=tls)
+    try:
+        yield host
+    finally:
+        lab.remove_host(host)
+
+
+@pytest.fixture(scope="module")
+def ssh_host(netlab: Lab) -> Iterator[PrivateHost]:
+    """A host on the lab network with its own sshd: ``ssh_host.ssh_uri``, per test module."""
+    with lab_host(netlab, ssh=True, tls=False) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def tls_host(netlab: Lab) -> Iterator[PrivateHost]:
+    """A host on the lab network with libvirtd listening for TLS: ``tls_host.tls_uri``, per test module."""
+    with lab_host(netlab, ssh=False, tls=True) as host:
+        yield host
+
+
+@pytest.fixture
+def lab_hosts(netlab: Lab) -> Iterator[Callable[..., list[PrivateHost]]]:
+    """Factory: ``lab_hosts(n, ssh=True, tls=False, prefix=None)`` starts n hosts at once.
+
+    Every host it started is stopped, and its address freed, when the test ends.
+    """
+    started: list[PrivateHost] = []
+
+    def start(count: int, *, ssh: bool = True, tls: bool = False, prefix: str | None = None) -> list[PrivateHost]:
+        hosts = netlab.start_hosts(count, ssh=ssh, tls=tls, prefix=prefix)
+        started.extend(hosts)
+        return hosts
+
+    try:
+        yield start
+    finally:
+        for host in started:
+            netlab.remove_host(host)

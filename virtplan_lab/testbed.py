@@ -8,7 +8,26 @@ A :class:`PrivateHost` runs ``virtlogd`` and ``libvirtd`` inside
 - ``/sys`` is a fresh sysfs, showing the namespace's network devices only;
 - ``/var/lib/libvirt``, ``/var/log/libvirt`` and ``/var/cache/libvirt`` are
   directories under ``<workdir>``;
-- the network namespace is new: only ``lo``, which is brought up.
+- the network namespace is new: only ``lo``, which is brought up;
+- the UTS namespace is new: the host's hostname is its name (what ``getHostname()``
+  answers), and its ``libvirtd.conf`` sets a ``host_uuid`` of its own (otherwise all
+  hosts share the machine's SMBIOS UUID, and libvirt refuses a migration between two
+  of them: "Attempt to migrate guest to the same host").
+
+A host given a :class:`RemoteAccess` (see :mod:`virtplan_lab.lab`, which builds them)
+is also a machine on a lab network (:mod:`virtplan_lab.labnet`): its namespace gets an
+``eth0`` with its own address, reachable from the caller and from the other hosts of
+that network, and it may run
+
+- a real OpenSSH ``sshd`` on port 22, accepting one client key for ``root``, so that
+  ``qemu+ssh://root@<address>/system`` works (the remote side runs libvirt's
+  ``virt-ssh-helper``, which finds the daemon through ``/run/libvirt/libvirt-sock``, a
+  link to the socket in ``<workdir>/sock``); ``/root`` is then an empty private folder;
+- libvirtd's TLS listener on port 16514 with a server certificate signed by the lab's CA
+  (``qemu+tls://<address>/system?pkipath=...``).
+
+Its ``qemu.conf`` sets ``migration_host`` to its address, so QEMU migration and NBD
+traffic between two hosts of one lab goes over the lab network.
 
 Guarantees:
 
@@ -42,11 +61,17 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from virtplan_lab.credentials import CertificateAuthority
+    from virtplan_lab.labnet import LabNetwork
 
 _T = TypeVar("_T")
 
@@ -65,6 +90,10 @@ _STATE_DIRS = {
     "cache": "/var/cache/libvirt",
 }
 _REQUIRED_COMMANDS = ("unshare", "mount", "ip", "libvirtd", "virtlogd", "qemu-system-x86_64")
+#: Also needed by hosts on a lab network with sshd or TLS.
+_REMOTE_COMMANDS = ("nsenter", "sshd", "ssh", "ssh-keygen", "openssl", "virt-ssh-helper")
+SSH_PORT = 22
+TLS_PORT = 16514
 _LOG_TAIL_LINES = 30
 #: Domains destroyed at once by stop(): QEMU takes ~1.5 s to die, mostly waiting.
 _DESTROY_WORKERS = 16
@@ -72,6 +101,38 @@ _DESTROY_WORKERS = 16
 
 class HostStartError(RuntimeError):
     """A private host did not come up; the message carries the tail of its logs."""
+
+
+@dataclass(frozen=True)
+class RemoteAccess:
+    """Where a private host sits on a lab network and which remote services it runs.
+
+    - ``network``, ``slot``: the lab network and the host's place on it (its address
+      is ``network.address(slot)``);
+    - ``ssh_client_key``: the public key allowed to log in as ``root`` through the
+      host's own sshd; None: no sshd;
+    - ``tls_ca``: the CA that signs the host's server certificate; None: no TLS listener;
+    - ``tls_client_pki``: the ``pkipath`` folder clients use (it goes into ``tls_uri``);
+    - ``client_path``: a folder put first on the daemons' PATH (the lab's ``ssh``
+      wrapper), so the host's own outgoing connections, e.g. peer-to-peer migration,
+      use the lab's ssh configuration and known hosts;
+    - ``ssh_identity``, ``known_hosts``: the lab's client key and known_hosts files,
+      for URIs of libvirt's built-in ssh clients (``qemu+libssh2://``), which take them
+      as URI parameters.
+    """
+
+    network: LabNetwork
+    slot: int
+    ssh_client_key: str | None = None
+    tls_ca: CertificateAuthority | None = None
+    tls_client_pki: Path | None = None
+    client_path: Path | None = None
+    ssh_identity: Path | None = None
+    known_hosts: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return self.network.address(self.slot)
 
 
 PID_FILE = "libvirtd.pid"
@@ -108,12 +169,14 @@ def ensure_system_prereqs() -> None:
         Path(mount_point).mkdir(parents=True, exist_ok=True)
 
 
-def missing_prereqs() -> list[str]:
-    """Why a private host cannot start here (not root, commands missing); empty if it can."""
+def missing_prereqs(remote: bool = False) -> list[str]:
+    """Why a private host cannot start here (not root, commands missing); empty if it can.
+
+    With ``remote``, also the commands a networked host with sshd and TLS needs.
+    """
     problems = [] if os.geteuid() == 0 else ["not running as root"]
-    problems += [
-        f"command not found: {command}" for command in _REQUIRED_COMMANDS if shutil.which(command, path=_PATH) is None
-    ]
+    commands = _REQUIRED_COMMANDS + (_REMOTE_COMMANDS if remote else ())
+    problems += [f"command not found: {command}" for command in commands if shutil.which(command, path=_PATH) is None]
     return problems
 
 
@@ -153,13 +216,22 @@ class PrivateHost:
     (QEMU binary, libvirt version, kernel) and re-probes a stale one.
     """
 
-    def __init__(self, workdir: Path, name: str = "host", qemu_caps_cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str = "host",
+        qemu_caps_cache: Path | None = None,
+        remote: RemoteAccess | None = None,
+    ) -> None:
         self.workdir = Path(workdir).absolute()
         self.name = name
         self.qemu_caps_cache = qemu_caps_cache
+        self.remote = remote
+        self.hostname = _hostname(name)
         self._check_workdir()
         self._proc: subprocess.Popen[bytes] | None = None
         self._netns_fd: int | None = None
+        self._attached = False
 
     # -- public interface ---------------------------------------------------------
 
@@ -183,6 +255,98 @@ class PrivateHost:
         """Output of the namespace set-up script and of the daemons before they detach."""
         return self.workdir / "launch.log"
 
+    # -- on a lab network -------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The host's IPv4 address on its lab network."""
+        return self._remote.address
+
+    @property
+    def ssh_uri(self) -> str:
+        """``qemu+ssh://root@<address>/system``: what a user writes; the lab's ssh config does the rest."""
+        if self._remote.ssh_client_key is None:
+            raise RuntimeError(f"{self!r} runs no sshd")
+        return f"qemu+ssh://root@{self.address}/system"
+
+    @property
+    def libssh2_uri(self) -> str:
+        """The same sshd through libvirt's built-in ssh client (libssh2), which takes the key and
+        known_hosts as URI parameters: no ssh process, no ssh configuration needed.
+
+        Not ``qemu+libssh://``: with libvirt 9.0 and Debian 12's libssh 0.10 it hangs on
+        any reply larger than a few kilobytes (``getCapabilities``, ``XMLDesc``).
+        """
+        remote = self._remote
+        if remote.ssh_client_key is None or remote.ssh_identity is None or remote.known_hosts is None:
+            raise RuntimeError(f"{self!r} runs no sshd")
+        return (
+            f"qemu+libssh2://root@{self.address}/system?keyfile={remote.ssh_identity}"
+            f"&known_hosts={remote.known_hosts}&known_hosts_verify=normal&sshauth=privkey"
+        )
+
+    @property
+    def tls_uri(self) -> str:
+        """``qemu+tls://<address>/system?pkipath=<the lab's client certificates>``."""
+        if self._remote.tls_ca is None or self._remote.tls_client_pki is None:
+            raise RuntimeError(f"{self!r} has no TLS listener")
+        return f"qemu+tls://{self.address}/system?pkipath={self._remote.tls_client_pki}"
+
+    @property
+    def ssh_dir(self) -> Path:
+        """sshd's configuration, host key, authorized keys and pid file."""
+        return self.workdir / "ssh"
+
+    @property
+    def ssh_host_key_path(self) -> Path:
+        return self.ssh_dir / "ssh_host_ed25519_key"
+
+    @property
+    def ssh_host_public_key(self) -> str:
+        """The sshd's public host key line (``ssh-ed25519 AAAA... comment``)."""
+        return self.ssh_host_key_path.with_name(self.ssh_host_key_path.name + ".pub").read_text().strip()
+
+    @property
+    def sshd_log_path(self) -> Path:
+        return self.workdir / "sshd.log"
+
+    @property
+    def pki_dir(self) -> Path:
+        """libvirtd's TLS server files: ``cacert.pem``, ``servercert.pem``, ``serverkey.pem``."""
+        return self.workdir / "pki"
+
+    def replace_ssh_host_key(self, timeout: float = 10) -> str:
+        """Give the running sshd a new host key (as a reinstalled or spoofed host would have).
+
+        Clients' known_hosts are not told.  Returns the new public key line once sshd
+        listens again.
+        """
+        from virtplan_lab.credentials import ssh_keypair
+
+        pid = int((self.ssh_dir / "sshd.pid").read_text())
+        starts = self._sshd_starts()
+        public = ssh_keypair(self.ssh_host_key_path, f"root@{self.hostname}")
+        os.kill(pid, signal.SIGHUP)  # sshd re-executes itself and re-reads its keys
+        deadline = time.monotonic() + timeout
+        while self._sshd_starts() <= starts or not _ssh_banner(self.address, SSH_PORT):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self!r}: sshd did not come back after SIGHUP:\n{_tail(self.sshd_log_path)}")
+            time.sleep(0.05)
+        return public
+
+    def _sshd_starts(self) -> int:
+        """How many times sshd has logged that it listens (once per start or SIGHUP)."""
+        try:
+            return self.sshd_log_path.read_text(errors="replace").count("Server listening on")
+        except OSError:
+            return 0
+
+    @property
+    def _remote(self) -> RemoteAccess:
+        if self.remote is None:
+            raise RuntimeError(f"{self!r} is not on a lab network")
+        return self.remote
+
     @property
     def pid(self) -> int | None:
         """libvirtd's pid while it runs, else None."""
@@ -204,7 +368,7 @@ class PrivateHost:
         """
         if self._proc is not None:
             raise RuntimeError(f"{self!r} is already started")
-        problems = missing_prereqs()
+        problems = missing_prereqs(remote=self.remote is not None)
         if problems:
             raise HostStartError(f"{self!r} cannot start: {'; '.join(problems)}")
         ensure_system_prereqs()
@@ -234,6 +398,9 @@ class PrivateHost:
         finally:
             self._release_namespace()
             self._proc = None
+            if self.remote is not None and self._attached:
+                self.remote.network.detach(self.remote.slot)
+                self._attached = False
 
     def connect(self) -> Any:
         """A new read-write ``libvirt.virConnect`` to this host; the caller closes it."""
@@ -263,7 +430,8 @@ class PrivateHost:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"PrivateHost({self.name!r}, workdir={str(self.workdir)!r})"
+        where = f", address={self.remote.address!r}" if self.remote is not None else ""
+        return f"PrivateHost({self.name!r}, workdir={str(self.workdir)!r}{where})"
 
     # -- starting ---------------------------------------------------------------------
 
@@ -283,9 +451,59 @@ class PrivateHost:
         for sub in ("etc", "sock", *_STATE_DIRS):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         (self.workdir / "etc" / "libvirtd.conf").write_text(self._libvirtd_conf())
-        (self.workdir / "etc" / "qemu.conf").write_text(_QEMU_CONF)
+        (self.workdir / "etc" / "qemu.conf").write_text(self._qemu_conf())
+        if self.remote is not None:
+            self._write_remote_files(self.remote)
         (self.workdir / "launch.sh").write_text(self._launch_script())
         self._load_qemu_caps()
+
+    def _write_remote_files(self, remote: RemoteAccess) -> None:
+        """The private /root, sshd's keys and configuration, libvirtd's TLS files."""
+        from virtplan_lab.credentials import ssh_keypair
+
+        (self.workdir / "home").mkdir(mode=0o700, exist_ok=True)
+        if remote.ssh_client_key is not None:
+            self.ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            ssh_keypair(self.ssh_host_key_path, f"root@{self.hostname}")
+            (self.ssh_dir / "authorized_keys").write_text(remote.ssh_client_key + "\n")
+            (self.ssh_dir / "sshd_config").write_text(self._sshd_config())
+        if remote.tls_ca is not None:
+            self.pki_dir.mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(remote.tls_ca.cert, self.pki_dir / "cacert.pem")
+            remote.tls_ca.issue(
+                self.pki_dir / "serverkey.pem",
+                self.pki_dir / "servercert.pem",
+                self.hostname,
+                server=True,
+                addresses=(remote.address,),
+            )
+
+    def _sshd_config(self) -> str:
+        ssh = self.ssh_dir
+        return (
+            f"Port {SSH_PORT}\n"
+            "ListenAddress 0.0.0.0\n"
+            f"HostKey {ssh / 'ssh_host_ed25519_key'}\n"
+            f"PidFile {ssh / 'sshd.pid'}\n"
+            f"AuthorizedKeysFile {ssh / 'authorized_keys'}\n"
+            "PermitRootLogin prohibit-password\n"
+            "AllowUsers root\n"
+            "PubkeyAuthentication yes\n"
+            "PasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
+            "UsePAM no\n"
+            # The workdir lies under /var/tmp (world-writable): sshd's path checks would refuse it.
+            "StrictModes no\n"
+            "PrintMotd no\n"
+            "PrintLastLog no\n"
+            "X11Forwarding no\n"
+            "AllowAgentForwarding no\n"
+            "AllowTcpForwarding no\n"
+            "PermitTunnel no\n"
+            # Many clients at once (a fleet plan opens one connection per host and thread).
+            "MaxStartups 200:30:400\n"
+            "LogLevel VERBOSE\n"
+        )
 
     @property
     def _caps_dir(self) -> Path:
@@ -311,18 +529,45 @@ class PrivateHost:
                 shutil.copy2(entry, partial)
                 os.replace(partial, self.qemu_caps_cache / entry.name)
 
+    @property
+    def _tls(self) -> bool:
+        return self.remote is not None and self.remote.tls_ca is not None
+
+    @property
+    def _ssh(self) -> bool:
+        return self.remote is not None and self.remote.ssh_client_key is not None
+
     def _libvirtd_conf(self) -> str:
-        return (
+        conf = (
             f'unix_sock_dir = "{self.workdir / "sock"}"\n'
             'unix_sock_rw_perms = "0700"\n'
             'unix_sock_ro_perms = "0700"\n'
             'unix_sock_admin_perms = "0700"\n'
             'auth_unix_rw = "none"\n'
             'auth_unix_ro = "none"\n'
-            "listen_tls = 0\n"
             "listen_tcp = 0\n"
             f'log_outputs = "3:file:{self.log_path}"\n'
+            # Not the machine's SMBIOS UUID: libvirt refuses to migrate to "the same host".
+            f'host_uuid = "{uuid.uuid4()}"\n'
         )
+        if not self._tls:
+            return conf + "listen_tls = 0\n"
+        pki = self.pki_dir
+        return conf + (
+            "listen_tls = 1\n"
+            'listen_addr = "0.0.0.0"\n'
+            f'tls_port = "{TLS_PORT}"\n'
+            'auth_tls = "none"\n'
+            f'ca_file = "{pki / "cacert.pem"}"\n'
+            f'cert_file = "{pki / "servercert.pem"}"\n'
+            f'key_file = "{pki / "serverkey.pem"}"\n'
+        )
+
+    def _qemu_conf(self) -> str:
+        if self.remote is None:
+            return _QEMU_CONF
+        # QEMU's migration and NBD listeners, and the address the source connects to.
+        return _QEMU_CONF + f'migration_host = "{self.remote.address}"\n'
 
     def _launch_script(self) -> str:
         """The shell script run inside the fresh namespaces; it ends as libvirtd."""
@@ -332,6 +577,18 @@ class PrivateHost:
             f"mount -n --bind {q(str(work / sub))} {q(target)}\n"
             for sub, target in {"etc": "/etc/libvirt", **_STATE_DIRS}.items()
         )
+        remote = ""
+        if self.remote is not None:
+            remote += f"mount -n --bind {q(str(work / 'home'))} /root\n"
+        if self._ssh:
+            # virt-ssh-helper (run by sshd for qemu+ssh) looks for the daemon at the default path.
+            remote += (
+                f"ln -s {q(str(self.socket_path))} /run/libvirt/libvirt-sock\n"
+                f"ln -s {q(str(self.socket_path))}-ro /run/libvirt/libvirt-sock-ro\n"
+                "mkdir -p -m 0755 /run/sshd\n"
+                f"/usr/sbin/sshd -f {q(str(self.ssh_dir / 'sshd_config'))} -E {q(str(self.sshd_log_path))}\n"
+            )
+        listen = "--listen " if self._tls else ""
         # /run first and `mount -n`: mount(8) must not write /run/mount/utab on the machine.
         return (
             "set -eu\n"
@@ -339,18 +596,24 @@ class PrivateHost:
             "mkdir -p /run/libvirt /run/lock\n"
             "mount -n -t sysfs sysfs /sys\n"
             f"{binds}"
+            f"hostname {q(self.hostname)}\n"
             "ip link set lo up\n"
+            f"{remote}"
             "virtlogd -d\n"
-            f"exec libvirtd -f {q(str(work / 'etc' / 'libvirtd.conf'))}\n"
+            f"exec libvirtd {listen}-f {q(str(work / 'etc' / 'libvirtd.conf'))}\n"
         )
 
     def _launch(self) -> subprocess.Popen[bytes]:
         """Run the launch script in new mount and network namespaces and a new session."""
-        env = {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": str(self.workdir)}
+        path = _PATH
+        if self.remote is not None and self.remote.client_path is not None:
+            path = f"{self.remote.client_path}:{path}"
+        env = {"PATH": path, "LANG": "C.UTF-8", "HOME": str(self.workdir)}
         command = [
             "unshare",
             "--mount",
             "--net",
+            "--uts",
             "--propagation",
             "private",
             "/bin/sh",
@@ -378,12 +641,28 @@ class PrivateHost:
             if code is not None:
                 raise HostStartError(self._failure(f"libvirtd exited with status {code}"))
             self._pin_namespace()
+            self._attach_network()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise HostStartError(self._failure(f"not reachable after {timeout:g} s"))
             if self._netns_fd is not None and daemon_reachable(self.uri, min(remaining, 5)):
-                return
+                break
             time.sleep(0.05)
+        for port, enabled in ((SSH_PORT, self._ssh), (TLS_PORT, self._tls)):
+            while enabled and not _tcp_accepts(self.address, port, 1.0):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise HostStartError(self._failure(f"{self.address}:{port} does not accept connections"))
+                time.sleep(0.05)
+
+    def _attach_network(self) -> None:
+        """Once the namespace is pinned, give it its ``eth0`` on the lab network."""
+        if self.remote is None or self._attached or self._netns_fd is None:
+            return
+        try:
+            self.remote.network.attach(self._netns_fd, self.remote.slot)
+        except RuntimeError as err:
+            raise HostStartError(self._failure(f"cannot join the lab network: {err}")) from err
+        self._attached = True
 
     def _pin_namespace(self) -> None:
         """Hold the daemon's network namespace open once unshare has created it.
@@ -404,11 +683,9 @@ class PrivateHost:
             self._netns_fd = fd
 
     def _failure(self, reason: str) -> str:
-        return (
-            f"{self!r}: {reason}\n"
-            f"--- tail of {self.log_path} ---\n{_tail(self.log_path)}\n"
-            f"--- tail of {self.launch_log_path} ---\n{_tail(self.launch_log_path)}"
-        )
+        logs = [self.log_path, self.launch_log_path] + ([self.sshd_log_path] if self._ssh else [])
+        tails = "\n".join(f"--- tail of {log} ---\n{_tail(log)}" for log in logs)
+        return f"{self!r}: {reason}\n{tails}"
 
     # -- stopping -------------------------------------------------------------------
 
@@ -515,6 +792,29 @@ def _create_unless(exists: Callable[[], bool], command: list[str]) -> None:
     result = subprocess.run(command, capture_output=True, text=True, env={"PATH": _PATH}, check=False)
     if not exists():
         raise RuntimeError(f"{shlex.join(command)} failed: {result.stderr.strip()}")
+
+
+def _hostname(name: str) -> str:
+    """A valid hostname from a host's name (letters, digits, hyphens; at most 63)."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-")[:63].strip("-") or "host"
+
+
+def _tcp_accepts(address: str, port: int, timeout: float) -> bool:
+    """True if a TCP connection to ``address:port`` is accepted within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _ssh_banner(address: str, port: int) -> bool:
+    """True if an sshd at ``address:port`` answers with its banner."""
+    try:
+        with socket.create_connection((address, port), timeout=1.0) as sock:
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 def _socket_param(uri: str) -> str | None:

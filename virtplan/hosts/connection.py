@@ -1,34 +1,180 @@
-"""Connections to libvirt hosts: one readable error naming the host and URI when it fails."""
+"""Connections to libvirt hosts: one readable line naming the host and URI when one fails.
+
+Opening a connection is bounded in time. libvirt itself has no connect timeout: a TCP
+connection to an address that drops packets (a host that is down behind a router, a
+firewall that drops instead of refusing) or an ssh that waits for it takes minutes to
+fail. :func:`connect` runs ``libvirt.open`` in a helper thread and gives up after
+``timeout`` seconds (default: ``$VIRTPLAN_CONNECT_TIMEOUT``, else 30); a connection that
+opens after that is closed as soon as it does.
+
+libvirt's failure text is kept (it is what an operator searches for) but reduced to one
+line: the remote transports pass on whatever ssh printed (several lines for a changed
+host key) wrapped in "Cannot recv data: ...: Connection reset by peer". The line starts
+with what went wrong in plain words (connection refused, host name not found,
+authentication failed, host key verification failed, TLS certificate not trusted, ...).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
 import threading
 from typing import Any
 
 from virtplan.errors import ConnectionFailed
+
+TIMEOUT_ENV = "VIRTPLAN_CONNECT_TIMEOUT"
+DEFAULT_TIMEOUT = 30.0
 
 _quiet = threading.Lock()
 _quieted = False
 
 
 def quiet_libvirt() -> None:
-    """Stop libvirt from printing its errors to stderr; virtplan reports them itself."""
+    """Keep libvirt from printing to stderr: virtplan reports each failure itself, in one line.
+
+    libvirt prints errors through its default error handler (replaced here) and some
+    warnings through its log, e.g. three lines about a certificate that failed
+    validation. Unless ``LIBVIRT_LOG_OUTPUTS`` or ``LIBVIRT_DEBUG`` says otherwise, the
+    log goes to /dev/null; libvirt reads that setting once, when it is first imported,
+    so this only takes effect in a process (like the CLI) that has not imported it yet.
+    """
     global _quieted
     with _quiet:
         if not _quieted:
+            if "libvirt" not in sys.modules and not {"LIBVIRT_LOG_OUTPUTS", "LIBVIRT_DEBUG"} & os.environ.keys():
+                os.environ["LIBVIRT_LOG_OUTPUTS"] = "4:file:/dev/null"
             import libvirt
 
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
             _quieted = True
 
 
-def connect(uri: str, host: str = "") -> Any:
-    """Open a libvirt connection, or raise ConnectionFailed naming the host and URI."""
+def connect_timeout() -> float:
+    """Seconds to wait for a host to answer: $VIRTPLAN_CONNECT_TIMEOUT, else 30."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConnectionFailed(f"{TIMEOUT_ENV}={text!r}: write a number of seconds greater than 0")
+    return value
+
+
+def connect(uri: str, host: str = "", timeout: float | None = None) -> Any:
+    """Open a libvirt connection, or raise ConnectionFailed naming the host and URI.
+
+    Waits at most ``timeout`` seconds (default :func:`connect_timeout`).
+    """
+    limit = connect_timeout() if timeout is None else timeout
+    quiet_libvirt()
     import libvirt
 
-    quiet_libvirt()
+    label = f"host {host!r} at {uri}" if host else uri
     try:
-        return libvirt.open(uri)
+        return _open_within(uri, limit)
+    except TimeoutError:
+        raise ConnectionFailed(
+            f"cannot connect to {label}: timed out: no answer within {limit:g} s "
+            f"(host down or address unreachable? {TIMEOUT_ENV} sets the limit)"
+        ) from None
     except libvirt.libvirtError as exc:
-        label = f"host {host!r} at {uri}" if host else uri
-        raise ConnectionFailed(f"cannot connect to {label}: {exc}") from exc
+        raise ConnectionFailed(f"cannot connect to {label}: {explain(str(exc))}") from exc
+
+
+def _open_within(uri: str, timeout: float) -> Any:
+    """``libvirt.open(uri)``, or TimeoutError after ``timeout`` seconds.
+
+    The attempt cannot be cancelled: it goes on in a daemon thread, which closes the
+    connection if it opens after all.
+    """
+    import libvirt
+
+    lock = threading.Lock()
+    done = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            conn = libvirt.open(uri)
+        except BaseException as exc:  # handed over to the caller
+            outcome["error"] = exc
+        else:
+            with lock:
+                if outcome.get("abandoned"):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        conn.close()
+                    return
+                outcome["conn"] = conn
+        finally:
+            done.set()
+
+    threading.Thread(target=attempt, name=f"libvirt.open({uri})", daemon=True).start()
+    done.wait(timeout)
+    with lock:
+        if "conn" in outcome:
+            return outcome["conn"]
+        if "error" in outcome:
+            raise outcome["error"]
+        outcome["abandoned"] = True
+    raise TimeoutError(uri)
+
+
+#: (pattern in libvirt's or ssh's text, what went wrong in plain words); first match wins.
+_CAUSES = (
+    (
+        re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.IGNORECASE),
+        "ssh host key verification failed",
+    ),
+    (re.compile(r"Permission denied \(|Too many authentication failures"), "ssh authentication failed"),
+    (
+        re.compile(
+            r"Could not resolve hostname|Unable to resolve address|Name or service not known|"
+            r"Temporary failure in name resolution|No address associated with hostname"
+        ),
+        "host name not found",
+    ),
+    (re.compile(r"Connection refused"), "connection refused"),
+    (re.compile(r"No route to host|Network is unreachable|Host is unreachable"), "host unreachable"),
+    (re.compile(r"timed out", re.IGNORECASE), "timed out"),
+    (re.compile(r"Failed to verify peer's certificate|certificate .*not trusted"), "TLS certificate not trusted"),
+    (
+        re.compile(r"Our own certificate|Cannot read (CA )?certificate|Cannot read private key"),
+        "TLS client certificate problem",
+    ),
+    (re.compile(r"[Cc]ertificate"), "TLS failed"),
+    (re.compile(r"authentication failed|Authentication failed"), "authentication failed"),
+    (re.compile(r"Cannot recv data|Connection reset by peer|End of file while reading"), "connection closed"),
+)
+
+#: The parts of ssh's changed-host-key warning that say nothing beyond its last lines.
+_SSH_NOISE = re.compile(
+    r"^(@+|@.*@|IT IS POSSIBLE THAT SOMEONE.*|Someone could be eavesdropping.*|It is also possible that a host key.*|"
+    r"Please contact your system administrator\.|Add correct host key in .*|remove with:|ssh-keygen -f .*)$"
+)
+
+
+def explain(message: str) -> str:
+    """libvirt's failure text as one line, led by what went wrong in plain words."""
+    detail = _one_line(message)
+    for pattern, cause in _CAUSES:
+        if pattern.search(message):
+            return f"{cause}: {detail}"
+    return detail
+
+
+def _one_line(message: str) -> str:
+    """Join the meaningful lines; drop ssh's banner and the transport's wrapping."""
+    text = message.strip()
+    tunnelled = text.startswith("Cannot recv data: ")
+    if tunnelled:  # what ssh (or the remote command) printed, then the socket error
+        text = text.removeprefix("Cannot recv data: ")
+        text = re.sub(r":\s*Connection reset by peer$", "", text)
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    kept = [line for line in lines if line and not _SSH_NOISE.match(line)]
+    return " ".join(kept) or message.strip()
