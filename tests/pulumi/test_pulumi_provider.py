@@ -14,6 +14,7 @@ import dill
 import libvirt
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.output import Unknown
 from pulumi.runtime.rpc import UNKNOWN
 from wire_format import wire
 
@@ -128,6 +129,15 @@ def test_check_reports_nested_and_host_properties(tmp_path: Path) -> None:
 
 def test_check_tolerates_unknown_values(tmp_path: Path) -> None:
     news = vm_inputs(memory=UNKNOWN, vcpus=0.0)  # would fail if it were checked
+    result = provider("vm", tmp_path).check({}, news)
+    assert result.failures == [] and result.inputs is news
+
+
+def test_check_tolerates_unknown_objects_nested_in_inputs(tmp_path: Path) -> None:
+    # What the SDK really hands a provider during `pulumi preview` (keep_unknowns): an Unknown
+    # object, here where a text() value from another resource is not known yet.
+    inputs = vm_inputs()
+    news = {**inputs, "cloudInit": {"hostname": "web", "sshKeys": [Unknown()]}, "vcpus": 0.0}
     result = provider("vm", tmp_path).check({}, news)
     assert result.failures == [] and result.inputs is news
 
