@@ -199,12 +199,20 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
 
 
 def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
+    import libvirt
+
     for vol in pool.listAllVolumes():
         xml = _inactive_xml(vol, 0)
         if xml is None:
             continue
+        try:
+            path = vol.path()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in GONE:  # deleted since it was listed (Pulumi deletes in parallel)
+                continue
+            raise
         key = f"{pool_name}/{vol.name()}"
-        state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, volume_spec(ET.fromstring(xml)))
+        state.objects[("volume", key)] = ObservedObject("volume", key, path, xml, volume_spec(ET.fromstring(xml)))
 
 
 def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:
