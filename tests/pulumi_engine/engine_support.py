@@ -7,9 +7,9 @@ Every `pulumi` command runs offline, as CI must:
 - with a local file backend, the passphrase secrets provider, a private PULUMI_HOME, update
   checks and automatic plugin downloads off.
 
-`Project` copies a Pulumi project (the repository's own by default) into a scratch folder with
-`.venv` pointing at the virtualenv running the tests, so Pulumi may write its stack files
-(`stacks/Pulumi.<stack>.yaml`) without touching the checkout.
+`Project` copies the repository's Pulumi project into a scratch folder with `.venv` pointing at
+the virtualenv running the tests, so Pulumi may write its stack files (`stacks/Pulumi.<stack>.yaml`)
+without touching the checkout; or starts from an empty folder for `pulumi new`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class CommandFailed(AssertionError):
 class Project:
     """A Pulumi project folder and the offline `pulumi` CLI that drives it."""
 
-    def __init__(self, root: Path, work: Path, passphrase: str, source: Path = REPO) -> None:
+    def __init__(self, root: Path, work: Path, passphrase: str, source: Path | None = REPO) -> None:
         self.root = root
         self.home = work / "pulumi-home"
         self.backend = work / "backend"
@@ -90,16 +90,20 @@ class Project:
         self.outputs: list[str] = []  # everything any command printed, for secret checks
         self.home.mkdir(parents=True, exist_ok=True)
         self.backend.mkdir(parents=True, exist_ok=True)
-        if source == REPO:
+        if source is None:  # an empty folder, e.g. for `pulumi new`
             self.root.mkdir(parents=True)
-            for name in ("Pulumi.yaml", "__main__.py"):
-                shutil.copy2(REPO / name, root / name)
-            shutil.copytree(
-                REPO / "stacks", root / "stacks", ignore=shutil.ignore_patterns(".virtplan", "__pycache__", "images")
-            )
-        else:
-            shutil.copytree(source, root)
-        (root / ".venv").symlink_to(Path(sys.prefix))
+            return
+        self.root.mkdir(parents=True)
+        for name in ("Pulumi.yaml", "__main__.py"):
+            shutil.copy2(source / name, root / name)
+        shutil.copytree(
+            source / "stacks", root / "stacks", ignore=shutil.ignore_patterns(".virtplan", "__pycache__", "images")
+        )
+        self.use_venv(".venv")
+
+    def use_venv(self, name: str) -> None:
+        """The project's virtualenv folder (Pulumi.yaml's `virtualenv`) is the one running the tests."""
+        (self.root / name).symlink_to(Path(sys.prefix))
 
     @property
     def env(self) -> dict[str, str]:
