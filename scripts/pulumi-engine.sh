@@ -10,7 +10,10 @@
 # committed tools/pulumi/go.sum (-mod=readonly: a missing or different sum fails the build).
 # The CLI is rebuilt only when go.mod/go.sum change, the helpers when their sources change;
 # otherwise this takes well under a second. A cold build prints its time and size.
+# --check builds nothing: exit 0 if the cache is up to date, 1 (saying what is stale) if not.
 set -euo pipefail
+CHECK=0
+[ "${1:-}" = --check ] && CHECK=1
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODULE=tools/pulumi
 
@@ -38,12 +41,18 @@ if [ -x "$BIN/pulumi" ] && [ "$(cat "$DEST/cli.stamp" 2>/dev/null)" = "$cli_want
     need_cli=0
 fi
 need_helpers=1
-if [ "$(cat "$DEST/helpers.stamp" 2>/dev/null)" = "$helpers_want" ]; then
+if [ "$(cat "$DEST/helpers.stamp" 2>/dev/null)" = "$helpers_want" ] && [ -x "$BIN/pulumi-language-python" ] \
+    && [ -x "$BIN/pulumi-language-python-exec" ] && [ -x "$BIN/pulumi-resource-pulumi-python" ]; then
     need_helpers=0
 fi
 if [ $need_cli = 0 ] && [ $need_helpers = 0 ]; then
     say "pulumi $VERSION present in $BIN"
     exit 0
+fi
+if [ $CHECK = 1 ]; then
+    [ $need_cli = 1 ] && say "the pulumi CLI in $BIN is missing or older than $MODULE/go.mod and go.sum"
+    [ $need_helpers = 1 ] && say "the Python plugins in $BIN are missing or older than $MODULE"
+    exit 1
 fi
 
 command -v go >/dev/null || die "Go is needed to build the Pulumi engine (go.mod asks for $(awk '$1 == "go" { print $2 }' "$MODULE/go.mod") or later)"
