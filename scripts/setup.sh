@@ -14,6 +14,7 @@ PACKAGES=(
   busybox-static                                              # userland of the tiny test guest
   virtinst                                                    # virt-clone, compared in bench/clone.py
   genisoimage                                                 # seed ISOs in `plan --commands` (replayed in tests)
+  openssh-client                                              # ssh-keygen in the Pulumi template (tests/pulumi_engine)
   libvirt-dev pkg-config gcc python3-dev                      # to compile libvirt-python
   python3-venv
 )

@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# The Pulumi engine for tests/pulumi_engine (cached by version; minutes only on a cold machine).
+# If it cannot be built, those tests fail with the reason; the rest still run.
+bash scripts/pulumi-engine.sh || echo "test: the Pulumi engine could not be built; tests/pulumi_engine will fail" >&2
 exec .venv/bin/python -m pytest -q "$@"

@@ -131,7 +131,9 @@ def test_provider_is_pickled_with_the_state_file_only(program: Any, checks: Any,
             assert isinstance(provider, VirtplanProvider)
             assert provider.kind == reg.type[len(DYNAMIC) :].lower()
             assert provider.state_path == str(tmp_path / "state" / "demo.json")
-            assert vars(provider) == {"kind": provider.kind, "state_path": provider.state_path, "template_dir": None}
+            assert vars(provider) == {
+                "kind": provider.kind, "state_path": provider.state_path, "template_dir": None, "pulumi_stack": "demo"
+            }  # fmt: skip
 
     return checks.on(run.settled(check), lambda _: None, "provider")
 
@@ -210,7 +212,7 @@ def test_multi_host_names_references_and_parallelism(program: Any, checks: Any) 
         ({"virtplan:backend": "terraform"}, "virtplan:backend is 'terraform'"),
         ({"virtplan:hosts": ["local"]}, "write NAME=URI"),
         ({"virtplan:hosts": ["nohost=test:///default"]}, "the stack has no host 'nohost'"),
-        ({"virtplan:parallelism": 0}, "virtplan:parallelism is 0"),
+        ({"virtplan:parallelism": -1}, "virtplan:parallelism is -1"),
         ({"virtplan:program": "stacks/missing.py"}, "no stack program"),
     ],
 )

@@ -221,13 +221,21 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
 
 
 def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
+    import libvirt
+
     for vol in pool.listAllVolumes():
         xml = _inactive_xml(vol, 0)
         if xml is None:
             continue
+        try:
+            path = vol.path()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in GONE:  # deleted since it was listed (Pulumi deletes in parallel)
+                continue
+            raise
         key = f"{pool_name}/{vol.name()}"
         spec = parse_volume(ET.fromstring(xml))
-        state.objects[("volume", key)] = ObservedObject("volume", key, vol.path(), xml, generic(spec))
+        state.objects[("volume", key)] = ObservedObject("volume", key, path, xml, generic(spec))
 
 
 def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:

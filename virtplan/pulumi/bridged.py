@@ -23,9 +23,10 @@ import pulumi
 
 from virtplan.documents.render import Renderer, console_log_path, template_dirs
 from virtplan.errors import VirtplanError
-from virtplan.model import VM, Network, Pool, Stack, Volume
+from virtplan.model import VM, Network, Pool, Secret, Stack, Volume
 from virtplan.plan.planner import ordered
 from virtplan.pulumi.describe import pulumi_name
+from virtplan.pulumi.outputs import has_placeholder
 from virtplan.pulumi.settings import Registered
 
 MiB = 1024**2
@@ -89,6 +90,12 @@ def _vm_problems(vm: VM) -> list[str]:
         found.append(f"{where}: graphics.password (no console password)")
     if console_log_path(vm) is not None:
         found.append(f"{where}: console_log (no serial log file; set console_log=False for this backend)")
+    ci = vm.cloud_init
+    if ci is not None:
+        texts = [ci.user_data, ci.meta_data, ci.network_config, ci.hostname, ci.user, *ci.ssh_keys, *ci.packages]
+        texts.append(ci.password.reveal() if isinstance(ci.password, Secret) else ci.password)
+        if has_placeholder(texts):
+            found.append(f"{where}: cloud_init with text() values (this backend renders seeds before they are known)")
     return found
 
 

@@ -397,14 +397,16 @@ def failures(rebuilt: Rebuilt) -> list[FieldError]:
 
 
 def contains_unknowns(value: Any) -> bool:
-    """True if any value is Pulumi's placeholder for a value not known until apply."""
+    """True if any value is not known until apply: the SDK hands a provider `pulumi.output.Unknown`
+    objects during a real preview (and the wire placeholder string under some test harnesses)."""
+    from pulumi.output import Unknown
     from pulumi.runtime.rpc import UNKNOWN
 
     if isinstance(value, dict):
         return any(contains_unknowns(v) for v in value.values())
     if isinstance(value, list):
         return any(contains_unknowns(v) for v in value)
-    return value == UNKNOWN
+    return isinstance(value, Unknown) or value == UNKNOWN
 
 
 def size_text(size: int) -> str | int:

@@ -83,7 +83,9 @@ def secret_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def register_native(stack: Stack, state_file: Path) -> Registered:
-    """One virtplan dynamic resource per declared resource, dependencies first."""
+    """One virtplan dynamic resource per declared resource, dependencies first; `text()` stand-ins
+    in the inputs become their Pulumi Outputs."""
+    from virtplan.pulumi.outputs import resolve
     from virtplan.pulumi.provider import RESOURCES, VirtplanProvider
 
     unsupported = [r.address for r in stack.managed() if r.kind not in RESOURCES]
@@ -93,10 +95,10 @@ def register_native(stack: Stack, state_file: Path) -> Registered:
             "take them with `virtplan apply` or `virtplan snapshot create`"
         )
     template_dir = str(stack.template_dir) if stack.template_dir else None
-    providers = {kind: VirtplanProvider(kind, str(state_file), template_dir) for kind in RESOURCES}
+    providers = {kind: VirtplanProvider(kind, str(state_file), template_dir, pulumi.get_stack()) for kind in RESOURCES}
     resources: dict[str, pulumi.Resource] = {}
     for resource in ordered(stack.managed()):
-        inputs, secret_outputs = secret_inputs(describe(resource, stack))
+        inputs, secret_outputs = secret_inputs(resolve(describe(resource, stack)))
         opts = pulumi.ResourceOptions(
             depends_on=[resources[d.address] for d in resource.dependencies()],
             delete_before_replace=True,
@@ -104,12 +106,19 @@ def register_native(stack: Stack, state_file: Path) -> Registered:
         )
         cls = RESOURCES[resource.kind]
         resources[resource.address] = cls(pulumi_name(resource), inputs, providers[resource.kind], opts)
-    vms = {
-        pulumi_name(vm): {
-            "uuid": resources[vm.address].uuid,  # type: ignore[attr-defined]
-            "macAddresses": resources[vm.address].macAddresses,  # type: ignore[attr-defined]
-            "ipAddresses": resources[vm.address].ipAddresses,  # type: ignore[attr-defined]
-        }
-        for vm in stack.vms
+    return Registered(stack, resources, native_outputs(stack, resources))
+
+
+def native_outputs(stack: Stack, resources: dict[str, pulumi.Resource]) -> dict[str, Any]:
+    """The stack outputs, by Pulumi resource name: per VM its uuid, MACs and addresses; per
+    network its uuid and bridge; per pool its uuid and path; per volume its path."""
+
+    def out(resource: Any, *names: str) -> dict[str, Any]:
+        return {name: getattr(resources[resource.address], name) for name in names}
+
+    return {
+        "vms": {pulumi_name(vm): out(vm, "uuid", "macAddresses", "ipAddresses") for vm in stack.vms},
+        "networks": {pulumi_name(net): out(net, "uuid", "bridgeName") for net in stack.networks},
+        "pools": {pulumi_name(pool): {**out(pool, "uuid"), "path": str(pool.path)} for pool in stack.pools},
+        "volumes": {pulumi_name(vol): out(vol, "volumePath") for vol in stack.volumes},
     }
-    return Registered(stack, resources, {"vms": vms})

@@ -9,7 +9,9 @@ Guarantees:
 - `check` runs the model's validation and reports failures per input property; inputs
   holding unknown values (preview) pass through unchecked.
 - `diff` asks the planner against the live host: `replaces` names the inputs whose fields
-  force replacement, `delete_before_replace` is always set (libvirt names are unique).
+  force replacement, `delete_before_replace` is always set (libvirt names are unique). A
+  restart, replacement or destructive note the planner attaches is sent to the engine as a
+  warning on the resource (see `virtplan.pulumi.notes`).
 - `create` adopts an object of the same name this stack already owns; an object it does
   not own is an error, never a takeover. Neither `create` nor `update` replaces an object
   (Pulumi does that, after showing it in the preview).
@@ -37,7 +39,7 @@ from pulumi.dynamic import (
 
 from virtplan.engine import Observation
 from virtplan.errors import VirtplanError
-from virtplan.plan.planner import Action
+from virtplan.plan.planner import Action, ResourceChange
 from virtplan.plan.policy import Policy
 from virtplan.pulumi.describe import (
     InputError,
@@ -51,6 +53,7 @@ from virtplan.pulumi.describe import (
     rebuild,
     with_drift,
 )
+from virtplan.pulumi.notes import change_notes, urn, warn
 from virtplan.pulumi.session import ProviderError, Session
 
 #: Outputs each kind adds to its inputs.
@@ -63,13 +66,15 @@ KIND_OUTPUTS = {
 
 
 class VirtplanProvider(ResourceProvider):
-    """The dynamic provider for one kind. Holds only strings: kind, state file, template folder."""
+    """The dynamic provider for one kind. Holds only strings: kind, state file, template folder,
+    and the Pulumi stack's name (to attach warnings to resources)."""
 
-    def __init__(self, kind: str, state_path: str, template_dir: str | None = None):
+    def __init__(self, kind: str, state_path: str, template_dir: str | None = None, pulumi_stack: str | None = None):
         super().__init__()
         self.kind = kind
         self.state_path = state_path
         self.template_dir = template_dir
+        self.pulumi_stack = pulumi_stack
 
     def _session(self, inputs: Inputs) -> Session:
         return Session(self.kind, inputs, self.state_path, self.template_dir)
@@ -100,10 +105,18 @@ class VirtplanProvider(ResourceProvider):
             change = session.plan(session.observe())
         if change is None:
             return DiffResult(changes=_soft_change(before, after), replaces=[], delete_before_replace=True)
+        self._note(session.rebuilt.host.name, session.rebuilt.target.key, change)
         replaces: list[str] = []
         if change.action == Action.REPLACE:
             replaces = sorted({input_key(self.kind, fc.field) for fc in change.changes if fc.policy == Policy.REPLACE})
         return DiffResult(changes=True, replaces=replaces, delete_before_replace=True)
+
+    def _note(self, host: str, key: str, change: ResourceChange) -> None:
+        """Restarts and destructive notes, as a warning on this resource (Pulumi has no place for them)."""
+        message = change_notes(change)
+        if message:
+            type_ = f"pulumi-python:dynamic/virtplan:{RESOURCES[self.kind].__name__}"
+            warn(message, urn(getattr(self, "pulumi_stack", None), type_, f"{host}/{key}"))
 
     def _static_diff(self, before: Inputs, after: Inputs) -> DiffResult:
         """Preview with unknown inputs: compare the inputs and apply the field policies."""

@@ -47,9 +47,9 @@ def read_settings(project_dir: Path) -> Settings:
         if not sep or not name or not uri:
             raise VirtplanError(f"virtplan:hosts item {item!r}: write NAME=URI, e.g. local=qemu:///system")
         hosts[name] = uri
-    parallelism = cfg.get_int("parallelism")
-    if parallelism is not None and parallelism < 1:
-        raise VirtplanError(f"virtplan:parallelism is {parallelism}; use a positive number")
+    parallelism = cfg.get_int("parallelism") or None  # 0 (Pulumi.yaml's default): each host's own workers
+    if parallelism is not None and parallelism < 0:
+        raise VirtplanError(f"virtplan:parallelism is {parallelism}; use a positive number (0: each host's workers)")
     state_dir = cfg.get("stateDir")
     path = Path(program)
     return Settings(

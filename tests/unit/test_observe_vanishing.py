@@ -1,0 +1,58 @@
+"""Observing a pool while a parallel call deletes one of its volumes (what `pulumi destroy` does)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libvirt
+import pytest
+
+from virtplan.hosts.observe import HostState, _read_volumes
+
+VOLUME_XML = "<volume><name>{0}</name><capacity>1048576</capacity><target><path>/p/{0}</path></target></volume>"
+
+
+def libvirt_error(code: int) -> libvirt.libvirtError:
+    exc = libvirt.libvirtError("simulated")
+    exc.err = (code, 0, "simulated", 0, None, None, None, 0, 0)
+    return exc
+
+
+class Vol:
+    def __init__(self, name: str, path_error: int | None = None) -> None:
+        self._name, self.path_error = name, path_error
+
+    def name(self) -> str:
+        return self._name
+
+    def XMLDesc(self, _flags: int) -> str:
+        return VOLUME_XML.format(self._name)
+
+    def path(self) -> str:
+        if self.path_error is not None:
+            raise libvirt_error(self.path_error)
+        return f"/p/{self._name}"
+
+
+class Pool:
+    def __init__(self, *vols: Vol) -> None:
+        self.vols = vols
+
+    def listAllVolumes(self) -> list[Any]:
+        return list(self.vols)
+
+
+def state() -> HostState:
+    return HostState("h", "test:///default", None)  # type: ignore[arg-type]
+
+
+def test_a_volume_deleted_after_listing_is_skipped() -> None:
+    found = state()
+    _read_volumes(Pool(Vol("a"), Vol("gone", libvirt.VIR_ERR_NO_STORAGE_VOL), Vol("b")), "p", found)
+    assert sorted(found.objects) == [("volume", "p/a"), ("volume", "p/b")]
+    assert found.objects[("volume", "p/a")].uuid == "/p/a"
+
+
+def test_other_errors_still_fail() -> None:
+    with pytest.raises(libvirt.libvirtError):
+        _read_volumes(Pool(Vol("a", libvirt.VIR_ERR_INTERNAL_ERROR)), "p", state())
