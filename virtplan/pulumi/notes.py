@@ -26,9 +26,9 @@ def change_notes(change: ResourceChange) -> str | None:
     """One line for a change Pulumi would show without its consequence (None: nothing to add)."""
     parts = []
     if change.action == Action.RESTART:
-        parts.append(f"restart: {change.reason}")
+        parts.append(f"restart: {change.why}")
     elif change.action == Action.REPLACE:
-        parts.append(f"replace: {change.reason}")
+        parts.append(f"replace: {change.why}")
     if change.destructive:
         parts.append(f"destructive: {change.destructive}")
     if not parts:
