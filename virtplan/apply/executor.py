@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from virtplan.apply.claims import AppearedMeanwhile, confirm_volume, create_volume, fresh_uuid, is_ours, with_uuid
 from virtplan.documents.merge import device_xml, keep_device_addresses
+from virtplan.documents.records_xml import volume_xml
 from virtplan.documents.render import Renderer, console_log_path
 from virtplan.documents.seed import build_seed_iso
 from virtplan.errors import ApplyError
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.pools import refresh_pool
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.plan.planner import Plan, ResourceChange
 
@@ -69,7 +71,7 @@ def apply_plan(
     stack: Stack,
     renderer: Renderer,
     observed: dict[str, HostState],
-    store: StateStore,
+    store: Records,
     connections: dict[str, Any],
     progress: ProgressFn | None = None,
 ) -> ApplyReport:
@@ -104,7 +106,7 @@ class HostApplier:
         host: HostState,
         stack: Stack,
         renderer: Renderer,
-        store: StateStore,
+        store: Records,
         desired: dict[str, Resource],
     ):
         self.conn, self.host, self.stack, self.renderer = conn, host, stack, renderer
@@ -166,6 +168,7 @@ class HostApplier:
         import libvirt
 
         net: Network = self.resource(change)
+        fresh_uuid(self.renderer, change.address)  # a define never takes over a network that appeared meanwhile
         obj = self.conn.networkDefineXML(self.renderer.network_xml(net))
         obj.setAutostart(1 if net.autostart else 0)
         try:
@@ -220,8 +223,14 @@ class HostApplier:
         import libvirt
 
         pool: Pool = self.resource(change)
-        self.store.put(self.host.uri, change.address, kind="pool", pending=True)
-        obj = self.conn.storagePoolDefineXML(self.renderer.pool_xml(pool), 0)
+        chosen = fresh_uuid(self.renderer, change.address)
+        self.store.put(self.host.uri, change.address, kind="pool", pending=True, id=chosen)
+        try:
+            obj = self.conn.storagePoolDefineXML(with_uuid(self.renderer.pool_xml(pool), chosen), 0)
+        except BaseException:
+            self.store.forget(self.host.uri, change.address)  # nothing of ours was defined
+            raise
+        self.store.put(self.host.uri, change.address, pending=False)  # defined with our UUID: ours
         created_dir = False
         try:
             obj.create()
@@ -259,21 +268,25 @@ class HostApplier:
         vol: Volume = self.resource(change)
         assert vol.pool is not None
         pool = self.conn.storagePoolLookupByName(vol.pool.name)
-        self.store.put(self.host.uri, change.address, kind="volume", pending=True)
-        if vol.source is not None:
-            obj = self._upload(pool, vol.name, Path(vol.source), vol.format)
-        elif vol.copy_of is not None:  # a full copy, made by libvirt on the host (chains flattened)
-            obj = pool.createXMLFrom(self.renderer.volume_xml(vol), self.conn.storageVolLookupByPath(vol.copy_of), 0)
-        else:
-            obj = pool.createXML(self.renderer.volume_xml(vol), 0)
-        self.store.put(self.host.uri, change.address, id=obj.path(), pending=False)
+        ctx = self.renderer.volume_context(vol)
+        expect = {"format": vol.format, "backing": ctx.backing_path}
+
+        def make() -> Any:
+            if vol.source is not None:
+                return self._upload(pool, vol.name, Path(vol.source), vol.format)
+            if vol.copy_of is not None:  # a full copy, made by libvirt on the host (chains flattened)
+                return pool.createXMLFrom(
+                    self.renderer.volume_xml(vol), self.conn.storageVolLookupByPath(vol.copy_of), 0
+                )
+            return pool.createXML(self.renderer.volume_xml(vol), 0)
+
+        create_volume(self.store, self.host.uri, change.address, pool, vol.name, make, expect,
+                      upload=vol.source is not None)  # fmt: skip
         self._note_applied(change)
 
     def _upload(self, pool: Any, name: str, path: Path, fmt: str) -> Any:
         size = path.stat().st_size
-        xml = (f"<volume><name>{_xml_text(name)}</name><capacity unit='bytes'>{size}</capacity>"
-               f"<target><format type='{fmt}'/></target></volume>")  # fmt: skip
-        obj = pool.createXML(xml, 0)
+        obj = pool.createXML(volume_xml(name, size, fmt), 0)
         stream = self.conn.newStream(0)
         obj.upload(stream, 0, size, 0)
         with path.open("rb") as f:
@@ -295,6 +308,9 @@ class HostApplier:
             else:
                 pool_name, _, name = change.key.partition("/")
                 self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name).resize(fc.after, 0)
+            pool_name, _, name = change.key.partition("/")
+            vol = self.conn.storagePoolLookupByName(pool_name).storageVolLookupByName(name)
+            confirm_volume(self.store, self.host.uri, change.address, vol)  # its new size is still ours
         self._note_applied(change)
 
     def _running_user(self, key: str) -> tuple[Any, str] | None:
@@ -329,6 +345,7 @@ class HostApplier:
         if vm.cloud_init is not None:
             self._write_seed(vm)
         self._claim_console_log(vm)
+        fresh_uuid(self.renderer, change.address)  # a define never takes over a domain that appeared meanwhile
         dom = self.conn.defineXML(self._with_layers(self.renderer.domain_xml(vm)))
         dom.setAutostart(1 if vm.autostart else 0)
         if vm.state == "running":
@@ -439,30 +456,39 @@ class HostApplier:
         delete_declared(self, change)
 
     def _write_seed(self, vm: VM) -> None:
-        """(Re)write the VM's NoCloud seed volume; recorded before it is created."""
+        """(Re)write the VM's NoCloud seed volume, as a volume of the stack's own."""
         import libvirt
 
         assert vm.seed_pool is not None
         data = build_seed_iso(self.renderer.seed_files(vm))
         pool = self.conn.storagePoolLookupByName(vm.seed_pool.name)
-        address = f"{self.host.name}/volume/{vm.seed_pool.name}/{vm.seed_volume_name}"
-        self.store.put(self.host.uri, address, kind="volume", pending=True, seed_of=vm.address)
+        name = vm.seed_volume_name
+        address = f"{self.host.name}/volume/{vm.seed_pool.name}/{name}"
         try:
-            pool.storageVolLookupByName(vm.seed_volume_name).delete(0)
+            old = pool.storageVolLookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                 raise
-        xml = (f"<volume><name>{_xml_text(vm.seed_volume_name)}</name><capacity unit='bytes'>{len(data)}"
-               "</capacity><target><format type='raw'/></target></volume>")  # fmt: skip
-        vol = pool.createXML(xml, 0)
-        stream = self.conn.newStream(0)
-        vol.upload(stream, 0, len(data), 0)
-        view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += stream.send(bytes(view[offset : offset + CHUNK]))
-        stream.finish()
-        self.store.put(self.host.uri, address, id=vol.path(), pending=False, seed_of=vm.address)
+        else:
+            if not is_ours(self.store, self.host.uri, address, old):
+                raise AppearedMeanwhile(f"{address}: a volume named {name!r} exists and is not this stack's seed; "
+                                        "virtplan leaves it alone (remove or rename it)")  # fmt: skip
+            old.delete(0)
+            self.store.forget(self.host.uri, address)
+
+        def make() -> Any:
+            vol = pool.createXML(volume_xml(name, len(data), "raw"), 0)
+            stream = self.conn.newStream(0)
+            vol.upload(stream, 0, len(data), 0)
+            view = memoryview(data)
+            offset = 0
+            while offset < len(data):
+                offset += stream.send(bytes(view[offset : offset + CHUNK]))
+            stream.finish()
+            return vol
+
+        create_volume(self.store, self.host.uri, address, pool, name, make, {"format": "raw", "backing": None},
+                      upload=True, seed_of=vm.address)  # fmt: skip
 
     def _claim_console_log(self, vm: VM) -> None:
         """Record the console log file (written by libvirt's virtlogd) as the VM's own."""
@@ -497,7 +523,7 @@ class HostApplier:
 
     def _note_applied(self, change: ResourceChange) -> None:
         """Remember the spec applied to this address; `run` records them all in one write
-        (one per change would rewrite the state file per object), so `virtplan drift` can
+        (one write per change would cost a ledger write per object), so `virtplan drift` can
         tell changes made outside virtplan from the stack's own pending changes."""
         from virtplan.plan.planner import desired_spec
 

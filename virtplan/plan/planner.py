@@ -17,8 +17,9 @@ from virtplan.documents.parse import Spec, parse
 from virtplan.documents.render import Renderer
 from virtplan.errors import FieldError, VirtplanError
 from virtplan.hosts.observe import HostState, ObservedObject
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
+from virtplan.plan.ownership import owner_stack
 from virtplan.plan.policy import IMMUTABLE_HINTS, Policy, policy
 
 
@@ -167,39 +168,19 @@ def ordered(resources: list[Resource]) -> list[Resource]:
     return out
 
 
-# -- ownership --------------------------------------------------------------------------
-def owner_stack(obj: ObservedObject, address: str, uri: str, store: StateStore, stack: str) -> str | None:
-    """The stack that owns `obj` as far as virtplan can prove: `stack` or another name, or
-    None when the object is foreign."""
-    if obj.kind in ("vm", "network"):
-        return obj.owner.stack if obj.owner is not None else None
-    record = store.get(uri, address)
-    if record is not None and (record.get("pending") or record.get("id") == obj.uuid):
-        return stack
-    return None
-
-
-def owned_objects(host: HostState, store: StateStore, stack: str) -> list[ObservedObject]:
-    """The objects on `host` that `stack` can prove it owns."""
-    return [
-        o for o in host.objects.values()
-        if owner_stack(o, f"{host.name}/{o.kind}/{o.key}", host.uri, store, stack) == stack
-    ]  # fmt: skip
-
-
 # -- the planner ------------------------------------------------------------------------
 class _Planner:
-    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: StateStore):
+    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
-        return owner_stack(obj, address, host.uri, self.store, self.stack.name) == self.stack.name
+        return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
 
     def clash(self, resource: Resource | str, obj: ObservedObject, host: HostState, kind: str, key: str) -> None:
         address = resource if isinstance(resource, str) else resource.address
-        other = owner_stack(obj, address, host.uri, self.store, self.stack.name)
+        other = owner_stack(obj, address, host.uri, self.store, self.stack.key)
         if other is not None:
             why = f"it belongs to stack {other!r}"
             fix = "rename it here, or remove it from that stack first"
@@ -455,7 +436,7 @@ def make_plan(
     stack: Stack,
     renderer: Renderer,
     observed: dict[str, HostState],
-    store: StateStore,
+    store: Records,
     destroy: bool = False,
 ) -> Plan:
     """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).

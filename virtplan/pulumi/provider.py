@@ -63,16 +63,16 @@ KIND_OUTPUTS = {
 
 
 class VirtplanProvider(ResourceProvider):
-    """The dynamic provider for one kind. Holds only strings: kind, state file, template folder."""
+    """The dynamic provider for one kind. Holds only strings: its kind and template folder
+    (everything else, ownership included, it reads from the hosts at each call)."""
 
-    def __init__(self, kind: str, state_path: str, template_dir: str | None = None):
+    def __init__(self, kind: str, template_dir: str | None = None):
         super().__init__()
         self.kind = kind
-        self.state_path = state_path
         self.template_dir = template_dir
 
     def _session(self, inputs: Inputs) -> Session:
-        return Session(self.kind, inputs, self.state_path, self.template_dir)
+        return Session(self.kind, inputs, self.template_dir)
 
     # -- check ----------------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:

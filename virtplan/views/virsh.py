@@ -25,7 +25,7 @@ from typing import Any
 from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Stack, Volume
 from virtplan.plan.planner import Action, Plan, ResourceChange
 
@@ -66,7 +66,7 @@ def graceful_stop(name: str, timeout: float) -> list[str]:
 class Commands:
     """Builds the command lists of one plan."""
 
-    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: StateStore):
+    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
         self.desired = stack.by_address()
 
@@ -207,8 +207,8 @@ class Commands:
 
     def _owned_note(self, change: ResourceChange) -> str:
         return (
-            f"# (virtplan records {change.address} as owned by stack {self.stack.name!r} in "
-            f"{self.store.path.name}; libvirt cannot tag {change.kind}s)"
+            f"# (virtplan records {change.address} as owned by stack {self.stack.key!r} in its records on the "
+            f"host; libvirt cannot tag {change.kind}s)"
         )
 
     # -- volumes ----------------------------------------------------------------------
@@ -425,7 +425,7 @@ def _running_user(host: HostState, key: str) -> tuple[str, str] | None:
 
 
 def plan_commands(plan: Plan, stack: Stack, renderer: Renderer, observed: dict[str, HostState],
-                  store: StateStore) -> dict[str, list[str]]:  # fmt: skip
+                  store: Records) -> dict[str, list[str]]:  # fmt: skip
     """address -> the shell commands of that change, for every change of `plan`."""
     return Commands(stack, renderer, observed, store).for_plan(plan)
 

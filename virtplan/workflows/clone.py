@@ -732,14 +732,14 @@ def _download(conn: Any, vol: Any, local: Path) -> None:
 
 # -- the command -----------------------------------------------------------------------------
 def deployed_check(engine: Engine, observation: Observation) -> None:
-    from virtplan.plan.planner import owner_stack
+    from virtplan.plan.ownership import owner_stack
 
     missing = []
     for vm in engine.stack.vms:
         assert vm.host is not None
         host = observation.hosts[vm.host.name]
         obj = host.get("vm", vm.name)
-        if obj is None or owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.name) != engine.stack.name:
+        if obj is None or owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.key) != engine.stack.key:
             missing.append(vm.address)
     if missing:
         raise CloneError(f"stack {engine.stack.name!r} is not deployed ({', '.join(missing)} missing or not its "
@@ -757,6 +757,7 @@ def clone(
 ) -> CloneResult:
     """Clone the deployed stack at `source`; write the clone's program and apply it."""
     from virtplan.engine import Engine
+    from virtplan.hosts.cache import cache_dir
     from virtplan.model import load_stack
 
     say = say or (lambda _m: None)
@@ -774,7 +775,7 @@ def clone(
         made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _dry_run(src, d, opts, uris, out, made)  # invalid clones fail here, before any freezing
         frozen = _frozen_states(engine, observation, d, opts, say)
-        images = engine.store.path.parent / "clone-images" / opts.name
+        images = cache_dir() / "clone-images" / opts.name
         mode = _fill_disks(engine, d, frozen, opts, images, say)
     text = program(src, d, opts, uris, out, mode, made)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ the program is a no-op. Objects that cannot round-trip (a CD-ROM, an inactive ne
 disk outside any pool, ...) are left out, each named in the program's header with the
 reason, together with everything that depends on them.
 
-The imported objects are not owned yet: the program's state file records an import
+The imported objects are not owned yet: the stack's records on the host hold an import
 *claim* for each, which lets the planner accept them while they match (anything else is
 an error, and virtplan never changes them). `adopt` then takes ownership explicitly:
 virtplan's mark in the domain and network metadata, its record for pools and volumes.
@@ -45,7 +45,6 @@ class ImportFailed(VirtplanError):
 @dataclass
 class ImportResult:
     stack_file: Path
-    state_file: Path
     declared: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     skipped: dict[str, str] = field(default_factory=dict)  # "kind name" -> reason
 
@@ -59,9 +58,13 @@ def read_host(conn: Any, host_name: str, uri: str, stack_name: str) -> HostState
     """Everything on the host, parsed like `observe` does (pools refreshed first)."""
     import libvirt
 
+    from virtplan.hosts.ledger import DEFAULT_POOL
     from virtplan.hosts.observe import observe_host
 
-    pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT)
+    hidden = frozenset({DEFAULT_POOL})  # virtplan's own records
+    pools = [
+        p for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT) if p.name() not in hidden
+    ]
     for pool in pools:
         if pool.isActive():
             with contextlib.suppress(libvirt.libvirtError):
@@ -72,7 +75,7 @@ def read_host(conn: Any, host_name: str, uri: str, stack_name: str) -> HostState
         "network": set(),
         "volume": set(),
     }
-    return observe_host(conn, host_name, uri, wanted, stack_name)
+    return observe_host(conn, host_name, uri, wanted, stack_name, hidden_pools=hidden)
 
 
 # -- choosing and declaring -------------------------------------------------------------------
@@ -499,7 +502,6 @@ def import_host(
 ) -> ImportResult:
     """Write a stack program at `out` declaring the host's objects, and record import claims."""
     from virtplan.hosts.connection import connect
-    from virtplan.hosts.records import StateStore, default_state_path
 
     say = say or (lambda _m: None)
     patterns = list(patterns or [])
@@ -532,18 +534,28 @@ def import_host(
     text = _program(builder, uri, patterns, skipped, stack_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    state_path = default_state_path(stack_name, out.resolve())
-    store = StateStore(state_path, stack_name)
-    result = ImportResult(out, state_path)
+    result = ImportResult(out)
+    claims: dict[str, dict[str, Any]] = {}
     for (kind, key), decl in builder.decls.items():
         obj = state.get(kind, key)
         if obj is None or decl.resource is None:
             continue
-        store.put(uri, decl.resource.address, kind=kind, claim=obj.uuid)
+        claims[decl.resource.address] = {"kind": kind, "claim": obj.uuid}
         result.declared.setdefault(kind, []).append(key)
+    _record_claims(out, host_name, uri, claims)
     result.skipped = skipped
     say(f"wrote {out}: {result.count} object(s) declared, {len(skipped)} left out")
     return result
+
+
+def _record_claims(program: Path, host_name: str, uri: str, claims: dict[str, dict[str, Any]]) -> None:
+    """Record on the host which objects the new program declares (not owned yet: `plan`
+    accepts them while they match; `adopt` takes them)."""
+    from virtplan.engine import Engine
+    from virtplan.model import load_stack
+
+    with Engine(load_stack(program, {host_name: uri})) as engine, engine.locked():
+        engine.store.put_many(uri, claims)
 
 
 def _program(b: _Builder, uri: str, patterns: list[str], skipped: dict[str, str], stack_name: str) -> str:
@@ -589,7 +601,8 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
     from virtplan.engine import Engine
     from virtplan.errors import FieldError
     from virtplan.model import load_stack
-    from virtplan.plan.planner import PlanError, desired_spec, ordered, owner_stack
+    from virtplan.plan.ownership import owner_stack
+    from virtplan.plan.planner import PlanError, desired_spec, ordered
 
     say = say or (lambda _m: None)
     stack = load_stack(stack_file, host_uris)
@@ -605,8 +618,8 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
             if obj is None:
                 result.missing.append(r.address)
                 continue
-            owner = owner_stack(obj, r.address, host.uri, engine.store, stack.name)
-            if owner == stack.name:
+            owner = owner_stack(obj, r.address, host.uri, engine.store, stack.key)
+            if owner == stack.key:
                 result.already.append(r.address)
                 continue
             if owner is not None:
@@ -623,39 +636,32 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
             raise PlanError(errors)
         for r, obj in todo:
             assert r.host is not None
-            _take(engine.connection(r.host.name), engine.store, observation.hosts[r.host.name], r, obj, stack.name)
+            _take(engine.connection(r.host.name), engine.store, observation.hosts[r.host.name], r, obj, stack)
             result.adopted.append(r.address)
             say(f"adopted {r.address}")
     return result
 
 
-def _take(conn: Any, store: Any, host: HostState, r: Resource, obj: ObservedObject, stack: str) -> None:
-    import xml.etree.ElementTree as ET
-    from xml.sax.saxutils import quoteattr
-
+def _take(conn: Any, store: Any, host: HostState, r: Resource, obj: ObservedObject, stack: Stack) -> None:
     import libvirt
 
+    from virtplan.documents.marks import owner_attrs, owner_element, stamped
     from virtplan.documents.render import NAMESPACE
 
     if r.kind == "vm":
         dom = conn.lookupByName(r.key)
-        timeout = getattr(r, "shutdown_timeout", 60.0)
-        mark = f'<owner stack={quoteattr(stack)} address={quoteattr(r.address)} shutdown-timeout="{timeout}"/>'
+        timeout = str(getattr(r, "shutdown_timeout", 60.0))
+        mark = owner_element(owner_attrs(stack.name, stack.project, r.address, **{"shutdown-timeout": timeout}))
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, mark, "virtplan", NAMESPACE, flags)
         store.forget(host.uri, r.address)
     elif r.kind == "network":
         net = conn.networkLookupByName(r.key)
-        ET.register_namespace("virtplan", NAMESPACE)
-        root = ET.fromstring(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
-        meta = root.find("metadata")
-        if meta is None:
-            meta = ET.Element("metadata")
-            root.insert(2, meta)
-        for old in meta.findall(f"{{{NAMESPACE}}}owner"):
-            meta.remove(old)
-        ET.SubElement(meta, f"{{{NAMESPACE}}}owner", {"stack": stack, "address": r.address})
-        conn.networkDefineXML(ET.tostring(root, encoding="unicode"))
+        xml = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+        conn.networkDefineXML(stamped(xml, owner_attrs(stack.name, stack.project, r.address)))
         store.forget(host.uri, r.address)
     else:
-        store.put(host.uri, r.address, kind=r.kind, id=obj.uuid, pending=False, claim=None)
+        from virtplan.plan.ownership import identity_of
+
+        expect = identity_of(obj.spec) if r.kind == "volume" else None
+        store.put(host.uri, r.address, kind=r.kind, id=obj.uuid, pending=False, claim=None, expect=expect)
