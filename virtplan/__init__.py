@@ -21,10 +21,11 @@ from virtplan.model import (
     Volume,
     current_stack,
     load_stack,
+    name_stack,
     use_templates,
 )
 
 __all__ = [
     "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",
-    "Volume", "__version__", "current_stack", "load_stack", "use_templates",
+    "Volume", "__version__", "current_stack", "load_stack", "name_stack", "use_templates",
 ]  # fmt: skip

@@ -17,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
-from virtplan.errors import ConfirmationRequired
+from virtplan.errors import ConfirmationRequired, FieldError
+from virtplan.hosts.cache import stack_cache
 from virtplan.hosts.connection import connect
+from virtplan.hosts.ledger import HostLedger, store_for
+from virtplan.hosts.locks import HostLocks
+from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate
 from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
-from virtplan.hosts.records import StateStore, default_state_path
+from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
 from virtplan.model import Stack
@@ -42,12 +46,17 @@ class Observation:
 class Engine:
     """Runs one stack against its hosts."""
 
-    def __init__(self, stack: Stack, store: StateStore | None = None):
+    def __init__(self, stack: Stack, store: Records | None = None):
         self.stack = stack
-        self.store = store or StateStore(default_state_path(stack.name, stack.path), stack.name)
+        self.host_records = HostRecords(stack.key, self._ledger)
+        self.store: Records = store if store is not None else self.host_records
+        self.legacy = legacy_file(stack) if store is None else None
+        if self.legacy is not None:  # records of virtplan 0.1 not moved to the hosts yet
+            self.store = Overlay(self.host_records, legacy_records(self.legacy))
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.cache = SpecCache(self.store.path.with_suffix(".cache.json"))
+        self._locks: HostLocks | None = None
+        self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
 
     def __enter__(self) -> Engine:
         return self
@@ -68,6 +77,11 @@ class Engine:
             if host not in self._conns:
                 self._conns[host] = connect(self.stack.host(host).uri, host)
             return self._conns[host]
+
+    def _ledger(self, uri: str) -> HostLedger:
+        """This stack's ledger on the host at `uri` (see virtplan.hosts.ledger)."""
+        host = next(h for h in self.stack.hosts if h.uri == uri)
+        return HostLedger(store_for(self.connection(host.name), host.records_pool, host.records_path), self.stack.key)
 
     # -- observe ------------------------------------------------------------------------
     def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
@@ -94,6 +108,7 @@ class Engine:
                 self.wanted(host_name, host.uri),
                 self.stack.name,
                 cache=self.cache,
+                hidden_pools=frozenset({host.records_pool}),
             )
             observe_snapshots(self.connection(host_name), state, self.stack, self.store)
             return state
@@ -118,14 +133,27 @@ class Engine:
     # -- plan and apply -------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self, timeout: float = 0.0) -> Iterator[list[str]]:
-        """Hold the stack's lock and its hosts' locks (waiting up to `timeout` s); yields
-        notes about locks released from holders that died. Every command that changes the
-        hosts (apply, destroy, clone, snapshot, adopt) runs inside it."""
-        from virtplan.hosts.locks import ApplyLocks
+        """Hold the stack's lock on each of its hosts (waiting up to `timeout` s); yields
+        notes about stale locks released. Every command that changes the hosts (apply,
+        destroy, clone, snapshot, adopt) runs inside it."""
+        hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
+        with HostLocks(self.stack.key, hosts, timeout) as locks:
+            self._locks = locks
+            try:
+                yield locks.notes() + self._migrate()
+            finally:
+                self._locks = None
 
-        hosts = {h.name: h.uri for h in self.stack.hosts}
-        with ApplyLocks(self.stack.name, self.store.path, hosts, timeout) as locks:
-            yield locks.notes()
+    def _migrate(self) -> list[str]:
+        """Move records of virtplan 0.1 from the local file to the hosts (under the lock)."""
+        if self.legacy is None or not self.legacy.is_file():
+            return []
+        done = migrate(self.stack, self.legacy, self.host_records, self.connection)
+        self.store, self.legacy = self.host_records, None
+        note = f"moved {done.moved} record(s) of stack {self.stack.key!r} from this machine to its hosts"
+        if done.restamped:
+            note += f" and added its project to the marks of {len(done.restamped)} object(s)"
+        return [note + "; local files are no longer needed"]
 
     def plan(
         self,
@@ -140,6 +168,9 @@ class Engine:
         `scope` plans a part of the stack (its resources, with this stack's renderer);
         `only` keeps the changes of one address. The guards run on what is kept."""
         observation = observation or self.observe()
+        namesakes = self._namesakes(observation)
+        if namesakes:
+            raise PlanError(namesakes)
         plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
@@ -147,6 +178,28 @@ class Engine:
         if protected:
             raise PlanError(protected)
         return plan, observation
+
+    def _namesakes(self, observation: Observation) -> list[FieldError]:
+        """Another stack with this stack's name on one of its hosts (another project, or
+        none): two such stacks would be told apart only by their project, which a reader
+        of plans and marks easily misses; refused, naming both."""
+        from virtplan.plan.ownership import mark_key
+
+        mine, short = self.stack.key, self.stack.name
+        problems = []
+        for host in observation.hosts.values():
+            others = self.host_records.neighbours(host.uri)
+            others |= {mark_key(o.owner) for o in host.objects.values() if o.owner is not None}
+            for other in sorted(k for k in others if k != mine and k.rpartition("/")[2] == short):
+                if "/" not in other and isinstance(self.store, Overlay):
+                    continue  # virtplan 0.1's marks of this very stack, migrated on the next apply
+                problems.append(FieldError(
+                    host.name, "stack",
+                    f"this stack is {mine!r} ({_origin(self.stack)}), but host {host.name!r} also has objects of "
+                    f"stack {other!r}: a different stack with the same name. Give this one its own name with "
+                    f"name_stack('...') (or a project), or remove the other stack first",
+                ))  # fmt: skip
+        return problems
 
     def plan_saved(self, doc: dict[str, Any]) -> tuple[Plan, Observation]:
         """Plan again and refuse (StalePlan) unless the result is exactly the saved plan `doc`."""
@@ -172,12 +225,26 @@ class Engine:
         if plan.changes:
             conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
             report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+        if self._locks is not None:
+            self._locks.check()
         if bookkeeping:
             from virtplan.plan.drift import forget_vanished, record_baseline
 
             forget_vanished(self.stack, observation.hosts, self.store)
             record_baseline(self.stack, observation.hosts, self.store, observation.renderer)
+            self.host_records.compact()
         return report
+
+    def tidy(self) -> None:
+        """Compact the stack's ledgers if many writes piled up (or delete one left empty),
+        when the stack's lock is free (Pulumi's provider calls write without holding it);
+        never waits for the lock."""
+        from virtplan.hosts.locks import LockBusy
+
+        if not self.host_records.untidy():
+            return
+        with contextlib.suppress(LockBusy), self.locked(0.0):
+            self.host_records.compact()
 
     def drift(self, observation: Observation, pending: bool = False) -> DriftReport:
         """What changed on the hosts outside virtplan since it last applied the stack."""
@@ -213,12 +280,12 @@ class Engine:
     # -- show ---------------------------------------------------------------------------
     def inventory(self, observation: Observation | None = None) -> list[dict[str, Any]]:
         """Every owned object per host with its state, and for VMs their MACs and IPs."""
-        from virtplan.plan.planner import owned_objects
+        from virtplan.plan.ownership import owned_objects
 
         observation = observation or self.observe()
         rows = []
         for host in observation.hosts.values():
-            owned = owned_objects(host, self.store, self.stack.name)
+            owned = owned_objects(host, self.store, self.stack.key)
             if any(o.kind == "vm" and o.spec.get("state") == "running" for o in owned):
                 self._refresh_log_pools(host.name)
             networks = {
@@ -271,3 +338,8 @@ def require_allowed(plan: Plan, allow_destroy: bool, fix: str) -> None:
     if risky and not allow_destroy:
         names = "\n".join(f"  - {c.action.value} {c.address}: {c.destructive}" for c in risky)
         raise ConfirmationRequired(f"the plan has destructive changes; nothing was applied:\n{names}\n{fix}")
+
+
+def _origin(stack: Stack) -> str:
+    where = f"from {stack.path}" if stack.path is not None else "built in code"
+    return f"project {stack.project!r}, {where}" if stack.project else f"no project, {where}"

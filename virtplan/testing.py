@@ -101,7 +101,7 @@ def describe(stack_file: Path, result: CloneResult) -> dict[str, ClonedVM]:
 
 
 def destroy(stack_file: Path) -> None:
-    """Destroy a clone's stack (only what it owns) and remove its program and state file."""
+    """Destroy a clone's stack (only what it owns) and remove its program."""
     from virtplan.engine import Engine
     from virtplan.model import load_stack
 
@@ -111,11 +111,7 @@ def destroy(stack_file: Path) -> None:
     with Engine(stack) as engine, engine.locked():
         plan, observation = engine.plan(destroy=True)
         engine.apply(plan, observation)
-        state = engine.store.path
     stack_file.unlink()
-    for leftover in (state, state.with_suffix(".cache.json"), Path(str(state) + ".lock")):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
 
 
 @contextmanager

@@ -909,3 +909,13 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     except OSError as err:
         return f"(unreadable: {err})"
     return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+#: virtplan's own records pool on every host it manages (virtplan.hosts.ledger).
+RECORDS_POOL = "virtplan"
+
+
+def user_pools(conn: Any) -> list[Any]:
+    """The storage pools of a host other than virtplan's records pool (which stays on a
+    host virtplan managed, holding nothing once every stack is destroyed)."""
+    return [p for p in conn.listAllStoragePools() if p.name() != RECORDS_POOL]

@@ -3,7 +3,6 @@ its own state and lock folders, and a comparison of two hosts' libvirt state."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -14,20 +13,23 @@ from typing import Any
 
 import libvirt
 
+from virtplan_lab.testbed import RECORDS_POOL
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 class Cli:
-    """Runs `python -m virtplan.cli` against one private host with its own state folder."""
+    """Runs `python -m virtplan.cli` against one private host, as a user with a home folder
+    of its own (another machine, as far as virtplan can tell: nothing local is shared)."""
 
-    def __init__(self, uri: str, state_dir: Path, lock_dir: Path | None = None, cwd: Path | None = None):
-        self.state_dir = state_dir
-        self.cwd = cwd
+    def __init__(self, uri: str, home: Path, cwd: Path | None = None):
+        self.uri, self.home, self.cwd = uri, home, cwd
+        home.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
             "VIRTPLAN_URI": uri,
-            "VIRTPLAN_STATE_DIR": str(state_dir),
-            "VIRTPLAN_LOCK_DIR": str(lock_dir or state_dir / "locks"),
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / ".cache"),
             "NO_COLOR": "1",
             "COLUMNS": "200",
             "PYTHONPATH": str(REPO),
@@ -94,6 +96,8 @@ def host_state(conn: Any, root: Path, skip_volumes: re.Pattern[str]) -> dict[str
             "autostart": bool(net.autostart()),
         }
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT):
+        if pool.name() == RECORDS_POOL:
+            continue  # virtplan's own records, which the virsh commands do not keep
         xml = _strip(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE), ["uuid", "capacity", "allocation", "available"])
         state[f"pool/{pool.name()}"] = {
             "xml": xml,
@@ -139,18 +143,27 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
         assert a[key] == b[key], f"{key} differs:\nA: {a[key]}\nB: {b[key]}"
 
 
-def adopt_records(state_a: Path, state_b: Path, uri_a: str, uri_b: str, conn_b: Any) -> None:
-    """Copy A's ownership record for B (the bookkeeping `--commands` can only describe):
-    same addresses, with B's URI and B's pool UUIDs."""
-    data = json.loads(state_a.read_text())
-    records = data["hosts"][uri_a]
+def adopt_records(conn_a: Any, conn_b: Any, stack_key: str) -> None:
+    """Copy A's records of the stack to B (the bookkeeping `--commands` can only describe):
+    same addresses, with B's pool and object UUIDs and B's volume identities."""
+    import xml.etree.ElementTree as ET
+
+    from virtplan.documents.parse import parse_volume
+    from virtplan.hosts.ledger import HostLedger, store_for
+    from virtplan.plan.ownership import identity_of
+
+    records = HostLedger(store_for(conn_a), stack_key).records()
     for address, record in records.items():
-        if record.get("kind") == "pool" or address.split("/")[1] == "pool":
-            record["id"] = conn_b.storagePoolLookupByName(address.split("/", 2)[2]).UUIDString()
-        if record.get("kind") in ("vm", "network"):
-            kind = record["kind"]
-            name = address.split("/", 2)[2]
-            obj = conn_b.lookupByName(name) if kind == "vm" else conn_b.networkLookupByName(name)
+        kind, key = address.split("/", 2)[1:]
+        if kind == "pool":
+            record["id"] = conn_b.storagePoolLookupByName(key).UUIDString()
+        elif kind in ("vm", "network"):
+            obj = conn_b.lookupByName(key) if kind == "vm" else conn_b.networkLookupByName(key)
             record["id"] = obj.UUIDString()
-    state_b.parent.mkdir(parents=True, exist_ok=True)
-    state_b.write_text(json.dumps({**data, "hosts": {uri_b: records}}, indent=2))
+        elif kind == "volume" and not record.get("log_of"):
+            pool, _, name = key.partition("/")
+            vol = conn_b.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            record["id"] = vol.path()
+            if record.get("expect") is not None:
+                record["expect"] = identity_of(dict(parse_volume(ET.fromstring(vol.XMLDesc(0)))))
+    HostLedger(store_for(conn_b), stack_key).update(records)

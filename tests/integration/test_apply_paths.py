@@ -15,7 +15,6 @@ import pytest
 
 from virtplan.engine import Engine
 from virtplan.errors import ApplyError
-from virtplan.hosts.records import StateStore
 from virtplan.model import load_stack
 from virtplan.plan.planner import Action
 
@@ -41,7 +40,7 @@ def env(private_host, tmp_path_factory):
         path = tmp / f"{name}.py"
         path.write_text(header(name) + body)
         stack = load_stack(path, {"h": private_host.uri})
-        with Engine(stack, StateStore(tmp / f"{name}.json", stack.name)) as engine:
+        with Engine(stack) as engine:
             plan, obs = engine.plan(destroy=destroy)
             if allow is not None:
                 assert {c.action for c in plan.changes} <= allow, [(c.address, c.action) for c in plan.changes]
@@ -52,7 +51,7 @@ def env(private_host, tmp_path_factory):
         path = tmp / f"{name}.py"
         path.write_text(header(name) + body)
         stack = load_stack(path, {"h": private_host.uri})
-        with Engine(stack, StateStore(tmp / f"{name}.json", stack.name)) as engine:
+        with Engine(stack) as engine:
             return engine.plan()[0]
 
     yield run, replan, conn, private_host, tmp

@@ -81,7 +81,7 @@ def deployed(private_host: PrivateHost, probe_image: ProbeImage, tmp_path_factor
 def virtplan_show(deployed: Deployed, *options: str) -> str:
     """`virtplan show` in a separate process, as a user runs it; its standard output."""
     env = {k: v for k, v in os.environ.items() if k != "VIRTPLAN_URI"}
-    env.update(VIRTPLAN_STATE_DIR=str(deployed.stack.state_dir), NO_COLOR="1", COLUMNS="200")
+    env.update(NO_COLOR="1", COLUMNS="200")
     uri = deployed.stack.hosts["local"].uri
     command = [sys.executable, "-m", "virtplan.cli", "show", str(deployed.stack.file), "--host", f"local={uri}"]
     proc = subprocess.run([*command, *options], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -93,7 +93,7 @@ def pulumi_read(deployed: Deployed, name: str) -> dict[str, Any]:
     """The native provider's `read` of one VM, given the inputs the Pulumi program describes."""
     stack = deployed.stack.load()
     [vm] = [v for v in stack.vms if v.name == name]
-    provider = VirtplanProvider("vm", str(deployed.stack.state_path))
+    provider = VirtplanProvider("vm")
     result = provider.read(vm.address, wire(describe(vm, stack)))
     assert result.id == vm.address, f"provider read found no {vm.address}"
     assert result.outs is not None

@@ -56,7 +56,7 @@ class Cloned:
 def virtplan_clone(stack: ProbeStack) -> str:
     """`virtplan clone` in a separate process; the clone's program lands beside the source's."""
     env = {k: v for k, v in os.environ.items() if k != "VIRTPLAN_URI"}
-    env.update(VIRTPLAN_STATE_DIR=str(stack.state_dir), NO_COLOR="1", COLUMNS="200")
+    env.update(NO_COLOR="1", COLUMNS="200")
     host = f"local={stack.hosts['local'].uri}"
     args = ["clone", str(stack.file), "--name", CLONE, "--subnet-map", f"{SOURCE_CIDR}={CLONE_CIDR}", "--host", host]
     proc = subprocess.run(

@@ -28,7 +28,6 @@ from test_guest_support import wait_until
 
 from virtplan.engine import Engine
 from virtplan.hosts.console import read_console_log
-from virtplan.hosts.records import StateStore
 from virtplan.model import Stack, load_stack
 from virtplan_lab.testbed import PrivateHost
 
@@ -62,7 +61,7 @@ class Bed:
         return load_stack(program, {"local": self.host.uri})
 
     def apply(self, stack: Stack) -> None:
-        with Engine(stack, StateStore(self.directory / "state.json", stack.name)) as engine:
+        with Engine(stack) as engine:
             plan, observation = engine.plan()
             engine.apply(plan, observation)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from virtplan.engine import Engine
-from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Stack, load_stack
 from virtplan.plan.planner import Plan
 from virtplan_lab.probe import GUEST, GUEST_MEM, GuestEvent, ProbeImage, log_size, wait_for_event
@@ -108,15 +107,13 @@ class ProbeStack:
 
     ``hosts`` maps the stack's host names to running private hosts; ``cidrs`` gives each
     host's network subnet. The program is rewritten by :meth:`declare`; the file name
-    (hence the stack name) and the state file stay the same, as when a user edits a stack.
+    (hence the stack name) stays the same, as when a user edits a stack.
     """
 
     def __init__(
         self, name: str, directory: Path, image: ProbeImage, hosts: dict[str, PrivateHost], cidrs: dict[str, str]
     ) -> None:
         self.file = directory / f"{name}.py"
-        self.state_dir = directory / "state"
-        self.state_path = self.state_dir / f"{name}.json"
         self.image, self.hosts, self.cidrs = image, hosts, cidrs
         self.guests: list[Guest] = []
 
@@ -155,8 +152,7 @@ class ProbeStack:
         return load_stack(self.file, self.uris)
 
     def engine(self) -> Engine:
-        stack = self.load()
-        return Engine(stack, StateStore(self.state_path, stack.name))
+        return Engine(self.load())  # its records live on the hosts
 
     def plan(self) -> Plan:
         with self.engine() as engine:

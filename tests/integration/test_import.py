@@ -3,7 +3,6 @@ then takes ownership, and the plan stays a no-op."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
@@ -11,6 +10,8 @@ from types import SimpleNamespace
 import libvirt
 import pytest
 from clone_support import Cli
+
+from virtplan.hosts.ledger import HostLedger, store_for
 
 NETWORK = """<network><name>hand-net</name><forward mode='nat'/><bridge name='handbr0'/>
 <ip address='10.74.0.1' prefix='24'><dhcp><range start='10.74.0.100' end='10.74.0.200'/>
@@ -90,8 +91,7 @@ def test_import_everything_then_adopt(env):
     assert owner is not None and owner.get("stack") == "imported" and owner.get("address") == "imported/vm/hand-web"
     net = ET.fromstring(env.conn.networkLookupByName("hand-net").XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE))
     assert net.find("metadata/{https://virtplan.dev/xmlns/owner/1}owner").get("stack") == "imported"
-    state = json.loads((env.tmp / ".virtplan" / "imported.json").read_text())
-    records = state["hosts"][env.uri]
+    records = HostLedger(store_for(env.conn), "imported").records()  # kept on the host itself
     assert records["imported/volume/hand-pool/hand-data.raw"]["id"] == "/var/lib/libvirt/images/hand/hand-data.raw"
     # owned now: a change is applied like on any stack
     out.write_text(text.replace('description="made by hand"', 'description="now managed"'))

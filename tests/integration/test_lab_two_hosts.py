@@ -12,9 +12,9 @@ import pytest
 
 from virtplan.documents.seed import read_seed_iso
 from virtplan.engine import Engine
-from virtplan.hosts.records import StateStore
 from virtplan.model import load_stack
 from virtplan.plan.planner import Action
+from virtplan_lab.testbed import user_pools
 
 LAB = Path(__file__).resolve().parents[2] / "stacks" / "lab.py"
 
@@ -27,11 +27,10 @@ def lab(two_hosts, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("VIRTPLAN_LAB_IMAGE", str(image))
     a, b = two_hosts
     uris = {"kvm1": a.uri, "kvm2": b.uri}
-    store_path = tmp / "lab.json"
 
     def engine(path: Path = LAB) -> Engine:
         stack = load_stack(path, uris)
-        return Engine(stack, StateStore(store_path, stack.name))
+        return Engine(stack)
 
     yield engine, a.connect(), b.connect(), image, tmp
 
@@ -88,6 +87,8 @@ def test_apply_lab_on_two_hosts(lab):
 
 def test_cloud_init_change_restarts_only_that_vm(lab):
     engine, kvm1, _, _, tmp = lab
+    # the same stack, edited: moved within its project (a pyproject.toml naming it), same identity
+    (tmp / "pyproject.toml").write_text('[tool.virtplan]\nproject = "virtplan"\n')
     edited = tmp / "lab.py"
     edited.write_text(
         LAB.read_text().replace('packages=["nginx"]', 'packages=["nginx"] if name != "web2" else ["nginx", "curl"]')
@@ -114,6 +115,6 @@ def test_destroy_lab_removes_everything_on_both_hosts(lab):
     for conn in (kvm1, kvm2):
         assert conn.listAllDomains() == []
         assert conn.listAllNetworks() == []
-        assert conn.listAllStoragePools() == []
+        assert user_pools(conn) == []
     with pytest.raises(libvirt.libvirtError):
         kvm1.storagePoolLookupByName("lab-pool")

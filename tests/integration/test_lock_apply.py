@@ -9,8 +9,9 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
+import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 from review_support import Cli, edit
 
@@ -36,38 +37,44 @@ def bed(private_host, tmp_path_factory):
     stack, other = tmp / "lk.py", tmp / "lk2.py"
     stack.write_text(STACK)
     other.write_text(OTHER)
-    cli = Cli(private_host.uri, tmp / "state", lock_dir=tmp / "locks")
+    cli = Cli(private_host.uri, tmp / "home")
     conn = private_host.connect()
     yield cli, stack, other, conn, tmp
     conn.close()
 
 
-def wait_for_holder(lock: Path, pid: int, timeout: float = 30) -> dict:
+def lock_holder(conn, stack_key: str) -> dict | None:
+    """The holder record of the stack's lock on the host (a libvirt secret), or None."""
+    try:
+        secret = conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_TLS, f"virtplan-lock:{stack_key}")
+    except libvirt.libvirtError:
+        return None
+    return json.loads(ET.fromstring(secret.XMLDesc(0)).findtext("description") or "{}")
+
+
+def wait_for_holder(conn, stack_key: str, pid: int, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            holder = json.loads(lock.read_text() or "{}")
-        except (OSError, ValueError):
-            holder = {}
+        holder = lock_holder(conn, stack_key) or {}
         if holder.get("pid") == pid:
             return holder
         time.sleep(0.05)
-    raise AssertionError(f"pid {pid} never took {lock}")
+    raise AssertionError(f"pid {pid} never took the lock of {stack_key}")
 
 
 def test_concurrent_applies_never_interleave(bed):
-    cli, stack, other, conn, tmp = bed
-    lock = tmp / "state" / "lk.json.apply.lock"
+    cli, stack, other, conn, _tmp = bed
     cli("apply", str(stack), "--yes")
     edit(stack, 'state="running"', 'state="stopped"')
 
     first = cli.spawn("apply", str(stack), "--yes")
-    holder = wait_for_holder(lock, first.pid)
+    holder = wait_for_holder(conn, "lk", first.pid)
     assert holder["user"] and holder["machine"] and holder["since"]
 
     # Fails at once, naming the holder.
     out = cli("apply", str(stack), "--yes", rc=1)
-    assert f"stack 'lk' is locked by pid {first.pid} (user {holder['user']} on {holder['machine']}, since" in out
+    assert f"stack 'lk' on host 'local' ({cli.uri}) is locked by pid {first.pid} (user {holder['user']} on " \
+        f"{holder['machine']}, since" in out  # fmt: skip
     assert "--lock-timeout" in out and "Nothing was changed" in out
     # Another stack on the same host is not blocked.
     assert "Apply complete" in cli("apply", str(other), "--yes")
@@ -80,26 +87,25 @@ def test_concurrent_applies_never_interleave(bed):
     assert "Apply complete: 1 change(s) applied." in first_out
     assert "No changes." in out and "Apply complete" not in out
     assert not conn.lookupByName("lk-1").isActive()
-    assert lock.read_text() == ""  # released cleanly: no holder record left
+    assert lock_holder(conn, "lk") is None  # released cleanly: the lock is gone from the host
 
 
 def test_lock_of_a_killed_apply_does_not_block(bed):
-    cli, stack, _other, conn, tmp = bed
-    lock = tmp / "state" / "lk.json.apply.lock"
+    cli, stack, _other, conn, _tmp = bed
     edit(stack, 'state="stopped"', 'state="running"')
     cli("apply", str(stack), "--yes")
     edit(stack, 'state="running"', 'state="stopped"')
 
     victim = cli.spawn("apply", str(stack), "--yes")
-    wait_for_holder(lock, victim.pid)
+    wait_for_holder(conn, "lk", victim.pid)
     time.sleep(0.5)  # inside the graceful stop
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
-    assert json.loads(lock.read_text())["pid"] == victim.pid  # its record is left behind
+    assert lock_holder(conn, "lk")["pid"] == victim.pid  # its lock is left behind on the host
 
     started = time.monotonic()
     out = cli("apply", str(stack), "--yes")
-    assert f"note: released the lock on stack 'lk' left by pid {victim.pid}" in out
+    assert f"note: released the lock on stack 'lk' on host 'local' ({cli.uri}) left by pid {victim.pid}" in out
     assert "which is no longer running" in out
     assert "Apply complete" in out and time.monotonic() - started < 30
     assert not conn.lookupByName("lk-1").isActive()

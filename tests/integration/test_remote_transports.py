@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from virtplan_lab.lab import Lab
-from virtplan_lab.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost, user_pools
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_STACK = REPO / "stacks" / "lab.py"
@@ -111,7 +111,7 @@ def test_small_stack_lifecycle_over_a_remote_transport(
         out = virtplan("destroy", str(stack), *target, "--yes", "--allow-destroy", env=env)
         assert local.listAllDomains() == []
         assert local.listAllNetworks() == []
-        assert local.listAllStoragePools() == []
+        assert user_pools(local) == []
     finally:
         local.close()
 

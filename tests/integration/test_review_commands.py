@@ -99,7 +99,7 @@ def test_commands_replayed_with_virsh_match_apply(bed):
     assert_same_state(host_state(conn_a, host_root(a), VOLATILE), host_state(conn_b, host_root(b), VOLATILE))
     # virtplan sees the hand-made host as converged (given the ownership record of pools
     # and volumes, which the commands can only describe).
-    adopt_records(cli_a.state_dir / "rv.json", cli_b.state_dir / "rv.json", a.uri, b.uri, conn_b)
+    adopt_records(conn_a, conn_b, "rv")
     assert "No changes." in cli_b("plan", str(stack), "--detailed-exitcode")
 
     # Step 2: live update, restart with a new disk and seed, grown volume, network restart,
@@ -130,6 +130,6 @@ def test_commands_replayed_with_virsh_match_apply(bed):
     assert commands["local/vm/rv-spare"] == "virsh start rv-spare"
     cli_a("apply", str(stack), "--yes", "--allow-destroy")
     assert_same_state(host_state(conn_a, host_root(a), VOLATILE), host_state(conn_b, host_root(b), VOLATILE))
-    adopt_records(cli_a.state_dir / "rv.json", cli_b.state_dir / "rv.json", a.uri, b.uri, conn_b)
+    adopt_records(conn_a, conn_b, "rv")
     assert "No changes." in cli_b("plan", str(stack), "--detailed-exitcode")
     assert conn_b.lookupByName("rv-db").isActive() and conn_b.lookupByName("rv-spare").isActive()

@@ -52,7 +52,7 @@ def test_deploy_registers_the_block_and_text_puts_outputs_in(program: Any, check
 
     def check() -> None:
         vm = run.one(DYNAMIC + "VM", "h/vm")
-        assert vm.plain["stack"] == "virtplan-dev"  # <project>-<stack> unless named
+        assert (vm.plain["project"], vm.plain["stack"]) == ("virtplan", "dev")  # the Pulumi project and stack
         ci = vm.plain["cloudInit"]
         assert ci["userData"] == "#cloud-config\nkey: ssh-ed25519 AAAAkey ops@x\n"  # inside an f-string
         assert ci["sshKeys"] == ["ssh-ed25519 AAAAkey ops@x"] and ci["password"] == "pw-123"

@@ -120,7 +120,7 @@ def test_demo_inputs_use_wire_names_and_follow_references(program: Any, checks: 
 
 
 @pulumi.runtime.test
-def test_provider_is_pickled_with_the_state_file_only(program: Any, checks: Any, tmp_path: Path) -> pulumi.Output:
+def test_provider_is_pickled_with_strings_only(program: Any, checks: Any) -> pulumi.Output:
     run = program(demo_config(), stack="demo")
 
     def check() -> None:
@@ -130,10 +130,8 @@ def test_provider_is_pickled_with_the_state_file_only(program: Any, checks: Any,
             provider = dill.loads(base64.b64decode(blob["value"]))
             assert isinstance(provider, VirtplanProvider)
             assert provider.kind == reg.type[len(DYNAMIC) :].lower()
-            assert provider.state_path == str(tmp_path / "state" / "demo.json")
-            assert vars(provider) == {
-                "kind": provider.kind, "state_path": provider.state_path, "template_dir": None, "pulumi_stack": "demo"
-            }  # fmt: skip
+            # ownership comes from the hosts at each call: no local state file is named
+            assert vars(provider) == {"kind": provider.kind, "template_dir": None, "pulumi_stack": "demo"}
 
     return checks.on(run.settled(check), lambda _: None, "provider")
 

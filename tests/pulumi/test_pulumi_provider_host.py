@@ -20,6 +20,7 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 from wire_format import wire
 
+from virtplan.hosts.ledger import HostLedger, store_for
 from virtplan.model import Stack, load_stack
 from virtplan.plan.planner import PlanError
 from virtplan.pulumi.describe import describe
@@ -49,8 +50,7 @@ VM("{prefix}-1", memory="64MiB", max_memory="128MiB", disks=[disk], nics=[NIC(ne
         self.stack: Stack = load_stack(program, {"local": host.uri})
         self.inputs = {r.kind: wire(describe(r, self.stack)) for r in self.stack.managed()}
         self.addresses = {r.kind: r.address for r in self.stack.managed()}
-        self.state = tmp / "state" / f"{prefix}.json"
-        self.providers = {kind: restored(VirtplanProvider(kind, str(self.state))) for kind in self.inputs}
+        self.providers = {kind: restored(VirtplanProvider(kind)) for kind in self.inputs}
         self.outs: dict[str, dict[str, Any]] = {}
 
     def create(self, *kinds: str) -> None:
@@ -71,7 +71,12 @@ VM("{prefix}-1", memory="64MiB", max_memory="128MiB", disks=[disk], nics=[NIC(ne
         subprocess.run(["virsh", "-q", "-c", self.host.uri, *args], check=True, capture_output=True)
 
     def records(self) -> dict[str, Any]:
-        return json.loads(self.state.read_text())["hosts"].get(self.host.uri, {})
+        """The stack's records as the host keeps them (any process, any machine reads the same)."""
+        conn = self.host.connect()
+        try:
+            return HostLedger(store_for(conn), self.stack.key).records()
+        finally:
+            conn.close()
 
 
 def restored(provider: VirtplanProvider) -> VirtplanProvider:

@@ -72,7 +72,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"step": args.step}
     if args.step == "init":
         stack.set_config("virtplan:program", auto.ConfigValue(args.program))
-        stack.set_config("virtplan:stateDir", auto.ConfigValue(str(Path(args.work) / "virtplan-state")))
         stack.set_config("virtplan:parallelism", auto.ConfigValue("2"))
         for i, item in enumerate(args.host):
             stack.set_config(f"virtplan:hosts[{i}]", auto.ConfigValue(item), path=True)

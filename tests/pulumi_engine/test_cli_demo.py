@@ -19,7 +19,7 @@ from engine_support import Project, summary
 
 from virtplan_lab.probe import GUEST_MEM, wait_for_event, wait_for_guest_line
 from virtplan_lab.probe.parse import log_size
-from virtplan_lab.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost, user_pools
 
 BOOT_TIMEOUT = 120.0
 MiB_IN_KIB = 1024
@@ -86,8 +86,8 @@ def inventory(conn: libvirt.virConnect) -> dict[str, list[str]]:
     return {
         "domains": sorted(d.name() for d in conn.listAllDomains()),
         "networks": sorted(n.name() for n in conn.listAllNetworks()),
-        "pools": sorted(p.name() for p in conn.listAllStoragePools()),
-        "volumes": sorted(v.name() for p in conn.listAllStoragePools() for v in p.listAllVolumes()),
+        "pools": sorted(p.name() for p in user_pools(conn)),
+        "volumes": sorted(v.name() for p in user_pools(conn) for v in p.listAllVolumes()),
     }
 
 

@@ -16,7 +16,7 @@ from engine_support import REPO, Project, summary
 
 from virtplan.documents.seed import read_seed_iso
 from virtplan_lab.probe import ProbeImage, wait_for_guest_line
-from virtplan_lab.testbed import PrivateHost
+from virtplan_lab.testbed import PrivateHost, user_pools
 
 PASSWORD = "t3mplate-Passw0rd"
 BOOT_TIMEOUT = 120.0
@@ -81,6 +81,6 @@ def test_a_project_from_the_template(
 
     project.run("up", "--yes", "--expect-no-changes")
     project.run("destroy", "--yes")
-    assert conn.listAllDomains() == [] and conn.listAllNetworks() == [] and conn.listAllStoragePools() == []
+    assert conn.listAllDomains() == [] and conn.listAllNetworks() == [] and user_pools(conn) == []
     assert [t[:200] for t in project.outputs if PASSWORD in t] == []
     conn.close()

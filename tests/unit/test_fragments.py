@@ -58,9 +58,11 @@ def test_snapshot_and_owner_fragments_parse_back():
     disks = ET.fromstring(fragments.external_disk_snapshot([("vda", "/p/" + EVIL), ("vdb", None)]))
     assert [(d.get("name"), d.get("snapshot")) for d in disks.iter("disk")] == [("vda", "external"), ("vdb", "no")]
     assert disks.find("disks/disk/source").get("file") == "/p/" + EVIL  # type: ignore[union-attr]
-    assert ET.fromstring(fragments.owner_mark(EVIL, "h/vm/x", 60.0)).attrib == {
+    assert ET.fromstring(fragments.owner_mark(fragments.owner_attrs(EVIL, "", "h/vm/x", **{"shutdown-timeout": 60.0}))).attrib == {
         "stack": EVIL, "address": "h/vm/x", "shutdown-timeout": "60.0"}  # fmt: skip
-    net = fragments.with_network_owner("<network><name>n</name><uuid>u</uuid></network>", EVIL, "h/network/n")
+    net = fragments.with_owner(
+        "<network><name>n</name><uuid>u</uuid></network>", fragments.owner_attrs(EVIL, "", "h/network/n")
+    )
     owner = owner_of(ET.fromstring(net))
     assert owner is not None and (owner.stack, owner.address) == (EVIL, "h/network/n")
 

@@ -7,7 +7,7 @@ import virtplan
 
 PUBLIC = [
     "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",
-    "Volume", "__version__", "current_stack", "load_stack", "use_templates",
+    "Volume", "__version__", "current_stack", "load_stack", "name_stack", "use_templates",
 ]  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from virtplan.apply.steps import Context, Runtime, operations
 from virtplan.documents.render import Renderer
 from virtplan.errors import ApplyError
 from virtplan.hosts.observe import HostState
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import Stack
 from virtplan.plan.changes import Plan, ResourceChange
 
@@ -65,7 +65,7 @@ def apply_plan(
     stack: Stack,
     renderer: Renderer,
     observed: dict[str, HostState],
-    store: StateStore,
+    store: Records,
     connections: dict[str, Any],
     progress: ProgressFn | None = None,
 ) -> ApplyReport:
@@ -143,12 +143,16 @@ class HostApplier:
     def execute(self, change: ResourceChange) -> None:
         """Run the operations of the change's step (virtplan.apply.steps), one after the other."""
         rt = Runtime(self.context, self)
-        for op in operations(change, self.context):
-            op.run(rt)
+        try:
+            for op in operations(change, self.context):
+                op.run(rt)
+        except BaseException:
+            rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
+            raise
 
     def note_applied(self, change: ResourceChange) -> None:
         """Remember the spec applied to this address; `run` records them all in one write
-        (one per change would rewrite the state file per object), so `virtplan drift` can
+        (one write per change would cost a ledger write per object), so `virtplan drift` can
         tell changes made outside virtplan from the stack's own pending changes."""
         from virtplan.plan.planner import desired_spec
 

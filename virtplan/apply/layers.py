@@ -7,7 +7,7 @@ does not depend on the disk's size.
 
 The declared volume (say `pool/web1.qcow2`) stays the bottom of the chain and keeps its
 name in the stack; the layers above it are owned by the same stack and recorded in its
-state file:
+records on the host:
 
 - each layer: ``<host>/volume/<pool>/<layer>`` with ``layer_of`` = the declared volume's
   address (deleted together with that volume, never as "removed from the stack");
@@ -29,9 +29,16 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
-from virtplan.documents.fragments import domain_with_disk, external_disk_snapshot, layer_disk, layer_volume
+from virtplan.apply.claims import create_volume, volume_identity
+from virtplan.documents.fragments import (
+    LAYER_FORMAT,
+    domain_with_disk,
+    external_disk_snapshot,
+    layer_disk,
+    layer_volume,
+)
 from virtplan.hosts.chains import LayerError, chain_of, dependents, writable_disks
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 
 _LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -56,7 +63,7 @@ class Freeze:
 
 
 # -- the chain in a domain definition -----------------------------------------------------
-def apply_layers(domain_xml: str, store: StateStore, uri: str, host: str) -> str:
+def apply_layers(domain_xml: str, store: Records, uri: str, host: str) -> str:
     """`domain_xml` with every disk on a layered volume pointed at its top layer.
 
     Rendered XML names the declared volume; writing to it once it is frozen would corrupt
@@ -89,7 +96,7 @@ def label_for(text: str) -> str:
 def freeze(
     conn: Any,
     dom: Any,
-    store: StateStore,
+    store: Records,
     uri: str,
     host: str,
     label: str,
@@ -133,7 +140,7 @@ def freeze(
         # intent first (a crash never leaves a layer nobody owns), one write per step
         store.put_many(uri, {
             address: {"kind": "volume", "pending": True, "layer_of": result.disks[d.target].volume_address,
-                      "backing": d.top}
+                      "backing": d.top, "expect": {"format": LAYER_FORMAT, "backing": d.top}}
             for d, _, _, address in planned
         })  # fmt: skip
         for d, pool, layer_name, address in planned:
@@ -143,8 +150,10 @@ def freeze(
         # the chain before the switch: should anything stop in between, the next
         # definition still points at the new (empty) layer on the intact old top
         old_chains.update({fd.volume_address: chain_of(store, uri, fd.volume_address) for fd in result.disks.values()})
+        identities = {layer.path(): volume_identity(layer) for layer, _ in created}
         updates: dict[str, dict[str, Any]] = {
-            address: {"id": new_tops[d.target], "pending": False} for d, _, _, address in planned
+            address: {"id": new_tops[d.target], "pending": False, "expect": identities[new_tops[d.target]]}
+            for d, _, _, address in planned
         }
         for fd in result.disks.values():
             updates[fd.volume_address] = {"layers": [new_tops[fd.target], *old_chains[fd.volume_address]]}
@@ -202,7 +211,7 @@ def _external_snapshot(dom: Any, new_tops: dict[str, str], domain_xml: str) -> N
     dom.snapshotCreateXML(xml, flags)
 
 
-def _redefine_with_chains(conn: Any, dom: Any, store: StateStore, uri: str, host: str) -> None:
+def _redefine_with_chains(conn: Any, dom: Any, store: Records, uri: str, host: str) -> None:
     """Write the persistent definition in virtplan's chain form (what `apply_layers` renders),
     whatever form libvirt chose; running domains are not affected until they restart."""
     import libvirt
@@ -232,23 +241,25 @@ def _volume_format(conn: Any, key: str) -> str:
     return fmt.get("type", "raw") if fmt is not None else "raw"
 
 
-def set_chain(conn: Any, dom: Any, store: StateStore, uri: str, host: str, volume_address: str,
+def set_chain(conn: Any, dom: Any, store: Records, uri: str, host: str, volume_address: str,
               chain: list[str]) -> None:  # fmt: skip
     """Point a volume's disk at `chain` (top first) and redefine the domain accordingly."""
     store.put(uri, volume_address, layers=chain)
     _redefine_with_chains(conn, dom, store, uri, host)
 
 
-def new_layer(conn: Any, store: StateStore, uri: str, host: str, frozen: FrozenDiskRef, tag: str) -> str:
+def new_layer(conn: Any, store: Records, uri: str, host: str, frozen: FrozenDiskRef, tag: str) -> str:
     """A new empty layer on a frozen file (for a revert), recorded; returns its path."""
     top_vol = conn.storageVolLookupByPath(frozen.path)
     pool = top_vol.storagePoolLookupByVolume()
     capacity = int(top_vol.info()[1])
     name = _free_name(pool, f"{frozen.volume.partition('/')[2]}.{label_for(tag)}")
     address = f"{host}/volume/{pool.name()}/{name}"
-    store.put(uri, address, kind="volume", pending=True, layer_of=frozen.volume_address, backing=frozen.path)
-    layer = pool.createXML(layer_volume(name, capacity, frozen.path, frozen.format), 0)
-    store.put(uri, address, kind="volume", id=layer.path(), pending=False, layer_of=frozen.volume_address)
+    xml = layer_volume(name, capacity, frozen.path, frozen.format)
+    layer = create_volume(
+        store, uri, address, pool, name, lambda: pool.createXML(xml, 0),
+        {"format": LAYER_FORMAT, "backing": frozen.path}, layer_of=frozen.volume_address, backing=frozen.path,
+    )  # fmt: skip
     return str(layer.path())
 
 
@@ -260,7 +271,7 @@ class FrozenDiskRef:
     volume_address: str
 
 
-def delete_layer_if_unused(conn: Any, store: StateStore, uri: str, path: str, keep: set[str]) -> bool:
+def delete_layer_if_unused(conn: Any, store: Records, uri: str, path: str, keep: set[str]) -> bool:
     """Delete a layer file nobody builds on (no overlay backs onto it, no snapshot or freeze
     record holds it); `keep` are frozen files still referenced. Returns True if deleted."""
     import libvirt

@@ -11,7 +11,7 @@ VM nor revert an external one:
 - **memory**: libvirt's internal checkpoint of a running VM (qcow2 disks and RAM);
   reverting resumes the VM where it was.
 
-Every snapshot virtplan takes is recorded in the stack's state file
+Every snapshot virtplan takes is recorded in the stack's records on the host
 (``<host>/snapshot/<vm>/<name>``); the planner manages only declared ones (and deletes only
 ones this stack took), so snapshots taken on demand survive `apply`. Deleting a VM forgets
 its snapshots.
@@ -29,7 +29,7 @@ from virtplan.errors import VirtplanError
 from virtplan.hosts.snapshots import _internal_id
 
 if TYPE_CHECKING:
-    from virtplan.hosts.records import StateStore
+    from virtplan.hosts.records import Records
 
 
 class SnapshotError(VirtplanError):
@@ -57,7 +57,7 @@ def address_of(host: str, vm: str, name: str) -> str:
 # -- one VM ---------------------------------------------------------------------------------
 def take(
     conn: Any,
-    store: StateStore,
+    store: Records,
     uri: str,
     host: str,
     vm: str,
@@ -100,7 +100,7 @@ def take(
     store.put(uri, address, id=f"internal:{stamp}", pending=False, tops=tops)
 
 
-def revert(conn: Any, store: StateStore, uri: str, host: str, vm: str, name: str) -> None:
+def revert(conn: Any, store: Records, uri: str, host: str, vm: str, name: str) -> None:
     """Bring VM `vm` back to snapshot `name`; its current state is discarded."""
     import libvirt
 
@@ -120,7 +120,7 @@ def revert(conn: Any, store: StateStore, uri: str, host: str, vm: str, name: str
     _revert_layers(conn, store, uri, host, dom, name, record)
 
 
-def _revert_layers(conn: Any, store: StateStore, uri: str, host: str, dom: Any, name: str,
+def _revert_layers(conn: Any, store: Records, uri: str, host: str, dom: Any, name: str,
                    record: dict[str, Any]) -> None:  # fmt: skip
     import libvirt
 
@@ -161,7 +161,7 @@ def _path_of(conn: Any, key: str) -> str:
     return str(conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())
 
 
-def delete(conn: Any, store: StateStore, uri: str, host: str, vm: str, name: str, missing_ok: bool = False) -> None:
+def delete(conn: Any, store: Records, uri: str, host: str, vm: str, name: str, missing_ok: bool = False) -> None:
     """Forget snapshot `name` of `vm`. A memory snapshot is deleted from its images; a
     disk-only one's frozen files stay in the disk's chain (they are its layers)."""
     import libvirt
@@ -188,7 +188,7 @@ def delete(conn: Any, store: StateStore, uri: str, host: str, vm: str, name: str
     store.forget(uri, address)
 
 
-def _record(store: StateStore, uri: str, host: str, vm: str, name: str) -> dict[str, Any]:
+def _record(store: Records, uri: str, host: str, vm: str, name: str) -> dict[str, Any]:
     record = store.get(uri, address_of(host, vm, name))
     if record is None or record.get("pending"):
         raise SnapshotError(f"VM {vm!r} has no snapshot {name!r} taken by this stack (see `virtplan snapshot list`)")

@@ -55,23 +55,37 @@ def dhcp_host(mac: str, ip: str, name: str | None = None) -> str:
     return element("host", attrs)
 
 
-def with_network_owner(network_xml: str, stack: str, address: str) -> str:
-    """`network_xml` carrying virtplan's owner mark for `stack` (replacing any old mark)."""
-    root = ET.fromstring(network_xml)
+def owner_attrs(stack: str, project: str, address: str, **extra: object) -> dict[str, object]:
+    """virtplan's owner mark's attributes, in the order the templates write them."""
+    return {"stack": stack, **({"project": project} if project else {}), "address": address, **extra}
+
+
+def with_owner(xml: str, attrs: Mapping[str, object]) -> str:
+    """A domain's or network's XML carrying virtplan's owner mark `attrs` (replacing any old
+    mark); for networks, whose metadata libvirt 9.0 can only change by redefining them."""
+    root = ET.fromstring(xml)
     meta = root.find("metadata")
     if meta is None:
         meta = ET.Element("metadata")
-        root.insert(2, meta)
+        names = [i for i, el in enumerate(root) if el.tag in ("name", "uuid")]
+        root.insert(names[-1] + 1 if names else 0, meta)
     for old in meta.findall(f"{{{NAMESPACE}}}owner"):
         meta.remove(old)
-    ET.SubElement(meta, f"{{{NAMESPACE}}}owner", {"stack": stack, "address": address})
+    ET.SubElement(meta, f"{{{NAMESPACE}}}owner", {k: str(v) for k, v in attrs.items()})
     return ET.tostring(root, encoding="unicode")
 
 
+def records_pool(name: str, path: str) -> str:
+    """The `dir` storage pool where virtplan keeps its records on a host."""
+    return element(
+        "pool", {"type": "dir"}, element("name", text=name), element("target", None, element("path", text=path))
+    )
+
+
 # -- domains --------------------------------------------------------------------------------
-def owner_mark(stack: str, address: str, shutdown_timeout: float) -> str:
+def owner_mark(attrs: Mapping[str, object]) -> str:
     """virtplan's owner mark for a domain's <metadata> (`virDomainSetMetadata` adds the namespace)."""
-    return element("owner", {"stack": stack, "address": address, "shutdown-timeout": shutdown_timeout})
+    return element("owner", attrs)
 
 
 def memory_snapshot(name: str, description: str) -> str:

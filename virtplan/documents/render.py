@@ -100,6 +100,7 @@ class SeedView:
 class DomainContext:
     namespace: str
     stack: str
+    project: str
     type: str
     arch: str
     machine: str | None
@@ -131,6 +132,7 @@ class Reservation:
 class NetworkContext:
     namespace: str
     stack: str
+    project: str
     uuid: str | None
     range: tuple[str, str]
     reservations: list[Reservation]
@@ -211,6 +213,7 @@ class Renderer:
         return NetworkContext(
             NAMESPACE,
             self.stack.name,
+            self.stack.project,
             self.identities.get(net.address, Identity()).uuid,
             (str(start), str(end)),
             self.reservations(net),
@@ -263,6 +266,7 @@ class Renderer:
         return DomainContext(
             namespace=NAMESPACE,
             stack=self.stack.name,
+            project=self.stack.project,
             type=facts.domain_type(vm.host.domain_type, vm.arch),
             arch=guest.arch,
             machine=facts.machine(vm.machine, vm.arch) if (guest.machines or vm.machine) else None,

@@ -15,7 +15,7 @@ from typing import Any
 
 from virtplan.errors import VirtplanError
 from virtplan.hosts.pools import refresh_pool
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 
 
 class LayerError(VirtplanError):
@@ -77,13 +77,13 @@ def _pool_volume_of(conn: Any, path: str) -> str | None:
     return f"{vol.storagePoolLookupByVolume().name()}/{vol.name()}"
 
 
-def chain_of(store: StateStore, uri: str, volume_address: str) -> list[str]:
+def chain_of(store: Records, uri: str, volume_address: str) -> list[str]:
     """The layer files of a declared volume, top first (empty: the VM writes the volume)."""
     record = store.get(uri, volume_address) or {}
     return list(record.get("layers") or [])
 
 
-def referenced_files(store: StateStore, uri: str) -> set[str]:
+def referenced_files(store: Records, uri: str) -> set[str]:
     """Frozen files that snapshot and freeze records still hold."""
     out: set[str] = set()
     for record in store.records(uri).values():

@@ -1,59 +1,70 @@
-"""Locks that keep two applies of one stack from interleaving.
+"""Locks on the hosts: one change of a stack at a time (apply, destroy, clone, snapshot, adopt).
 
-`apply` and `destroy` take, before they observe anything:
+A stack's lock on a host is a libvirt secret there, kept only in the daemon's memory
+(`ephemeral`), whose usage name is unique to the stack: `virtplan-lock:<stack key>`. libvirt
+refuses to define a second secret with a usage that exists, so exactly one process holds
+the lock, whichever machine it runs on and however it reaches the host (`qemu+ssh://`,
+`qemu+tls://`, a local socket). The secret's description names the holder (user, machine,
+pid, command, since): `virsh secret-list` shows who holds what.
 
-- the stack's lock, beside its state record (`<state>.apply.lock`): one writer of the
-  record at a time;
-- one lock per host of the stack, in a machine-wide folder (`$VIRTPLAN_LOCK_DIR`, else
-  `<tmp>/virtplan-locks`), keyed by host URI *and* stack name: two checkouts of the same
-  stack (different state folders) still exclude each other on a host, while different
-  stacks on one host, which own disjoint objects, apply concurrently.
+While it holds a lock, a process renews it every `RENEW` seconds (the secret's value counts
+the renewals). A lock is stale only when its holder is known to be gone:
 
-They are `flock(2)` locks: the kernel drops a lock when its process dies, so a crashed or
-killed apply never blocks the next one. The holder writes who it is (pid, user, machine,
-since when, command) into the lock file for the message a blocked process prints; a
-clean release empties the file, so a record found on acquiring names a process that died
-holding the lock, and is reported as released. Locks are taken in one global order
-(stack, then hosts by key), so two processes never deadlock. `filelock` is not used
-here because it truncates the file on every attempt, which would erase the holder record.
+- the holder runs on this machine (same host name, boot and pid namespace) and its process
+  no longer exists (or the pid is another process now): released at once;
+- the holder runs elsewhere and its renewals stopped for `LEASE` seconds, as measured by
+  the waiting process's own clock (no clocks are compared across machines): released.
+
+A stale lock is released by undefining that very secret (by its UUID, never a newer one);
+then the waiter defines its own as anyone would, so two waiters never both take it. A
+holder that stalled past its lease finds its lock gone at the next renewal and reports it
+(`lost`). Locks on libvirt's in-process test driver (which has no secrets) are in-process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
-import hashlib
 import json
 import os
 import socket
 import sys
-import tempfile
+import threading
 import time
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from virtplan.errors import VirtplanError
 
-LOCK_DIR_ENV = "VIRTPLAN_LOCK_DIR"
-POLL_SECONDS = 0.1
+RENEW = 2.0
+LEASE = 15.0
+POLL = 0.2
+USAGE_PREFIX = "virtplan-lock:"
 
 
 class LockBusy(VirtplanError):
     """Another process holds a lock this process needs."""
 
 
+class LockLost(VirtplanError):
+    """This process's lock was taken over (it stalled past its lease)."""
+
+
 @dataclass
 class Holder:
-    """Who holds (or held) a lock."""
+    """Who holds (or held) a lock, and how to tell whether that process still lives."""
 
     pid: int
     user: str
     machine: str
     since: str  # ISO 8601, UTC
     command: str
+    boot: str = ""
+    pidns: int = 0
+    start: int = 0  # the process's start time (clock ticks since boot)
 
     @classmethod
     def me(cls) -> Holder:
@@ -63,142 +74,255 @@ class Holder:
             user = str(os.getuid())
         command = " ".join(["virtplan", *sys.argv[1:]]) if sys.argv else "virtplan"
         since = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        return cls(os.getpid(), user, socket.gethostname(), since, command)
+        pid = os.getpid()
+        return cls(pid, user, socket.gethostname(), since, command, _boot_id(), _pidns(), _start_time(pid))
 
     def describe(self) -> str:
         return f"pid {self.pid} (user {self.user} on {self.machine}, since {self.since}: {self.command})"
 
+    def gone(self) -> bool | None:
+        """True if this process certainly no longer runs, False if it does, None if it is on
+        another machine (its renewals tell)."""
+        if self.machine != socket.gethostname() or not self.boot or self.boot != _boot_id() or self.pidns != _pidns():
+            return None
+        start = _start_time(self.pid)
+        return start == 0 or start != self.start
 
-def lock_dir() -> Path:
-    """The machine-wide folder of host locks."""
-    env = os.environ.get(LOCK_DIR_ENV)
-    folder = Path(env) if env else Path(tempfile.gettempdir()) / "virtplan-locks"
-    if not folder.is_dir():
-        folder.mkdir(parents=True, exist_ok=True)
-        if not env:
-            with contextlib.suppress(OSError):  # shared by all users, like /tmp
-                folder.chmod(0o1777)
-    return folder
-
-
-def host_lock_path(uri: str, stack: str) -> Path:
-    key = hashlib.sha256(f"{uri}\0{stack}".encode()).hexdigest()[:24]
-    return lock_dir() / f"host-{key}.lock"
-
-
-def stack_lock_path(state_path: Path) -> Path:
-    return state_path.with_name(state_path.name + ".apply.lock")
-
-
-class FileLock:
-    """One exclusive flock on one file, with the holder record inside it."""
-
-    def __init__(self, path: Path, what: str):
-        self.path, self.what = path, what
-        self._fd: int | None = None
-        self._writable = False
-
-    def acquire(self, deadline: float, timeout: float) -> Holder | None:
-        """Take the lock before `deadline` (time.monotonic) or raise LockBusy naming the
-        holder. Returns the record of a process that died holding it, if there was one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        writable = True
+    @classmethod
+    def parse(cls, text: str) -> Holder | None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            with contextlib.suppress(OSError):  # let other users take it too, whatever the umask
-                os.fchmod(fd, 0o666)
-        except PermissionError:  # another user's lock file: flock works read-only too
-            fd, writable = os.open(self.path, os.O_RDONLY), False
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _pidns() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _start_time(pid: int) -> int:
+    """The start time of process `pid` (0 if there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])  # field 22 of stat(5): starttime
+
+
+# -- one lock on one host ---------------------------------------------------------------
+class _SecretLock:
+    """The lock of one stack on one host, held as an ephemeral libvirt secret."""
+
+    def __init__(self, conn: Any, stack_key: str, what: str):
+        self.conn, self.usage, self.what = conn, USAGE_PREFIX + stack_key, what
+        self.secret: Any = None
+        self.renewals = 0
+
+    def try_acquire(self, me: Holder) -> bool:
+        import libvirt
+
+        root = ET.Element("secret", {"ephemeral": "yes", "private": "no"})
+        ET.SubElement(root, "description").text = json.dumps(asdict(me), sort_keys=True)
+        ET.SubElement(ET.SubElement(root, "usage", {"type": "tls"}), "name").text = self.usage
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockBusy(self._busy_message(fd, timeout)) from None
-                    time.sleep(POLL_SECONDS)
-            dead = _read_holder(fd)
-            if writable:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(Holder.me().__dict__).encode(), 0)
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
+            self.secret = self.conn.secretDefineXML(ET.tostring(root, encoding="unicode"), 0)
+        except libvirt.libvirtError:
+            if self.current() is None:
+                raise  # not a clash with a holder: a real error (no secret driver, permissions)
+            return False
+        self.secret.setValue(b"0", 0)
+        return True
+
+    def current(self) -> tuple[Any, Holder | None, bytes] | None:
+        """The secret holding the lock now: (secret, holder, renewal value), or None."""
+        import libvirt
+
+        try:
+            secret = self.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_TLS, self.usage)
+            description = ET.fromstring(secret.XMLDesc(0)).findtext("description") or ""
+            try:
+                value = bytes(secret.value(0))
+            except libvirt.libvirtError:
+                value = b""  # defined, not yet given a value
+            return secret, Holder.parse(description), value
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
             raise
-        self._fd, self._writable = fd, writable
-        return dead if writable and dead is not None and dead.pid != os.getpid() else None
+
+    def renew(self) -> bool:
+        """Count one more renewal; False if the lock is no longer ours."""
+        import libvirt
+
+        self.renewals += 1
+        try:
+            self.secret.setValue(str(self.renewals).encode(), 0)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def release_stale(self, secret: Any) -> None:
+        """Undefine exactly that (stale) secret; a newer holder's lock is never touched."""
+        import libvirt
+
+        with contextlib.suppress(libvirt.libvirtError):  # another waiter released it first
+            self.conn.secretLookupByUUIDString(secret.UUIDString()).undefine()
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            if self._writable:
-                os.ftruncate(self._fd, 0)  # a clean release leaves no holder record behind
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self._fd)
-            self._fd = None
+        import libvirt
 
-    def _busy_message(self, fd: int, timeout: float) -> str:
-        holder = _read_holder(fd)
-        who = holder.describe() if holder is not None else "another process (it has not said who yet)"
-        waited = f"waited {timeout:g} s" if timeout > 0 else "did not wait (--lock-timeout 0)"
-        return (
-            f"{self.what} is locked by {who}; {waited}. Nothing was changed. "
-            "Wait for it to finish, or re-run with --lock-timeout SECONDS to wait."
-        )
+        if self.secret is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                self.secret.undefine()
+            self.secret = None
 
 
-def _read_holder(fd: int) -> Holder | None:
-    try:
-        raw = os.pread(fd, 4096, 0)
-        if not raw.strip():
-            return None
-        data = json.loads(raw)
-        return Holder(int(data["pid"]), str(data["user"]), str(data["machine"]), str(data["since"]),
-                      str(data.get("command", "")))  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+class _LocalLock:
+    """The same lock for libvirt's in-process test driver: held in this process."""
+
+    _held: dict[str, dict[str, Holder]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, conn: Any, stack_key: str, what: str):
+        self.uri, self.key, self.what = str(conn.getURI()), stack_key, what
+        self.renewals = 0
+
+    def try_acquire(self, me: Holder) -> bool:
+        with self._guard:
+            held = self._held.setdefault(self.uri, {})
+            if self.key in held:
+                return False
+            held[self.key] = me
+            return True
+
+    def current(self) -> tuple[Any, Holder | None, bytes] | None:
+        with self._guard:
+            holder = self._held.get(self.uri, {}).get(self.key)
+        return None if holder is None else (None, holder, b"")
+
+    def renew(self) -> bool:
+        return True
+
+    def release_stale(self, secret: Any) -> None:
+        pass
+
+    def release(self) -> None:
+        with self._guard:
+            self._held.get(self.uri, {}).pop(self.key, None)
 
 
-class ApplyLocks:
-    """The stack lock and one lock per host, as a context manager.
+def lock_for(conn: Any, stack_key: str, what: str) -> _SecretLock | _LocalLock:
+    if conn.getType().lower() == "test":
+        return _LocalLock(conn, stack_key, what)
+    return _SecretLock(conn, stack_key, what)
 
-    `released` lists the holders of locks left behind by processes that died.
-    """
 
-    def __init__(self, stack: str, state_path: Path, hosts: dict[str, str], timeout: float = 0.0):
+# -- all hosts of a stack -----------------------------------------------------------------
+class HostLocks:
+    """The stack's lock on each of its hosts, taken in one global order (by host URI),
+    held until exit, renewed meanwhile. `notes()` says which stale locks were released."""
+
+    def __init__(self, stack_key: str, hosts: dict[str, tuple[str, Any]], timeout: float = 0.0):
+        """`hosts` maps host name -> (URI, connection)."""
         self.timeout = max(0.0, timeout)
-        self.locks = [FileLock(stack_lock_path(state_path), f"stack {stack!r}")]
-        for name, uri in sorted(hosts.items(), key=lambda item: host_lock_path(item[1], stack).name):
-            self.locks.append(FileLock(host_lock_path(uri, stack), f"host {name!r} ({uri}) for stack {stack!r}"))
-        self.released: list[tuple[str, Holder]] = []
+        self.locks = [
+            lock_for(conn, stack_key, f"stack {stack_key!r} on host {name!r} ({uri})")
+            for name, (uri, conn) in sorted(hosts.items(), key=lambda item: item[1][0])
+        ]
+        self.released: list[tuple[str, Holder | None, str]] = []
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost: list[str] = []
 
-    def __enter__(self) -> ApplyLocks:
+    def __enter__(self) -> HostLocks:
+        me = Holder.me()
         deadline = time.monotonic() + self.timeout
-        taken: list[FileLock] = []
+        taken: list[_SecretLock | _LocalLock] = []
         try:
             for lock in self.locks:
-                dead = lock.acquire(deadline, self.timeout)
+                self._acquire(lock, me, deadline)
                 taken.append(lock)
-                if dead is not None:
-                    self.released.append((lock.what, dead))
         except BaseException:
             for lock in reversed(taken):
                 lock.release()
             raise
+        self._renewer = threading.Thread(target=self._renew, name="virtplan-lock-renewer", daemon=True)
+        self._renewer.start()
         return self
+
+    def _acquire(self, lock: _SecretLock | _LocalLock, me: Holder, deadline: float) -> None:
+        seen: tuple[str, bytes] | None = None  # (secret uuid, renewal value) last seen
+        since = time.monotonic()
+        while True:
+            if lock.try_acquire(me):
+                return
+            found = lock.current()
+            if found is None:
+                continue  # released just now: try again at once
+            secret, holder, value = found
+            gone = holder.gone() if holder is not None else None
+            ident = (secret.UUIDString() if secret is not None else "", value)
+            if ident != seen:
+                seen, since = ident, time.monotonic()
+            silent = time.monotonic() - since
+            if gone or (gone is None and secret is not None and silent >= LEASE):
+                why = "which is no longer running" if gone else f"which stopped renewing it {silent:.0f} s ago"
+                self.released.append((lock.what, holder, why))
+                lock.release_stale(secret)
+                continue
+            if time.monotonic() >= deadline:
+                raise LockBusy(_busy(lock.what, holder, self.timeout))
+            time.sleep(POLL)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(RENEW):
+            for lock in self.locks:
+                if not lock.renew() and lock.what not in self.lost:
+                    self.lost.append(lock.what)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=RENEW + 1)
         for lock in reversed(self.locks):
             lock.release()
 
+    def check(self) -> None:
+        """Raise LockLost if a lock was taken over while this process held it."""
+        if self.lost:
+            raise LockLost(
+                f"lost the lock on {', '.join(self.lost)}: this process stopped renewing it for {LEASE:g} s and "
+                "another one took it over; nothing more is applied"
+            )
+
     def notes(self) -> list[str]:
-        """One line per lock released from a dead process."""
+        """One line per stale lock released."""
         return [
-            f"released the lock on {what} left by {holder.describe()}, which is no longer running"
-            for what, holder in self.released
+            f"released the lock on {what} left by {holder.describe() if holder else 'an unknown holder'}, {why}"
+            for what, holder, why in self.released
         ]
+
+
+def _busy(what: str, holder: Holder | None, timeout: float) -> str:
+    who = holder.describe() if holder is not None else "another process (it has not said who yet)"
+    waited = f"waited {timeout:g} s" if timeout > 0 else "did not wait (--lock-timeout 0)"
+    return (
+        f"{what} is locked by {who}; {waited}. Nothing was changed. "
+        "Wait for it to finish, or re-run with --lock-timeout SECONDS to wait."
+    )

@@ -66,15 +66,17 @@ def observe_host(
     stack_name: str,
     facts: HostFacts | None = None,
     cache: SpecCache | None = None,
+    hidden_pools: frozenset[str] = frozenset(),
 ) -> HostState:
     """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
-    remembers parsed domain specs by XML hash."""
+    remembers parsed domain specs by XML hash; `hidden_pools` (virtplan's records pool) are
+    not part of any stack's view."""
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
     _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
     _read_networks(conn, libvirt, state)
-    pools = _read_pools(conn, libvirt, state)
+    pools = _read_pools(conn, libvirt, state, hidden_pools)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
         pool = pools.get(pool_name)
@@ -203,11 +205,13 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
         state.objects[("network", net.name())] = obj
 
 
-def _read_pools(conn: Any, libvirt: Any, state: HostState) -> dict[str, Any]:
+def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str]) -> dict[str, Any]:
     active = {p.UUIDString() for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)}
     autostart = {p.UUIDString() for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART)}
     pools = {}
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT):
+        if pool.name() in hidden:
+            continue
         xml = _inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)
         if xml is None:
             continue

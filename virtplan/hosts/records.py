@@ -1,115 +1,93 @@
-"""The per-stack record of what virtplan created, for objects libvirt cannot tag.
+"""The stack's records: what virtplan knows about the objects it made, kept on the hosts.
 
-Domains and networks carry virtplan's ownership mark in their own <metadata>; storage
-pools and volumes cannot, so they are recorded here, keyed by host URI and address, with
-the identity libvirt gave them (pool UUID, volume path). An intent record is written
-*before* an object is created, so a crash between the libvirt call and the record never
-turns our own object into a foreign one. Writes are atomic (rename of a temp file).
+Records hold what libvirt cannot carry itself: which pools, volumes, snapshots and frozen
+layers a stack owns (with the identity they had when virtplan made them), and what
+virtplan last applied to each object (the baseline `drift` compares against). They live
+in each host's ledger (`virtplan.hosts.ledger`), so every operator, CI runner and Pulumi
+process sees the same ones; local files are caches at most.
+
+The API is keyed by host URI and object address, as the planner and apply use it.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-STATE_DIR_ENV = "VIRTPLAN_STATE_DIR"
-
-
-def default_state_path(stack_name: str, stack_path: Path | None) -> Path:
-    """$VIRTPLAN_STATE_DIR/<stack>.json, else .virtplan/<stack>.json beside the stack file."""
-    env = os.environ.get(STATE_DIR_ENV)
-    if env:
-        folder = Path(env)
-    elif stack_path is not None:
-        folder = stack_path.parent / ".virtplan"
-    else:
-        folder = Path.cwd() / ".virtplan"
-    return folder / f"{stack_name}.json"
+from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, Record
 
 
-class StateStore:
-    """JSON record {uri: {address: {identity..., "pending": bool}}} shared safely between
-    threads and processes: every write takes a file lock, re-reads the file, applies its
-    change and replaces the file atomically; reads see the file's latest version."""
+class Records(Protocol):
+    """Read and write one stack's records, per host URI."""
 
-    def __init__(self, path: Path, stack: str):
-        self.path = path
-        self.stack = stack
+    def records(self, uri: str) -> dict[str, Record]: ...
+
+    def get(self, uri: str, address: str) -> Record | None: ...
+
+    def put(self, uri: str, address: str, **fields: Any) -> None: ...
+
+    def put_many(self, uri: str, records: dict[str, Record]) -> None: ...
+
+    def forget(self, uri: str, address: str) -> None: ...
+
+
+class HostRecords:
+    """The records of one stack in the ledgers of its hosts (opened on first use)."""
+
+    def __init__(self, stack_key: str, open_ledger: Callable[[str], HostLedger]):
+        self.stack_key = stack_key
+        self._open = open_ledger
+        self._ledgers: dict[str, HostLedger] = {}
         self._lock = threading.Lock()
-        self._data: dict[str, Any] = _empty(stack)
-        self._stamp: tuple[int, int] | None = None
 
-    def records(self, uri: str) -> dict[str, dict[str, Any]]:
-        """Every record for one host, by address (a copy)."""
+    def ledger(self, uri: str) -> HostLedger:
         with self._lock:
-            self._refresh()
-            return {k: dict(v) for k, v in self._data["hosts"].get(uri, {}).items()}
+            if uri not in self._ledgers:
+                self._ledgers[uri] = self._open(uri)
+            return self._ledgers[uri]
 
-    def get(self, uri: str, address: str) -> dict[str, Any] | None:
-        with self._lock:
-            self._refresh()
-            record = self._data["hosts"].get(uri, {}).get(address)
-            return dict(record) if record is not None else None
+    def records(self, uri: str) -> dict[str, Record]:
+        return self.ledger(uri).records()
+
+    def get(self, uri: str, address: str) -> Record | None:
+        return self.ledger(uri).get(address)
 
     def put(self, uri: str, address: str, **fields: Any) -> None:
-        """Create or update a record; on disk when this returns."""
+        self.ledger(uri).update({address: fields})
 
-        def change(data: dict[str, Any]) -> None:
-            data["hosts"].setdefault(uri, {}).setdefault(address, {}).update(fields)
-
-        self._write(change)
-
-    def put_many(self, uri: str, records: dict[str, dict[str, Any]]) -> None:
-        """Create or update several records (address -> fields) in one write."""
-
-        def change(data: dict[str, Any]) -> None:
-            host = data["hosts"].setdefault(uri, {})
-            for address, fields in records.items():
-                host.setdefault(address, {}).update(fields)
-
-        self._write(change)
+    def put_many(self, uri: str, records: dict[str, Record]) -> None:
+        self.ledger(uri).update(records)
 
     def forget(self, uri: str, address: str) -> None:
-        def change(data: dict[str, Any]) -> None:
-            host = data["hosts"].get(uri, {})
-            host.pop(address, None)
-            if not host:
-                data["hosts"].pop(uri, None)
+        self.ledger(uri).update(drops=[address])
 
-        self._write(change)
+    def untidy(self) -> bool:
+        """Some ledger this process used has many deltas since its base, or no records left
+        (worth compacting, or deleting)."""
+        with self._lock:
+            ledgers = list(self._ledgers.values())
+        return any(ledger.deltas() >= COMPACT_AFTER or not ledger.records() for ledger in ledgers)
 
-    def _refresh(self) -> None:
-        """Reload if the file changed since it was last read (caller holds the lock)."""
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._data, self._stamp = _empty(self.stack), None
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            self._data = json.loads(self.path.read_text())
-            self._stamp = stamp
+    def neighbours(self, uri: str) -> set[str]:
+        """The other stacks that keep records on the host at `uri`."""
+        return self.ledger(uri).neighbours()
 
-    def _write(self, change: Callable[[dict[str, Any]], None]) -> None:
-        from filelock import FileLock
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, FileLock(str(self.path) + ".lock"):
-            self._stamp = None  # another process may have written: always re-read here
-            self._refresh()
-            change(self._data)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._data, f, indent=2, sort_keys=True)
-            os.replace(tmp, self.path)
-            st = self.path.stat()
-            self._stamp = (st.st_mtime_ns, st.st_size)
+    def compact(self) -> None:
+        """Fold each ledger this process used into one base segment; delete a ledger that
+        holds no record any more (the stack owns nothing there). Only while holding the
+        stack's lock on those hosts (one compactor at a time)."""
+        with self._lock:
+            ledgers = list(self._ledgers.values())
+        for ledger in ledgers:
+            if not ledger.records():
+                if ledger.last_seq:
+                    ledger.drop()
+            elif len(ledger.store_segments()) > 1:
+                ledger.compact()
 
 
-def _empty(stack: str) -> dict[str, Any]:
-    return {"version": 1, "stack": stack, "hosts": {}}
+# The local store of virtplan 0.1, re-exported while modules still name it in annotations.
+from virtplan.hosts.legacy_state import STATE_DIR_ENV, StateStore, default_state_path  # noqa: E402
+
+__all__ = ["STATE_DIR_ENV", "HostRecords", "Records", "StateStore", "default_state_path"]

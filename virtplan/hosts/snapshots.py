@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from virtplan.hosts.observe import HostState
-    from virtplan.hosts.records import StateStore
+    from virtplan.hosts.records import Records
     from virtplan.model import Stack
 
 
 # -- observe (for the planner) ------------------------------------------------------------
-def observe_snapshots(conn: Any, state: HostState, stack: Stack, store: StateStore) -> None:
+def observe_snapshots(conn: Any, state: HostState, stack: Stack, store: Records) -> None:
     """Add the snapshots the planner must know about to `state`: this stack's recorded ones
     (except those taken on demand and not declared) and, for declared memory snapshots,
     whatever libvirt has under that name (someone else's, if not recorded: a clash)."""

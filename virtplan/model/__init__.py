@@ -1,5 +1,6 @@
 """The declarative model: resource classes, the stack, and its validation (no libvirt)."""
 
+from virtplan.model.identity import name_stack
 from virtplan.model.load import load_stack, use_templates
 from virtplan.model.registry import collecting, current_stack
 from virtplan.model.resources import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Resource, Volume
@@ -10,5 +11,6 @@ from virtplan.model.validate import validate
 
 __all__ = [
     "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Resource", "Secret",
-    "Snapshot", "Stack", "Volume", "collecting", "current_stack", "load_stack", "use_templates", "validate",
+    "Snapshot", "Stack", "Volume", "collecting", "current_stack", "load_stack", "name_stack", "use_templates",
+    "validate",
 ]  # fmt: skip

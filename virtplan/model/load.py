@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from virtplan.errors import StackLoadError
+from virtplan.model.identity import project_of
 from virtplan.model.registry import _current, collecting
 from virtplan.model.resources import Host
 from virtplan.model.stack import Stack
@@ -62,6 +63,8 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
     finally:
         if added_path:
             sys.path.remove(folder)
+    if not stack.declared_project:
+        stack.project = project_of(file.resolve())
     apply_host_overrides(stack, host_uris or {})
     _anchor_sources(stack, file.resolve().parent)
     validate(stack)

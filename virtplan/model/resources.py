@@ -73,6 +73,8 @@ class Host(Resource):
 
     `domain_type` is declared, not guessed, where it matters: on hosts whose /dev/kvm
     cannot run guest kernels use "qemu". None means "kvm if the host offers it, else qemu".
+    `records_pool`/`records_path` name the `dir` storage pool where virtplan keeps its
+    records on this host (created on the first apply; see `virtplan.hosts.ledger`).
     """
 
     kind: ClassVar[str] = "host"
@@ -84,8 +86,11 @@ class Host(Resource):
         *,
         domain_type: str | None = None,
         workers: int = 4,
+        records_pool: str = "virtplan",
+        records_path: str = "/var/lib/libvirt/virtplan",
     ):
         self.name, self.uri, self.domain_type, self.workers = name, uri, domain_type, workers
+        self.records_pool, self.records_path = records_pool, records_path
         self._host = self
         self._register()
 

@@ -11,14 +11,25 @@ R = TypeVar("R", bound=Resource)
 
 
 class Stack:
-    """A named collection of declared resources, plus stack-wide options."""
+    """A named collection of declared resources, plus stack-wide options.
 
-    def __init__(self, name: str, path: Path | None = None):
+    `name` and `project` are the stack's identity on the hosts (see `virtplan.model.identity`).
+    """
+
+    def __init__(self, name: str, path: Path | None = None, project: str = ""):
         self.name = name
+        self.project = project
+        self.declared_name = False
+        self.declared_project = False
         self.path = path
         self.resources: list[Resource] = []
         self.template_dir: Path | None = None
         self.source_hash = ""
+
+    @property
+    def key(self) -> str:
+        """The identity as one string: "project/name", or "name" without a project."""
+        return f"{self.project}/{self.name}" if self.project else self.name
 
     def add(self, resource: Resource) -> None:
         self.resources.append(resource)

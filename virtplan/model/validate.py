@@ -38,6 +38,7 @@ MAX_NAME = 64
 VNC_PASSWORD_MAX = 8  # the VNC protocol's limit, enforced by libvirt
 _BAD_NAME_CHARS = re.compile(r"[/\\\s\x00-\x1f\x7f'\"<>&]")
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _BRIDGE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -124,6 +125,10 @@ def _check_host(host: Host, errors: _Errors) -> None:
         errors.add(host, "domain_type", f"{host.domain_type!r} is not one of {', '.join(DOMAIN_TYPES)}")
     if not isinstance(host.workers, int) or host.workers < 1:
         errors.add(host, "workers", "must be a positive integer")
+    if not isinstance(host.records_pool, str) or not _POOL_NAME.match(host.records_pool):
+        errors.add(host, "records_pool", f"{host.records_pool!r} is not a pool name (letters, digits, '.', '-', '_')")
+    if not isinstance(host.records_path, str) or not host.records_path.startswith("/"):
+        errors.add(host, "records_path", f"{host.records_path!r} must be an absolute directory path on the host")
 
 
 def _check_networks(stack: Stack, errors: _Errors) -> None:

@@ -27,13 +27,14 @@ class Reason(StrEnum):
     """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
 
     Each action has its reasons: create MISSING; update FIELDS_CHANGED; restart
-    NEEDS_RESTART; replace FORCES_REPLACEMENT; delete REMOVED_FROM_STACK or
+    NEEDS_RESTART; replace FORCES_REPLACEMENT or INTERRUPTED; delete REMOVED_FROM_STACK or
     DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
 
     MISSING = "missing"  # declared, not on the host
     FIELDS_CHANGED = "fields_changed"  # declared fields differ; all can change in place
     NEEDS_RESTART = "needs_restart"  # fields that take effect after a restart changed on a running object
     FORCES_REPLACEMENT = "forces_replacement"  # fields that cannot change in place changed
+    INTERRUPTED = "interrupted"  # virtplan's own create was cut short (an upload): made again
     REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
     DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
 
@@ -94,6 +95,8 @@ def reason_text(change: ResourceChange) -> str:
             return f"{changed} changed; {fields} take effect after a restart"
         case Reason.FORCES_REPLACEMENT:
             return f"{fields} changed, which forces replacement"
+        case Reason.INTERRUPTED:
+            return "virtplan's upload of it was interrupted; it is made again"
         case Reason.REMOVED_FROM_STACK:
             return "removed from the stack"
         case Reason.DESTROY_REQUESTED:

@@ -20,7 +20,7 @@ from typing import Any
 
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import Stack
 from virtplan.plan.planner import desired_spec
 
@@ -94,7 +94,7 @@ def _norm(value: Any) -> Any:
 
 
 def detect(
-    stack: Stack, hosts: dict[str, HostState], store: StateStore, renderer: Renderer, pending: bool = False
+    stack: Stack, hosts: dict[str, HostState], store: Records, renderer: Renderer, pending: bool = False
 ) -> DriftReport:
     """Compare each object virtplan applied with what the host has now; with `pending`,
     also list the fields the stack changed since the last apply."""
@@ -149,7 +149,7 @@ def _pool_readable(host: HostState, volume_key: str) -> bool:
     return pool is not None and bool(pool.spec.get("active"))
 
 
-def forget_vanished(stack: Stack, hosts: dict[str, HostState], store: StateStore) -> list[str]:
+def forget_vanished(stack: Stack, hosts: dict[str, HostState], store: Records) -> list[str]:
     """Drop the records of objects deleted outside virtplan that the stack no longer
     declares (nothing will recreate them), once an apply has run; returns their addresses."""
     declared = stack.by_address()
@@ -169,7 +169,7 @@ def forget_vanished(stack: Stack, hosts: dict[str, HostState], store: StateStore
     return gone
 
 
-def record_baseline(stack: Stack, hosts: dict[str, HostState], store: StateStore, renderer: Renderer) -> int:
+def record_baseline(stack: Stack, hosts: dict[str, HostState], store: Records, renderer: Renderer) -> int:
     """After a complete apply every declared object matches the stack: record that as what
     was applied wherever the record says otherwise (objects applied by an older virtplan,
     or by an apply that was killed before it wrote its records). One write per host;

@@ -28,7 +28,7 @@ from typing import Any
 
 from virtplan.errors import VirtplanError
 from virtplan.hosts.observe import HostState, ObservedObject
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import VM, Stack
 from virtplan.plan.changes import Action, FieldChange, Plan, Reason, ResourceChange
 from virtplan.plan.ownership import owned_objects
@@ -128,7 +128,7 @@ def stable_fingerprint(obj: ObservedObject) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def observed_fingerprints(stack: Stack, hosts: dict[str, HostState], store: StateStore) -> dict[str, str | None]:
+def observed_fingerprints(stack: Stack, hosts: dict[str, HostState], store: Records) -> dict[str, str | None]:
     """address -> fingerprint for every object the plan depends on: each declared address
     (None when absent) and every object the stack owns, except VMs' console logs."""
     out: dict[str, str | None] = {}
@@ -139,7 +139,7 @@ def observed_fingerprints(stack: Stack, hosts: dict[str, HostState], store: Stat
         out[resource.address] = stable_fingerprint(obj) if obj is not None else None
     for host in hosts.values():
         logs = {a for a, r in store.records(host.uri).items() if r.get("log_of")}
-        for obj in owned_objects(host, store, stack.name):
+        for obj in owned_objects(host, store, stack.key):
             address = f"{host.name}/{obj.kind}/{obj.key}"
             if address not in logs:  # console logs grow on their own
                 out[address] = stable_fingerprint(obj)
@@ -168,7 +168,7 @@ def plan_document(
     plan: Plan,
     stack: Stack,
     hosts: dict[str, HostState],
-    store: StateStore,
+    store: Records,
     stack_file: str | os.PathLike[str] | None = None,
     drift: list[dict[str, Any]] | None = None,
     commands: dict[str, list[str]] | None = None,
@@ -314,9 +314,7 @@ def _object_name(address: str, multi_host: bool) -> str:
     return f"{kind} {key} on host {host}" if multi_host else f"{kind} {key}"
 
 
-def check_current(
-    doc: dict[str, Any], plan: Plan, stack: Stack, hosts: dict[str, HostState], store: StateStore
-) -> None:
+def check_current(doc: dict[str, Any], plan: Plan, stack: Stack, hosts: dict[str, HostState], store: Records) -> None:
     """Refuse, naming the objects, unless `plan` (computed now, from the live hosts) is the
     saved plan: same fingerprints, same changes, same secrets."""
     multi = len(doc.get("hosts", {})) > 1

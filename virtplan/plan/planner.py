@@ -15,7 +15,7 @@ from virtplan.documents.render import Renderer
 from virtplan.errors import FieldError
 from virtplan.hosts.chains import disk_files
 from virtplan.hosts.observe import HostState, ObservedObject
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.plan.changes import Action, FieldChange, Plan, PlanError, Reason, ResourceChange
 from virtplan.plan.ownership import owned_objects, owner_stack
@@ -91,17 +91,17 @@ def ordered(resources: list[Resource]) -> list[Resource]:
 
 # -- the planner ------------------------------------------------------------------------
 class _Planner:
-    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: StateStore):
+    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
-        return owner_stack(obj, address, host.uri, self.store, self.stack.name) == self.stack.name
+        return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
 
     def clash(self, resource: Resource | str, obj: ObservedObject, host: HostState, kind: str, key: str) -> None:
         address = resource if isinstance(resource, str) else resource.address
-        other = owner_stack(obj, address, host.uri, self.store, self.stack.name)
+        other = owner_stack(obj, address, host.uri, self.store, self.stack.key)
         if other is not None:
             why = f"it belongs to stack {other!r}"
             fix = "rename it here, or remove it from that stack first"
@@ -135,6 +135,13 @@ class _Planner:
                 self.clash(resource, obj, host, resource.kind, resource.key)
             return
         desired = desired_spec(resource, self.renderer)
+        record = self.store.get(host.uri, resource.address) if resource.kind == "volume" else None
+        if record is not None and record.get("pending") and record.get("stage") == "upload":
+            # ours, recovered from an interrupted apply, but its bytes may be incomplete
+            fields = [FieldChange(k, obj.spec.get(k), v, Policy.REPLACE.value) for k, v in desired.items()]
+            change = self.add(resource, Action.REPLACE, Reason.INTERRUPTED, [], fields, deps, obj)
+            change.destructive = change_risk("volume", Action.REPLACE, obj.spec, [])
+            return
         diffs = [
             FieldChange(name, before, value, field_policy(resource.kind, name, before, value).value)
             for name, value in desired.items()
@@ -314,7 +321,7 @@ def make_plan(
     stack: Stack,
     renderer: Renderer,
     observed: dict[str, HostState],
-    store: StateStore,
+    store: Records,
     destroy: bool = False,
 ) -> Plan:
     """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from virtplan.errors import FieldError, ValidationError
+from virtplan.hosts.ledger import DEFAULT_PATH, DEFAULT_POOL
 from virtplan.model import NIC, VM, CloudInit, Disk, Graphics, Host, Network, Pool, Resource, Stack, Volume
 from virtplan.model.registry import collecting
 from virtplan.model.secrets import Secret
@@ -71,6 +72,10 @@ def describe(resource: Resource, stack: Stack) -> Inputs:
         "name": resource.name,
         "host": {"name": host.name, "uri": host.uri, "domainType": host.domain_type, "workers": host.workers},
     }
+    if stack.project:
+        out["project"] = stack.project
+    if (host.records_pool, host.records_path) != (DEFAULT_POOL, DEFAULT_PATH):
+        out["host"].update(recordsPool=host.records_pool, recordsPath=host.records_path)
     if isinstance(resource, Network):
         out.update(_network(resource))
         out["reservations"] = _reservations(resource, stack)
@@ -217,6 +222,8 @@ def identity(kind: str, inputs: Inputs) -> dict[str, Any]:
     """What names the libvirt object, by input key: stack, name, host (its name), pool (a volume's)."""
     host = inputs.get("host") or {}
     out = {"stack": inputs.get("stack"), "name": inputs.get("name"), "host": host.get("name")}
+    if inputs.get("project"):
+        out["project"] = inputs["project"]
     if kind == "volume":
         out["pool"] = (inputs.get("pool") or {}).get("name")
     return out
@@ -344,12 +351,13 @@ def rebuild(kind: str, inputs: Inputs, template_dir: str | None = None) -> Rebui
 def _rebuild(kind: str, inputs: Inputs, template_dir: str | None) -> Rebuilt:
     stack_name = _req(inputs, "stack", kind)
     h = _req(inputs, "host", kind)
-    context = Stack(stack_name)
+    context = Stack(stack_name, project=inputs.get("project") or "")
     context.template_dir = Path(template_dir) if template_dir else None
     with collecting(context):
         host = Host(
             _req(h, "name", "host"), uri=_req(h, "uri", "host"), domain_type=h.get("domainType"),
             workers=int(_num(h.get("workers") or 4)),
+            records_pool=h.get("recordsPool") or DEFAULT_POOL, records_path=h.get("recordsPath") or DEFAULT_PATH,
         )  # fmt: skip
         b = _Builder(host)
         target: Resource
@@ -363,7 +371,7 @@ def _rebuild(kind: str, inputs: Inputs, template_dir: str | None) -> Rebuilt:
             target = b.volume(inputs)
         else:
             target = b.vm(inputs)
-    plan = Stack(stack_name)
+    plan = Stack(stack_name, project=context.project)
     plan.template_dir = context.template_dir
     plan.resources = [host, *_closure(target), target]
     return Rebuilt(kind, target, host, context, plan)

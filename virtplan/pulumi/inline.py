@@ -15,8 +15,9 @@
 Resources constructed inside the block form one virtplan stack. When the block ends, the stack
 is validated as a whole (every problem at once, as `pulumi.RunError`, before anything is
 registered) and registered exactly as the repository's own program does: the `virtplan:*`
-config (hosts, parallelism, backend, stateDir) applies. The stack's name marks what it owns on
-the hosts; it defaults to `<project>-<stack>` so two Pulumi stacks never own each other's objects.
+config (hosts, parallelism, backend) applies. The virtplan stack is the Pulumi stack (its
+project is the Pulumi project), which marks what it owns on the hosts: two Pulumi stacks
+never own each other's objects.
 """
 
 from __future__ import annotations
@@ -51,11 +52,11 @@ class Deployment:
 @contextmanager
 def deploy(name: str | None = None, *, project_dir: Path | None = None) -> Iterator[Deployment]:
     """Collect the virtplan resources constructed in the block, then validate and register them."""
-    stack = Stack(name or f"{pulumi.get_project()}-{pulumi.get_stack()}")
+    stack = Stack(name or pulumi.get_stack(), project=pulumi.get_project())
     deployment = Deployment(stack)
     with collecting(stack):
         yield deployment
-    from virtplan.pulumi.program import register_native, state_path
+    from virtplan.pulumi.program import register_native
 
     try:
         settings = read_settings(project_dir or Path.cwd())
@@ -73,7 +74,7 @@ def deploy(name: str | None = None, *, project_dir: Path | None = None) -> Itera
 
             registered = register_bridged(stack)
         else:
-            registered = register_native(stack, state_path(stack, settings))
+            registered = register_native(stack)
     except VirtplanError as exc:
         raise pulumi.RunError(f"virtplan: {exc}") from exc
     deployment.resources.update(registered.resources)

@@ -5,7 +5,6 @@ Configuration (namespace `virtplan`, declared in `Pulumi.yaml`):
 - `backend`: `native` (default; virtplan's dynamic providers) or `pulumi-libvirt`.
 - `hosts`: host URI overrides, a list of `NAME=URI` (as the CLI's `--host`).
 - `parallelism`: changes at once per host (overrides every host's `workers`).
-- `stateDir`: where virtplan keeps its ownership record (default: as the CLI does).
 
 Every declared resource becomes one Pulumi resource named `<host>/<key>`, depending on the
 resources it refers to, so Pulumi orders creates and deletes as virtplan does. Invalid
@@ -21,7 +20,6 @@ from typing import Any
 import pulumi
 
 from virtplan.errors import VirtplanError
-from virtplan.hosts.records import default_state_path
 from virtplan.model import Stack, load_stack
 from virtplan.plan.planner import ordered
 from virtplan.pulumi.describe import describe, pulumi_name
@@ -42,13 +40,6 @@ def load(settings: Settings) -> Stack:
     return stack
 
 
-def state_path(stack: Stack, settings: Settings) -> Path:
-    """The ownership record the providers share with the CLI for this stack."""
-    if settings.state_dir is not None:
-        return settings.state_dir / f"{stack.name}.json"
-    return default_state_path(stack.name, stack.path).absolute()
-
-
 def run(project_dir: Path) -> Registered:
     """Load, register and export; stop with a `pulumi.RunError` carrying virtplan's message."""
     try:
@@ -59,7 +50,7 @@ def run(project_dir: Path) -> Registered:
 
             registered = register_bridged(stack)
         else:
-            registered = register_native(stack, state_path(stack, settings))
+            registered = register_native(stack)
     except VirtplanError as exc:
         raise pulumi.RunError(f"virtplan: {exc}") from exc
     for key, value in registered.outputs.items():
@@ -82,7 +73,7 @@ def secret_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, secret_outputs
 
 
-def register_native(stack: Stack, state_file: Path) -> Registered:
+def register_native(stack: Stack) -> Registered:
     """One virtplan dynamic resource per declared resource, dependencies first; `text()` stand-ins
     in the inputs become their Pulumi Outputs."""
     from virtplan.pulumi.outputs import resolve
@@ -95,7 +86,7 @@ def register_native(stack: Stack, state_file: Path) -> Registered:
             "take them with `virtplan apply` or `virtplan snapshot create`"
         )
     template_dir = str(stack.template_dir) if stack.template_dir else None
-    providers = {kind: VirtplanProvider(kind, str(state_file), template_dir, pulumi.get_stack()) for kind in RESOURCES}
+    providers = {kind: VirtplanProvider(kind, template_dir, pulumi.get_stack()) for kind in RESOURCES}
     resources: dict[str, pulumi.Resource] = {}
     for resource in ordered(stack.managed()):
         inputs, secret_outputs = secret_inputs(resolve(describe(resource, stack)))

@@ -66,18 +66,18 @@ KIND_OUTPUTS = {
 
 
 class VirtplanProvider(ResourceProvider):
-    """The dynamic provider for one kind. Holds only strings: kind, state file, template folder,
-    and the Pulumi stack's name (to attach warnings to resources)."""
+    """The dynamic provider for one kind. Holds only strings: its kind, template folder and
+    the Pulumi stack's name (to attach warnings to resources); everything else, ownership
+    included, it reads from the hosts at each call."""
 
-    def __init__(self, kind: str, state_path: str, template_dir: str | None = None, pulumi_stack: str | None = None):
+    def __init__(self, kind: str, template_dir: str | None = None, pulumi_stack: str | None = None):
         super().__init__()
         self.kind = kind
-        self.state_path = state_path
         self.template_dir = template_dir
         self.pulumi_stack = pulumi_stack
 
     def _session(self, inputs: Inputs) -> Session:
-        return Session(self.kind, inputs, self.state_path, self.template_dir)
+        return Session(self.kind, inputs, self.template_dir)
 
     # -- check ----------------------------------------------------------------------------
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from virtplan.engine import Engine, Observation
 from virtplan.errors import VirtplanError
 from virtplan.hosts.observe import ObservedObject, dhcp_leases
-from virtplan.hosts.records import StateStore
 from virtplan.model import VM, Network, Pool, Volume
 from virtplan.model.secrets import MASK
-from virtplan.plan.planner import Plan, ResourceChange, desired_spec, owner_stack
+from virtplan.plan.ownership import owner_stack
+from virtplan.plan.planner import Plan, ResourceChange, desired_spec
 from virtplan.pulumi.describe import Inputs, Rebuilt, rebuild
 
 
@@ -51,11 +50,11 @@ class Found:
 class Session:
     """Plan and apply one resource described by Pulumi inputs; use as a context manager."""
 
-    def __init__(self, kind: str, inputs: Inputs, state_path: str, template_dir: str | None = None):
+    def __init__(self, kind: str, inputs: Inputs, template_dir: str | None = None):
         self.kind = kind
         self.rebuilt: Rebuilt = rebuild(kind, inputs, template_dir)
-        self.store = StateStore(Path(state_path), self.rebuilt.context.name)
-        self.engine = Engine(self.rebuilt.context, store=self.store)
+        self.engine = Engine(self.rebuilt.context)  # its records live on the host
+        self.store = self.engine.store
 
     def __enter__(self) -> Session:
         return self
@@ -79,8 +78,8 @@ class Session:
         obj = host.get(target.kind, target.key)
         if obj is None:
             return Found(None, False)
-        owner = owner_stack(obj, self.address, host.uri, self.store, self.rebuilt.context.name)
-        return Found(obj, owner == self.rebuilt.context.name)
+        owner = owner_stack(obj, self.address, host.uri, self.store, self.rebuilt.context.key)
+        return Found(obj, owner == self.rebuilt.context.key)
 
     def desired(self, observation: Observation) -> dict[str, Any]:
         return desired_spec(self.rebuilt.target, observation.renderer)
@@ -108,6 +107,7 @@ class Session:
         host = self.rebuilt.host
         with _slot(host.uri, host.workers):
             self.engine.apply(plan, observation, bookkeeping=False)
+        self.engine.tidy()
 
     # -- outputs ----------------------------------------------------------------------------
     def outputs(self, inputs: Inputs, observation: Observation) -> dict[str, Any]:

@@ -22,7 +22,6 @@ class Settings:
     backend: str = "native"
     hosts: dict[str, str] = field(default_factory=dict)
     parallelism: int | None = None
-    state_dir: Path | None = None
 
 
 @dataclass
@@ -50,12 +49,15 @@ def read_settings(project_dir: Path) -> Settings:
     parallelism = cfg.get_int("parallelism") or None  # 0 (Pulumi.yaml's default): each host's own workers
     if parallelism is not None and parallelism < 0:
         raise VirtplanError(f"virtplan:parallelism is {parallelism}; use a positive number (0: each host's workers)")
-    state_dir = cfg.get("stateDir")
+    if cfg.get("stateDir"):
+        raise VirtplanError(
+            "virtplan:stateDir is no longer used: virtplan keeps its records on the hosts, where every machine "
+            "sees them; remove it with `pulumi config rm virtplan:stateDir`"
+        )
     path = Path(program)
     return Settings(
         program=path if path.is_absolute() else project_dir / path,
         backend=backend,
         hosts=hosts,
         parallelism=parallelism,
-        state_dir=(project_dir / state_dir) if state_dir else None,
     )

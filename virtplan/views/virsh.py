@@ -18,13 +18,13 @@ from virtplan.apply.steps import Context, shell_commands
 from virtplan.apply.steps.shell import q
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import Stack
 from virtplan.plan.changes import Plan
 
 
 def plan_commands(plan: Plan, stack: Stack, renderer: Renderer, observed: dict[str, HostState],
-                  store: StateStore) -> dict[str, list[str]]:  # fmt: skip
+                  store: Records) -> dict[str, list[str]]:  # fmt: skip
     """address -> the shell commands of that change, for every change of `plan`. The
     renderer is left as it was (a replacement renders as a new object while printed)."""
     contexts = {host: Context.at(stack, renderer, state, store, plan) for host, state in observed.items()}

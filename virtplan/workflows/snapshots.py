@@ -13,10 +13,10 @@ from virtplan.apply.snapshots import SnapshotError, SnapshotInfo, _record, delet
 
 if TYPE_CHECKING:
     from virtplan.engine import Engine
-    from virtplan.hosts.records import StateStore
+    from virtplan.hosts.records import Records
 
 
-def listing(store: StateStore, uri: str, host: str, declared: Iterable[str] = ()) -> list[SnapshotInfo]:
+def listing(store: Records, uri: str, host: str, declared: Iterable[str] = ()) -> list[SnapshotInfo]:
     """Every snapshot this stack took on `host` (declared keys are "vm/name")."""
     wanted = set(declared)
     out = []
@@ -34,7 +34,7 @@ def listing(store: StateStore, uri: str, host: str, declared: Iterable[str] = ()
 def _targets(engine: Engine, vms: list[str] | None) -> list[tuple[str, str, str]]:
     """(host, uri, vm) for the stack's VMs (or the named ones), each checked to be deployed
     and owned by the stack."""
-    from virtplan.plan.planner import owner_stack
+    from virtplan.plan.ownership import owner_stack
 
     observation = engine.observe()
     chosen = [v for v in engine.stack.vms if not vms or v.name in vms]
@@ -49,7 +49,7 @@ def _targets(engine: Engine, vms: list[str] | None) -> list[tuple[str, str, str]
         obj = host.get("vm", vm.name)
         if obj is None:
             raise SnapshotError(f"{vm.address} is not deployed; run `virtplan apply` first")
-        if owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.name) != engine.stack.name:
+        if owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.key) != engine.stack.key:
             raise SnapshotError(f"{vm.address} exists but does not belong to stack {engine.stack.name!r}")
         out.append((vm.host.name, host.uri, vm.name))
     return out

@@ -9,12 +9,13 @@ what can only be known while running is decided inside an operation, in both for
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState, ObservedObject
-from virtplan.hosts.records import StateStore
+from virtplan.hosts.records import Records
 from virtplan.model import Resource, Stack
 from virtplan.plan.changes import Action, Plan, ResourceChange
 
@@ -33,13 +34,13 @@ class Context:
     stack: Stack
     renderer: Renderer
     host: HostState
-    store: StateStore
+    store: Records
     desired: dict[str, Resource]
     deleted: set[str] = field(default_factory=set)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def at(cls, stack: Stack, renderer: Renderer, host: HostState, store: StateStore, plan: Plan) -> Context:
+    def at(cls, stack: Stack, renderer: Renderer, host: HostState, store: Records, plan: Plan) -> Context:
         """The context of `plan`'s changes on `host`, with the records as they are now."""
         deleted = {c.address for c in plan.changes if c.action == Action.DELETE}
         records = copy.deepcopy(store.records(host.uri))
@@ -69,6 +70,19 @@ class Runtime:
         self.ctx, self.run, self.conn = ctx, run, run.conn
         self.facts: dict[str, Any] = {}
         self._handles: dict[tuple[str, str], Any] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def on_failure(self, action: Callable[[], None]) -> None:
+        """Run `action` if a later operation of this change fails (last registered, first run)."""
+        self._undo.append(action)
+
+    def settled(self) -> None:
+        """What was registered with `on_failure` no longer applies (the change's object exists)."""
+        self._undo.clear()
+
+    def undo(self) -> None:
+        while self._undo:
+            self._undo.pop()()
 
     def remember(self, kind: str, key: str, handle: Any) -> Any:
         self._handles[(kind, key)] = handle

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtplan.apply.steps.base import Context, Operation, Runtime
-from virtplan.apply.steps.records import Forget, ForgetIdentity, Recorded
+from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.documents.fragments import dhcp_host
 from virtplan.model import Network
@@ -136,6 +136,7 @@ def reservation_updates(network: str, before: list[dict[str, Any]], after: list[
 # -- steps ------------------------------------------------------------------------------------
 def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     net: Network = ctx.resource(change)
+    yield ChooseUuid(change.address)
     yield DefineNetwork(net)
     if net.autostart:
         yield NetworkAutostart(net.name, True)

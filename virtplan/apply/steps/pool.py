@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from virtplan.apply.claims import with_uuid
 from virtplan.apply.steps.base import Context, Operation, Runtime
-from virtplan.apply.steps.records import Applied, Forget, Intent, Recorded
+from virtplan.apply.steps.records import Applied, ChooseUuid, Forget, Intent, Recorded
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import Pool
@@ -21,7 +22,11 @@ class DefinePool(Operation):
     pool: Pool
 
     def run(self, rt: Runtime) -> None:
-        rt.remember("pool", self.pool.name, rt.conn.storagePoolDefineXML(rt.ctx.renderer.pool_xml(self.pool), 0))
+        xml = rt.ctx.renderer.pool_xml(self.pool)
+        if "uuid" in rt.facts:  # chosen by virtplan: the intent names it, so the pool is provably ours
+            xml = with_uuid(xml, rt.facts["uuid"])
+        rt.remember("pool", self.pool.name, rt.conn.storagePoolDefineXML(xml, 0))
+        rt.settled()
 
     def shell(self, ctx: Context) -> list[str]:
         path = file_name("pool", self.pool.name) + ".xml"
@@ -110,6 +115,7 @@ class PoolAutostart(Operation):
 # -- steps ------------------------------------------------------------------------------------
 def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     pool: Pool = ctx.resource(change)
+    yield ChooseUuid(change.address)
     yield Intent(change.address, "pool")
     yield DefinePool(pool)
     yield StartPool(pool.name, build_if_missing=True)

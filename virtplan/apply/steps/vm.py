@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtplan.apply.steps.base import Context, Operation, Runtime
-from virtplan.apply.steps.records import Forget, ForgetIdentity, Recorded
+from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
 from virtplan.apply.steps.vm_live import HOT, AttachDevice
 from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
@@ -186,6 +186,7 @@ def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
         yield WriteSeed(vm)
     if console_log_path(vm) is not None:
         yield ClaimConsoleLog(vm)
+    yield ChooseUuid(change.address)
     yield DefineDomain(vm)
     if vm.autostart:
         yield DomainAutostart(vm.name, True)

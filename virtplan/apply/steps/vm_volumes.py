@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+from virtplan.apply.claims import AppearedMeanwhile, create_volume, is_ours
 from virtplan.apply.steps.base import CHUNK, Context, Operation, Runtime
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
 from virtplan.documents import fragments
+from virtplan.documents.render import console_log_path
 from virtplan.documents.seed import build_seed_iso
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import VM
@@ -32,23 +35,34 @@ class WriteSeed(Operation):
 
         assert self.vm.seed_pool is not None
         store, uri, address = rt.ctx.store, rt.ctx.host.uri, self.address(rt.ctx)
+        name = self.vm.seed_volume_name
         data = build_seed_iso(rt.ctx.renderer.seed_files(self.vm))
         pool = rt.handle("pool", self.vm.seed_pool.name)
-        store.put(uri, address, kind="volume", pending=True, seed_of=self.vm.address)
         try:
-            pool.storageVolLookupByName(self.vm.seed_volume_name).delete(0)
+            old = pool.storageVolLookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                 raise
-        vol = pool.createXML(fragments.volume(self.vm.seed_volume_name, len(data), "raw"), 0)
-        stream = rt.conn.newStream(0)
-        vol.upload(stream, 0, len(data), 0)
-        view = memoryview(data)
-        offset = 0
-        while offset < len(data):
-            offset += stream.send(bytes(view[offset : offset + CHUNK]))
-        stream.finish()
-        store.put(uri, address, id=vol.path(), pending=False, seed_of=self.vm.address)
+        else:
+            if not is_ours(store, uri, address, old):
+                raise AppearedMeanwhile(f"{address}: a volume named {name!r} exists and is not this stack's seed; "
+                                        "virtplan leaves it alone (remove or rename it)")  # fmt: skip
+            old.delete(0)
+            store.forget(uri, address)
+
+        def make() -> Any:
+            vol = pool.createXML(fragments.volume(name, len(data), "raw"), 0)
+            stream = rt.conn.newStream(0)
+            vol.upload(stream, 0, len(data), 0)
+            view = memoryview(data)
+            offset = 0
+            while offset < len(data):
+                offset += stream.send(bytes(view[offset : offset + CHUNK]))
+            stream.finish()
+            return vol
+
+        expect = {"format": "raw", "backing": None}
+        create_volume(store, uri, address, pool, name, make, expect, upload=True, seed_of=self.vm.address)
 
     def shell(self, ctx: Context) -> list[str]:
         vm = self.vm
@@ -81,7 +95,9 @@ class ClaimConsoleLog(Operation):
     def run(self, rt: Runtime) -> None:
         assert self.vm.seed_pool is not None
         address = f"{rt.ctx.host.name}/volume/{self.vm.seed_pool.name}/{self.vm.console_log_name}"
-        rt.ctx.store.put(rt.ctx.host.uri, address, kind="volume", pending=True, log_of=self.vm.address)
+        # virtlogd creates the file where the domain definition says: that path is the proof
+        rt.ctx.store.put(rt.ctx.host.uri, address, kind="volume", pending=False, id=console_log_path(self.vm),
+                         log_of=self.vm.address)  # fmt: skip
 
     def shell(self, ctx: Context) -> list[str]:
         return []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtplan.apply.steps.base import CHUNK, Context, Operation, Runtime
-from virtplan.apply.steps.records import Applied, Forget, Intent, Recorded
+from virtplan.apply.steps.records import Applied, EnsureAbsent, Forget, Intent, Reconfirmed, Recorded
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.documents import fragments
 from virtplan.hosts.observe import HostState
@@ -144,7 +144,9 @@ class DeleteVolume(Operation):
 # -- steps ------------------------------------------------------------------------------------
 def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     vol: Volume = ctx.resource(change)
-    yield Intent(change.address, "volume")
+    backing = ctx.renderer.volume_context(vol).backing_path
+    yield Intent(change.address, "volume", {"format": vol.format, "backing": backing}, upload=vol.source is not None)
+    yield EnsureAbsent(change.address, change.key)
     if vol.source is not None:
         yield UploadVolume(vol)
     elif vol.copy_of is not None:
@@ -163,6 +165,7 @@ def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
             yield BlockResize(user[0], user[1], fc.after)
         else:
             yield ResizeVolume(change.key, fc.after)
+        yield Reconfirmed(change.address, change.key)  # its new size is still provably ours
     yield Applied(change)
 
 

@@ -56,14 +56,14 @@ __all__ = [
 
 def deployed_check(engine: Engine, observation: Observation) -> None:
     """CloneError unless every VM of the source stack exists on its host and is the stack's own."""
-    from virtplan.plan.planner import owner_stack
+    from virtplan.plan.ownership import owner_stack
 
     missing = []
     for vm in engine.stack.vms:
         assert vm.host is not None
         host = observation.hosts[vm.host.name]
         obj = host.get("vm", vm.name)
-        if obj is None or owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.name) != engine.stack.name:
+        if obj is None or owner_stack(obj, vm.address, host.uri, engine.store, engine.stack.key) != engine.stack.key:
             missing.append(vm.address)
     if missing:
         raise CloneError(f"stack {engine.stack.name!r} is not deployed ({', '.join(missing)} missing or not its "
@@ -81,6 +81,7 @@ def clone(
 ) -> CloneResult:
     """Clone the deployed stack at `source`; write the clone's program and apply it."""
     from virtplan.engine import Engine
+    from virtplan.hosts.cache import cache_dir
     from virtplan.model import load_stack
 
     say = say or (lambda _m: None)
@@ -98,7 +99,7 @@ def clone(
         made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _dry_run(src, d, opts, uris, out, made)  # invalid clones fail here, before any freezing
         frozen = frozen_states(engine, observation, d, opts, say)
-        images = engine.store.path.parent / "clone-images" / opts.name
+        images = cache_dir() / "clone-images" / opts.name
         mode = fill_disks(engine, d, frozen, opts, images, say)
     text = clone_program(src, d, opts, uris, out, mode, made)
     out.parent.mkdir(parents=True, exist_ok=True)

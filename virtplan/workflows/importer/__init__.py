@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from virtplan.workflows.importer.adopt import AdoptResult, Say, adopt
 from virtplan.workflows.importer.check import ImportFailed, settle
@@ -38,7 +39,6 @@ class ImportResult:
     """What `import_host` wrote and declared, and what it left out (with the reasons)."""
 
     stack_file: Path
-    state_file: Path
     declared: dict[str, list[str]] = field(default_factory=dict)  # kind -> names
     skipped: dict[str, str] = field(default_factory=dict)  # "kind name" -> reason
 
@@ -56,7 +56,6 @@ def import_host(
 ) -> ImportResult:
     """Write a stack program at `out` declaring the host's objects, and record import claims."""
     from virtplan.hosts.connection import connect
-    from virtplan.hosts.records import StateStore, default_state_path
 
     say = say or (lambda _m: None)
     patterns = list(patterns or [])
@@ -76,15 +75,25 @@ def import_host(
     text = import_program(declarer, uri, patterns, skipped, stack_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    state_path = default_state_path(stack_name, out.resolve())
-    store = StateStore(state_path, stack_name)
-    result = ImportResult(out, state_path)
+    result = ImportResult(out)
+    claims: dict[str, dict[str, Any]] = {}
     for (kind, key), decl in declarer.decls.items():
         obj = state.get(kind, key)
         if obj is None:
             continue
-        store.put(uri, decl.resource.address, kind=kind, claim=obj.uuid)
+        claims[decl.resource.address] = {"kind": kind, "claim": obj.uuid}
         result.declared.setdefault(kind, []).append(key)
+    _record_claims(out, host_name, uri, claims)
     result.skipped = skipped
     say(f"wrote {out}: {result.count} object(s) declared, {len(skipped)} left out")
     return result
+
+
+def _record_claims(program: Path, host_name: str, uri: str, claims: dict[str, dict[str, Any]]) -> None:
+    """Record on the host which objects the new program declares (not owned yet: `plan`
+    accepts them while they match; `adopt` takes them)."""
+    from virtplan.engine import Engine
+    from virtplan.model import load_stack
+
+    with Engine(load_stack(program, {host_name: uri})) as engine, engine.locked():
+        engine.store.put_many(uri, claims)

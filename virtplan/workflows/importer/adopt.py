@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from virtplan.hosts.observe import HostState, ObservedObject
-    from virtplan.model import Resource
+    from virtplan.model import Resource, Stack
 
 Say = Callable[[str], None]
 
@@ -35,7 +35,8 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
     from virtplan.engine import Engine
     from virtplan.errors import FieldError
     from virtplan.model import load_stack
-    from virtplan.plan.planner import PlanError, desired_spec, ordered, owner_stack
+    from virtplan.plan.ownership import owner_stack
+    from virtplan.plan.planner import PlanError, desired_spec, ordered
 
     say = say or (lambda _m: None)
     stack = load_stack(stack_file, host_uris)
@@ -51,8 +52,8 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
             if obj is None:
                 result.missing.append(r.address)
                 continue
-            owner = owner_stack(obj, r.address, host.uri, engine.store, stack.name)
-            if owner == stack.name:
+            owner = owner_stack(obj, r.address, host.uri, engine.store, stack.key)
+            if owner == stack.key:
                 result.already.append(r.address)
                 continue
             if owner is not None:
@@ -69,29 +70,33 @@ def adopt(stack_file: Path, host_uris: dict[str, str] | None = None, say: Say | 
             raise PlanError(errors)
         for r, obj in todo:
             assert r.host is not None
-            _take(engine.connection(r.host.name), engine.store, observation.hosts[r.host.name], r, obj, stack.name)
+            _take(engine.connection(r.host.name), engine.store, observation.hosts[r.host.name], r, obj, stack)
             result.adopted.append(r.address)
             say(f"adopted {r.address}")
     return result
 
 
-def _take(conn: Any, store: Any, host: HostState, r: Resource, obj: ObservedObject, stack: str) -> None:
+def _take(conn: Any, store: Any, host: HostState, r: Resource, obj: ObservedObject, stack: Stack) -> None:
     """Make `obj` the stack's: virtplan's owner mark in a domain's or network's metadata,
-    its record for a pool or volume (which libvirt cannot mark)."""
+    its record (with the identity it has now) for a pool or volume (which libvirt cannot mark)."""
     import libvirt
 
-    from virtplan.documents.fragments import owner_mark, with_network_owner
+    from virtplan.documents.fragments import owner_attrs, owner_mark, with_owner
     from virtplan.documents.render import NAMESPACE
+    from virtplan.plan.ownership import identity_of
 
     if r.kind == "vm":
         dom = conn.lookupByName(r.key)
-        mark = owner_mark(stack, r.address, getattr(r, "shutdown_timeout", 60.0))
+        timeout = getattr(r, "shutdown_timeout", 60.0)
+        mark = owner_mark(owner_attrs(stack.name, stack.project, r.address, **{"shutdown-timeout": timeout}))
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
         dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, mark, "virtplan", NAMESPACE, flags)
         store.forget(host.uri, r.address)
     elif r.kind == "network":
         net = conn.networkLookupByName(r.key)
-        conn.networkDefineXML(with_network_owner(net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), stack, r.address))
+        xml = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+        conn.networkDefineXML(with_owner(xml, owner_attrs(stack.name, stack.project, r.address)))
         store.forget(host.uri, r.address)
     else:
-        store.put(host.uri, r.address, kind=r.kind, id=obj.uuid, pending=False, claim=None)
+        expect = identity_of(obj.spec) if r.kind == "volume" else None
+        store.put(host.uri, r.address, kind=r.kind, id=obj.uuid, pending=False, claim=None, expect=expect)

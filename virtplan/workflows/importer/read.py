@@ -19,9 +19,13 @@ def read_host(conn: Any, host_name: str, uri: str, stack_name: str) -> HostState
     """Everything on the host, parsed like `observe` does (pools refreshed first)."""
     import libvirt
 
+    from virtplan.hosts.ledger import DEFAULT_POOL
     from virtplan.hosts.observe import observe_host
 
-    pools = conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT)
+    hidden = frozenset({DEFAULT_POOL})  # virtplan's own records
+    pools = [
+        p for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT) if p.name() not in hidden
+    ]
     for pool in pools:
         if pool.isActive():
             with contextlib.suppress(libvirt.libvirtError):
@@ -32,4 +36,4 @@ def read_host(conn: Any, host_name: str, uri: str, stack_name: str) -> HostState
         "network": set(),
         "volume": set(),
     }
-    return observe_host(conn, host_name, uri, wanted, stack_name)
+    return observe_host(conn, host_name, uri, wanted, stack_name, hidden_pools=hidden)

@@ -1,0 +1,180 @@
+"""The ledger: a stack's records as segments on a host (here in a store that behaves like
+the host's pool: create-if-absent, read, delete, list, and uploads that take a while)."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from virtplan.hosts import ledger as ledger_mod
+from virtplan.hosts.ledger import HostLedger, LedgerError, parse_name
+
+
+class SlowStore(ledger_mod._Store):
+    """A host pool in memory; `hold` makes the next create visible before its bytes are."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.times: dict[str, float] = {}
+        self.clock = 1000.0
+        self.held: dict[str, bytes] = {}
+        self.hold_next = False
+        self.lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return list(self.blobs)
+
+    def read(self, name: str) -> bytes | None:
+        with self.lock:
+            return self.blobs.get(name)
+
+    def create(self, name: str, data: bytes) -> bool:
+        with self.lock:
+            if name in self.blobs:
+                return False
+            self.clock += 1
+            self.times[name] = self.clock
+            if self.hold_next:  # created (listed, empty) but still uploading
+                self.hold_next = False
+                self.blobs[name] = b""
+                self.held[name] = data
+            else:
+                self.blobs[name] = data
+            return True
+
+    def finish_uploads(self) -> None:
+        with self.lock:
+            for name, data in self.held.items():
+                if name in self.blobs:
+                    self.blobs[name] = data
+            self.held.clear()
+
+    def delete(self, name: str) -> None:
+        with self.lock:
+            self.blobs.pop(name, None)
+
+    def mtime(self, name: str) -> float | None:
+        return self.times.get(name)
+
+
+def test_records_written_by_one_process_are_read_by_another() -> None:
+    store = SlowStore()
+    a = HostLedger(store, "proj/demo")
+    a.update({"h/pool/p": {"kind": "pool", "id": "u-1", "pending": False}})
+    a.update({"h/volume/p/v": {"kind": "volume", "pending": True}})
+    a.update({"h/volume/p/v": {"pending": False, "id": "/p/v"}})
+    a.update(drops=["h/pool/p"])
+    b = HostLedger(store, "proj/demo")
+    assert b.records() == {"h/volume/p/v": {"kind": "volume", "pending": False, "id": "/p/v"}}
+    assert HostLedger(store, "other/demo").records() == {}  # another stack's ledger is its own
+    assert b.neighbours() == set()
+    assert HostLedger(store, "other/demo").neighbours() == {"proj/demo"}
+
+
+def test_two_writers_never_lose_each_others_writes() -> None:
+    store = SlowStore()
+    a, b = HostLedger(store, "s"), HostLedger(store, "s")
+    a.records(), b.records()  # both read the (empty) ledger first
+    a.update({"x": {"v": 1}})
+    b.update({"y": {"v": 2}})  # b's view is stale: it takes the next number and reads again
+    a.update({"z": {"v": 3}})
+    expected = {"x": {"v": 1}, "y": {"v": 2}, "z": {"v": 3}}
+    assert a.records() == b.records() == HostLedger(store, "s").records() == expected
+    seqs = sorted(parse_name(n).seq for n in store.names())  # type: ignore[union-attr]
+    assert seqs == [1, 2, 3]
+
+
+def test_many_threads_writing_at_once() -> None:
+    store = SlowStore()
+
+    def write(i: int) -> None:
+        HostLedger(store, "s").update({f"a{i}": {"n": i}})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert HostLedger(store, "s").records() == {f"a{i}": {"n": i} for i in range(40)}
+
+
+def test_compaction_keeps_a_write_whose_upload_was_still_running() -> None:
+    store = SlowStore()
+    a, b = HostLedger(store, "s"), HostLedger(store, "s")
+    a.update({"x": {"v": 1}})
+    store.hold_next = True
+    b.update({"seed": {"id": "/p/seed.iso"}})  # listed, not readable yet
+    a.compact()  # folds x; must neither fold nor delete b's segment
+    store.finish_uploads()
+    assert HostLedger(store, "s").records() == {"x": {"v": 1}, "seed": {"id": "/p/seed.iso"}}
+    HostLedger(store, "s").compact()
+    assert len(store.names()) == 1  # now everything is one base
+    assert HostLedger(store, "s").records() == {"x": {"v": 1}, "seed": {"id": "/p/seed.iso"}}
+
+
+def test_a_write_that_died_is_ignored_and_dropped_once_stale() -> None:
+    store = SlowStore()
+    a = HostLedger(store, "s")
+    a.update({"x": {"v": 1}})
+    store.hold_next = True
+    a.update({"lost": {"v": 0}})
+    store.held.clear()  # the writer died mid-upload: its segment stays empty
+    assert HostLedger(store, "s").records() == {"x": {"v": 1}}
+    HostLedger(store, "s").compact()
+    assert len(store.names()) == 2  # the dead write may still be running: kept
+    store.clock += ledger_mod.STALE_WRITE + 10
+    HostLedger(store, "s").update({"y": {"v": 2}})
+    HostLedger(store, "s").compact()
+    assert len(store.names()) == 1
+    assert HostLedger(store, "s").records() == {"x": {"v": 1}, "y": {"v": 2}}
+
+
+def test_a_segment_that_does_not_match_its_checksum_does_not_count() -> None:
+    store = SlowStore()
+    HostLedger(store, "s").update({"x": {"v": 1}})
+    name = store.names()[0]
+    doc = json.loads(store.blobs[name])
+    doc["set"]["x"]["v"] = 666  # changed by hand: no longer what virtplan wrote
+    store.blobs[name] = json.dumps(doc).encode()
+    assert HostLedger(store, "s").records() == {}
+
+
+def test_a_newer_format_is_refused_not_misread() -> None:
+    store = SlowStore()
+    HostLedger(store, "s").update({"x": {"v": 1}})
+    name = store.names()[0]
+    doc = json.loads(store.blobs[name])
+    doc["version"] = 99
+    doc["sha256"] = ledger_mod._checksum(doc)
+    store.blobs[name] = json.dumps(doc).encode()
+    with pytest.raises(LedgerError, match="format version 99"):
+        HostLedger(store, "s").records()
+
+
+def test_compaction_folds_every_delta_into_one_base() -> None:
+    store = SlowStore()
+    a = HostLedger(store, "s")
+    for i in range(70):
+        a.update({f"k{i}": {"i": i}})
+    a.update(drops=["k3"])
+    assert a.deltas() == 71 and len(store.names()) == 71
+    a.compact()
+    assert len(store.names()) == 1
+    assert HostLedger(store, "s").records() == {f"k{i}": {"i": i} for i in range(70) if i != 3}
+
+
+def test_a_slow_writer_never_reuses_a_folded_name() -> None:
+    """A writer that listed the ledger before a compaction deleted what it folded may pick
+    a number the base folded; its write must still count (segment names are never reused)."""
+    store = SlowStore()
+    a, slow = HostLedger(store, "s"), HostLedger(store, "s")
+    a.update({"x": {"v": 1}})
+    listed = slow.store_segments()  # the slow writer's view: seq 1 is the newest
+    a.compact()  # base 2 folds segment 1 and deletes it
+    slow.store_segments = lambda: listed  # type: ignore[method-assign]
+    slow.update({"y": {"v": 2}})  # it writes seq 2 again, under a new name
+    del slow.store_segments
+    assert HostLedger(store, "s").records() == {"x": {"v": 1}, "y": {"v": 2}}
