@@ -357,4 +357,5 @@ def _comparable(change: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(change)
     out.pop("fingerprint", None)
     out.pop("commands", None)
-    return json.loads(json.dumps(out, sort_keys=True, default=str))
+    normal: dict[str, Any] = json.loads(json.dumps(out, sort_keys=True, default=str))
+    return normal

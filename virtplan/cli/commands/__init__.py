@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+
+import typer
 
 
-def register_all(app: Any) -> None:
+def register_all(app: typer.Typer) -> None:
     """Add the commands of every module in this package to `app`, in name order."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")

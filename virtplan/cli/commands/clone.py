@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from virtplan.cli.options import host_overrides, pairs
 from virtplan.cli.output import console
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("clone")
     def clone_command(
         stack: Annotated[Path, typer.Argument(help="The deployed stack to clone, e.g. stacks/lab.py")],

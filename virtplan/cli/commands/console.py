@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from virtplan.cli.options import open_engine
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("console-log")
     def console_log(
         stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ from virtplan.cli.options import open_engine, set_debug
 from virtplan.cli.output import console
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("drift")
     def drift(
         stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],

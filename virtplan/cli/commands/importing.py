@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ from virtplan.cli.options import host_overrides
 from virtplan.cli.output import console
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_command(
         host: Annotated[str, typer.Option("--host", help="libvirt URI of the host to read, e.g. qemu:///system")],

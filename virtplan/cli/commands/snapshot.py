@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ NameOpt = Annotated[str, typer.Option("--name", help="The snapshot's name.")]
 HostOpt = Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")]
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Snapshots of a stack's VMs: one VM, some, or the whole environment at once.",
                         no_args_is_help=True)  # fmt: skip
     app.add_typer(group, name="snapshot")
