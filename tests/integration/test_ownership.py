@@ -122,13 +122,19 @@ def test_the_same_host_through_another_transport_is_the_same_truth(netlab, tmp_p
             f'pool = Pool("own4-pool", path="{host.workdir}/own4-pool")\n'
             'VM("own4-vm", memory="32MiB", disks=[Volume("own4.qcow2", pool=pool, size="16MiB")], state="stopped")\n'
         )
-        cli = Cli(host.uri, tmp_path / "home")
-        cli.env.update(netlab.env({}))
-        cli("apply", str(stack), "--host", f"h={host.ssh_uri}", "--yes")
-        for uri in (host.tls_uri, host.uri):  # another user reaching the host another way
-            out = cli("plan", str(stack), "--host", f"h={uri}", "--detailed-exitcode")
+        alice, bob = Cli(host.uri, tmp_path / "alice"), Cli(host.uri, tmp_path / "bob")  # two homes, no shared files
+        for cli in (alice, bob):
+            cli.env.update(netlab.env({}))
+        alice("apply", str(stack), "--host", f"h={host.ssh_uri}", "--yes")
+        for uri in (host.ssh_uri, host.tls_uri, host.uri):  # bob reaches the host every way
+            out = bob("plan", str(stack), "--host", f"h={uri}", "--detailed-exitcode")
             assert "No changes." in out
-        cli("destroy", str(stack), "--host", f"h={host.tls_uri}", "--yes", "--allow-destroy")
+        bob("destroy", str(stack), "--host", f"h={host.ssh_uri}", "--yes", "--allow-destroy")
+        conn = host.connect()
+        try:
+            assert conn.listAllDomains() == [] and "own4-pool" not in [p.name() for p in conn.listAllStoragePools()]
+        finally:
+            conn.close()
     finally:
         netlab.remove_host(host)
 
