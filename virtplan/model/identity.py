@@ -42,6 +42,9 @@ def name_stack(name: str, *, project: str | None = None) -> None:
     stack = current_stack()
     if stack is None:
         raise StackLoadError("name_stack() can only be called from a stack program")
+    if stack.declared_name:
+        # A second call would silently win over the first (and over `virtplan stack rename`).
+        raise StackLoadError(f"name_stack() is called twice (already named {stack.name!r}); keep one call at the top")
     stack.name = check_identity_part(name, "stack name")
     stack.declared_name = True
     if project is not None:
