@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
+from virtplan.apply.executor import ApplyReport, Control, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
@@ -216,15 +216,18 @@ class Engine:
         progress: ProgressFn | None = None,
         *,
         bookkeeping: bool = True,
+        control: Control | None = None,
     ) -> ApplyReport:
         """Apply `plan` (raises ApplyError with the report on failure). After a complete
         apply of the whole stack (`bookkeeping`), records what was applied: the baseline
         drift compares against, and forgets objects deleted outside virtplan that the stack
-        no longer declares. An empty plan only does that bookkeeping."""
+        no longer declares. An empty plan only does that bookkeeping. `control` lets the
+        caller stop the apply (`Control.interrupt`, the CLI's Ctrl-C)."""
         report = ApplyReport()
         if plan.changes:
             conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
-            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress,
+                                control)  # fmt: skip
         if self._locks is not None:
             self._locks.check()
         if bookkeeping:

@@ -1,7 +1,8 @@
 """The `virtplan` command line. Thin: parses options, calls the engine, prints.
 
 Exit codes: 0 success (and `plan` without changes), 2 `plan --detailed-exitcode` with
-changes, 1 any error (one readable message; the traceback only with --debug).
+changes (and `drift --detailed-exitcode` with drift), 1 any error, usage errors included
+(one readable message; the traceback only with --debug), 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from virtplan.cli.options import (
     set_debug,
 )
 from virtplan.cli.output import applied, apply_with_progress, confirm, console, print_notes, print_plan
-from virtplan.errors import StackLoadError, VirtplanError
+from virtplan.errors import ApplyInterrupted, StackLoadError, VirtplanError
+
+INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
 
 app = typer.Typer(
     add_completion=False,
@@ -257,22 +260,29 @@ def main() -> None:
         sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted; nothing more was applied.", file=sys.stderr)
+    except typer.Abort:
+        print("aborted; nothing was applied.", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing more was applied.", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except ApplyInterrupted as exc:
+        _fail(str(exc), exc, INTERRUPTED)
     except VirtplanError as exc:
         _fail(str(exc), exc)
     except Exception as exc:
         if type(exc).__module__ == "libvirt":
             _fail(f"libvirt: {exc}", exc)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (and help without a command)
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(1)  # never 2: that is --detailed-exitcode's "changes present"
         _fail(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", exc)
 
 
-def _fail(message: str, exc: BaseException) -> None:
+def _fail(message: str, exc: BaseException, code: int = 1) -> None:
+    """One readable message (libvirt's text exactly as it is: printed, never read as
+    markup), the traceback only with --debug."""
     if Settings.debug:
         traceback.print_exception(exc)
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(code)
