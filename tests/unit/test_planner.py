@@ -117,8 +117,10 @@ CASES: dict[str, Case] = {
         {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])},
         mutate=set_spec("vm", "vm", state="stopped"),
     ),
-    "desired stopped": Case(
-        lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])}
+    "desired stopped: stopping a running VM is destructive": Case(
+        lambda: program(vm={"state": "stopped"}),
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])},
+        destructive={"h/vm/vm"},
     ),
     "arch change replaces (destructive while running)": Case(
         lambda: program(vm={"arch": "x86_64"}),

@@ -160,7 +160,7 @@ class _Planner:
         action, reason, deciding = choose_action(resource.kind, diffs, obj.spec, desired)
         change = self.add(resource, action, reason, deciding, diffs, deps, obj)
         users = running_users(host, resource.key) if resource.kind == "network" else []
-        change.destructive = change_risk(resource.kind, action, obj.spec, users)
+        change.destructive = change_risk(resource.kind, action, obj.spec, users, desired)
 
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan

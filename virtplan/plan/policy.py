@@ -138,9 +138,15 @@ def choose_action(
     return Action.UPDATE, Reason.FIELDS_CHANGED, [d.field for d in diffs]
 
 
-def change_risk(kind: str, action: Action, observed: dict[str, Any], users: list[str]) -> str | None:
-    """What a replace or restart of an object puts at risk (None: nothing); `users` are the
-    running VMs on a network."""
+def change_risk(
+    kind: str, action: Action, observed: dict[str, Any], users: list[str], desired: dict[str, Any] | None = None
+) -> str | None:
+    """What a change of an object puts at risk (None: nothing): a replace, a restart, or
+    stopping a running VM (`desired` state "stopped"); `users` are the running VMs on a
+    network."""
+    stopping = kind == "vm" and observed.get("state") == "running" and (desired or {}).get("state") == "stopped"
+    if stopping and action in (Action.UPDATE, Action.RESTART):
+        return "the running VM is stopped"
     if action not in (Action.REPLACE, Action.DELETE, Action.RESTART):
         return None
     if kind == "volume" and action != Action.RESTART:
