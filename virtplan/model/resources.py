@@ -321,6 +321,9 @@ class VM(Resource):
     `kernel`/`initrd` (volumes, so remote hosts work) and `cmdline` boot a kernel directly.
     With `serial` and `console_log`, the serial console is also written to
     `<vm>-console.log` in the first disk's pool, where `virtplan console-log` reads it.
+    A running VM that is stopped or restarted gets `shutdown_timeout` seconds to shut down
+    after an ACPI power-button press; one that is deleted together with all its disks is
+    switched off at once (nothing on its disks is kept) unless `shutdown_on_delete`.
     """
 
     kind: ClassVar[str] = "vm"
@@ -346,6 +349,7 @@ class VM(Resource):
         state: str = "running",
         description: str = "",
         shutdown_timeout: float = 60.0,
+        shutdown_on_delete: bool = False,
         kernel: Volume | None = None,
         initrd: Volume | None = None,
         cmdline: str | None = None,
@@ -361,6 +365,7 @@ class VM(Resource):
         self.graphics = Graphics(graphics) if isinstance(graphics, str) else graphics
         self.serial, self.autostart, self.state = serial, autostart, state
         self.description, self.shutdown_timeout = description, shutdown_timeout
+        self.shutdown_on_delete = shutdown_on_delete
         self._register()
 
     def dependencies(self) -> list[Resource]:

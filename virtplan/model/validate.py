@@ -335,6 +335,8 @@ def _check_vm_scalars(vm: VM, errors: _Errors) -> None:
             errors.add(vm, "graphics.password", f"is {length} characters long; VNC allows at most {VNC_PASSWORD_MAX}")
     if not isinstance(vm.shutdown_timeout, (int, float)) or vm.shutdown_timeout < 0:
         errors.add(vm, "shutdown_timeout", "must be a number of seconds, 0 or more")
+    if not isinstance(vm.shutdown_on_delete, bool):
+        errors.add(vm, "shutdown_on_delete", "must be True or False")
     if not isinstance(vm.description, str):
         errors.add(vm, "description", "must be a string")
 

@@ -20,7 +20,7 @@ from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import VM, Resource
-from virtplan.plan.changes import ResourceChange
+from virtplan.plan.changes import Action, ResourceChange
 from virtplan.plan.policy import hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -102,7 +102,11 @@ class GracefulStop(Operation):
     timeout: float
 
     def run(self, rt: Runtime) -> None:
-        graceful_stop(rt.handle("vm", self.name), self.timeout)
+        dom = rt.handle("vm", self.name)
+        if self.timeout > 0 and dom.isActive():
+            rt.say(f"waiting up to {self.timeout:g} s for vm {self.name} to shut down (ACPI power button), "
+                   "then forcing it off")  # fmt: skip
+        graceful_stop(dom, self.timeout)
 
     def shell(self, ctx: Context) -> list[str]:
         name = q(self.name)
@@ -249,12 +253,29 @@ def replace(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     yield from create(change, ctx)
 
 
+def delete_timeout(change: ResourceChange, ctx: Context, obj: ObservedObject) -> float:
+    """How long a running VM that is deleted gets to shut down: no time at all when every
+    disk it has goes with it in this plan (nothing on them is kept, so there is nothing to
+    flush) unless the stack asks for a clean shutdown (`shutdown_on_delete`); else its
+    shutdown timeout."""
+    declared = ctx.desired.get(change.address)
+    if isinstance(declared, VM):
+        asked = declared.shutdown_on_delete
+    else:
+        asked = obj.owner is not None and obj.owner.attrs.get("shutdown-on-delete") == "yes"
+    volumes = [d.get("volume") for d in obj.spec.get("disks", []) if d.get("device", "disk") == "disk"]
+    kept = [v for v in volumes if f"{ctx.host.name}/volume/{v}" not in ctx.deleted]
+    if asked or kept or change.action != Action.DELETE:
+        return shutdown_timeout(declared, obj)
+    return 0.0
+
+
 def delete(change: ResourceChange, ctx: Context, keep_seed: bool = False) -> Iterator[Operation]:
-    """Stop gracefully, undefine, forget; unless the VM is being replaced, delete its seed
-    and console log too."""
+    """Stop (gracefully unless its disks go too, see `delete_timeout`), undefine, forget;
+    unless the VM is being replaced, delete its seed and console log too."""
     obj = ctx.observed(change)
     if obj is not None and obj.spec.get("state") == "running":
-        yield GracefulStop(change.key, shutdown_timeout(ctx.desired.get(change.address), obj))
+        yield GracefulStop(change.key, delete_timeout(change, ctx, obj))
     yield UndefineDomain(change.key, nvram=obj is not None and obj.spec.get("firmware") == "uefi")
     yield Forget(change.address)
     yield ForgetSnapshots(change.address)
