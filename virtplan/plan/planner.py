@@ -256,7 +256,9 @@ def _order_deletions(
     deletes: list[ResourceChange], observed: dict[str, HostState], kept: dict[str, ResourceChange]
 ) -> list[ResourceChange]:
     """VMs first, then volumes (overlays before what they back), pools, networks; each
-    waits for the changes of the objects that still use it."""
+    waits for the changes of the objects that still use it (a network only for the VMs
+    deleted with it: libvirt lets a network go under a running guest, and a guest that
+    moves to another network may need that network's bridge, which this one holds)."""
     by_addr = {d.address: d for d in deletes}
     files: dict[tuple[str, str], set[str]] = {}  # (host, vm) -> the files its disks use, parsed once
 
@@ -282,9 +284,10 @@ def _order_deletions(
                 for a, x in by_addr.items()
                 if x.kind == "volume" and x.host == d.host and x.key.startswith(d.key + "/")
             ]
-        elif d.kind == "network":
+        elif d.kind == "network":  # VMs deleted with it go first; the others' own changes re-plug them
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
-                      if any(n.get("network") == d.key for n in o.spec.get("nics", []))]  # fmt: skip
+                      if any(n.get("network") == d.key for n in o.spec.get("nics", []))
+                      and f"{d.host}/vm/{o.key}" in by_addr]  # fmt: skip
         elif d.kind == "vm":  # its snapshots go first
             users += [a for a, x in by_addr.items() if x.kind == "snapshot" and x.key.startswith(d.key + "/")]
         d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
@@ -295,26 +298,93 @@ def _order_deletions(
 def _wait_for_what_frees(
     kept: dict[str, ResourceChange], deletes: list[ResourceChange], stack: Stack, observed: dict[str, HostState]
 ) -> None:
-    """A VM that is created (or redefined) with a volume that a VM being deleted still uses
-    waits for that delete: two running VMs must never share a disk (a renamed VM keeping
-    its disk is "delete old, create new")."""
+    """A change that takes something another change of the plan gives up waits for that
+    change: two running VMs must never share a disk (a renamed VM keeping its disk is
+    "delete old, create new"; a disk moved from one VM to another is a detach and an
+    attach), and libvirt refuses a network on a bridge or subnet another network holds and
+    a pool at another pool's path (a renamed network or pool is "delete old, create new").
+
+    What each change takes comes from the stack; what each gives up, from the host: the
+    observed object, unless the stack keeps the same thing on it."""
     declared = stack.by_address()
-    vm_deletes = [d for d in deletes if d.kind == "vm"]
-    if not vm_deletes:
-        return
+    changes = [*deletes, *kept.values()]
     for change in kept.values():
         resource = declared.get(change.address)
-        if not isinstance(resource, VM) or change.action == Action.DELETE:
+        if resource is None or change.action == Action.DELETE:
             continue
-        wanted = {d.volume.key for d in resource.disks if isinstance(d.volume, Volume)}
-        wanted |= {v.key for v in (resource.kernel, resource.initrd) if isinstance(v, Volume)}
-        for d in vm_deletes:
-            obj = observed[d.host].get("vm", d.key)
-            if d.host != change.host or obj is None:
+        wanted = _taken(resource)
+        if not wanted:
+            continue
+        for other in changes:
+            if other is change or other.host != change.host or other.kind != change.kind:
                 continue
-            used = {x.get("volume") for x in obj.spec.get("disks", [])}
-            if wanted & used and d.address not in change.depends_on:
-                change.depends_on.append(d.address)
+            obj = observed[other.host].get(other.kind, other.key)
+            if obj is None:
+                continue
+            given_up = _held(other.kind, obj.spec)
+            still = declared.get(other.address)
+            if still is not None and other.action != Action.DELETE and other.action != Action.REPLACE:
+                given_up -= _taken(still)  # what the other keeps is not freed
+            if _clash(wanted, given_up) and other.address not in change.depends_on:
+                change.depends_on.append(other.address)
+
+
+def _taken(resource: Resource) -> set[tuple[str, str]]:
+    """What a declared resource holds that no other object of its kind on the host may."""
+    if isinstance(resource, VM):
+        out = {("volume", d.volume.key) for d in resource.disks if isinstance(d.volume, Volume)}
+        return out | {("volume", v.key) for v in (resource.kernel, resource.initrd) if isinstance(v, Volume)}
+    if isinstance(resource, Network):  # a host bridge ("bridge" mode) is shared, not held
+        out = {("bridge", resource.bridge_name)} if resource.mode != "bridge" else set()
+        return out | ({("cidr", resource.cidr)} if resource.cidr else set())
+    if isinstance(resource, Pool):
+        return {("path", resource.path.rstrip("/"))}
+    return set()
+
+
+def _held(kind: str, spec: Spec) -> set[tuple[str, str]]:
+    """The same, for an observed object."""
+    if kind == "vm":
+        out = {("volume", d["volume"]) for d in spec.get("disks", []) if d.get("volume")}
+        return out | {("volume", v) for v in (spec.get("kernel"), spec.get("initrd")) if v}
+    if kind == "network":
+        out = {("bridge", spec["bridge"])} if spec.get("bridge") and spec.get("mode") != "bridge" else set()
+        return out | ({("cidr", spec["cidr"])} if spec.get("cidr") else set())
+    if kind == "pool" and spec.get("path"):
+        return {("path", str(spec["path"]).rstrip("/"))}
+    return set()
+
+
+def _clash(wanted: set[tuple[str, str]], held: set[tuple[str, str]]) -> bool:
+    if wanted & held:
+        return True
+    import ipaddress
+
+    mine = [ipaddress.ip_network(v) for k, v in wanted if k == "cidr"]
+    theirs = [ipaddress.ip_network(v) for k, v in held if k == "cidr"]
+    return any(a.overlaps(b) for a in mine for b in theirs)
+
+
+def _check_waits(changes: list[ResourceChange]) -> None:
+    """Refuse a plan whose changes wait for each other (two networks swapping bridges):
+    apply could start none of them."""
+    graph = {c.address: set(c.depends_on) for c in changes}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(dict.fromkeys(exc.args[1]))
+        raise PlanError(
+            [
+                FieldError(
+                    exc.args[1][0],
+                    "name",
+                    (
+                        f"these changes wait for each other ({cycle}): each takes what another gives up; "
+                        "make the change in two applies (first move one of them out of the way)"
+                    ),
+                )
+            ]
+        ) from None
 
 
 def make_plan(
@@ -344,5 +414,6 @@ def make_plan(
     vm_deletes = [d for d in deletes if d.kind == "vm"]
     other_deletes = [d for d in deletes if d.kind != "vm"]
     changes = vm_deletes + list(kept.values()) + other_deletes
+    _check_waits(changes)
     hosts = {h.name: h.uri for h in stack.hosts}
     return Plan(stack.name, stack.source_hash, changes, hosts, __version__)
