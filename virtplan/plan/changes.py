@@ -26,7 +26,7 @@ class Action(StrEnum):
 class Reason(StrEnum):
     """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
 
-    Each action has its reasons: create MISSING; update FIELDS_CHANGED; restart
+    Each action has its reasons: create MISSING; update FIELDS_CHANGED or REPLUG; restart
     NEEDS_RESTART; replace FORCES_REPLACEMENT or INTERRUPTED; delete REMOVED_FROM_STACK or
     DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
 
@@ -35,6 +35,7 @@ class Reason(StrEnum):
     NEEDS_RESTART = "needs_restart"  # fields that take effect after a restart changed on a running object
     FORCES_REPLACEMENT = "forces_replacement"  # fields that cannot change in place changed
     INTERRUPTED = "interrupted"  # virtplan's own create was cut short (an upload): made again
+    REPLUG = "replug"  # a running VM's NICs re-plugged after their network restarts (reason_fields: the networks)
     REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
     DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
 
@@ -95,6 +96,8 @@ def reason_text(change: ResourceChange) -> str:
             return f"{changed} changed; {fields} take effect after a restart"
         case Reason.FORCES_REPLACEMENT:
             return f"{fields} changed, which forces replacement"
+        case Reason.REPLUG:
+            return f"network {fields} restarts under it: its NICs are re-plugged live"
         case Reason.INTERRUPTED:
             return "virtplan's upload of it was interrupted; it is made again"
         case Reason.REMOVED_FROM_STACK:

@@ -27,6 +27,14 @@ __all__ = [  # the plan's data types and ownership helpers live beside; callers 
 ]  # fmt: skip
 
 KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
+#: Runtime fields a host may not report (libvirt's test driver has no network ports): not judged then.
+RUNTIME_ONLY = {"unplugged"}
+
+
+def differs(observed: Spec, name: str, value: object) -> bool:
+    """Whether an observed spec differs from `value` in field `name`: the one comparison of
+    the planner, the importer and drift (a runtime field the host did not report is not judged)."""
+    return observed.get(name) != value and (name in observed or name not in RUNTIME_ONLY)
 
 
 # -- desired specs ----------------------------------------------------------------------
@@ -58,7 +66,7 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
         spec = fastspec.desired(resource, renderer)
     if isinstance(resource, VM):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
-        spec.update(state=resource.state, autostart=resource.autostart)
+        spec.update(state=resource.state, autostart=resource.autostart, unplugged=[])
     elif isinstance(resource, Network):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
         spec.update(autostart=resource.autostart, active=True)
@@ -127,7 +135,8 @@ class _Planner:
         if isinstance(resource, VM):
             self.check_seed(resource, host)
         if obj is None:
-            fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
+            spec = desired_spec(resource, self.renderer)
+            fields = [FieldChange(k, None, v, "create") for k, v in spec.items() if k not in RUNTIME_ONLY]
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
         if not self.owned(obj, resource.address, host):
@@ -142,10 +151,11 @@ class _Planner:
             change = self.add(resource, Action.REPLACE, Reason.INTERRUPTED, [], fields, deps, obj)
             change.destructive = change_risk("volume", Action.REPLACE, obj.spec, [])
             return
+        before = obj.spec
         diffs = [
-            FieldChange(name, before, value, field_policy(resource.kind, name, before, value).value)
+            FieldChange(name, before.get(name), value, field_policy(resource.kind, name, before.get(name), value).value)
             for name, value in desired.items()
-            if (before := obj.spec.get(name)) != value
+            if differs(before, name, value)
         ]
         if not diffs:
             return
@@ -169,7 +179,7 @@ class _Planner:
         if not record or not record.get("claim") or record.get("claim") != obj.uuid:
             return False
         desired = desired_spec(resource, self.renderer)
-        differ = sorted(k for k, v in desired.items() if obj.spec.get(k) != v)
+        differ = sorted(k for k, v in desired.items() if differs(obj.spec, k, v))
         if differ:
             self.errors.append(FieldError(
                 resource.address, differ[0],
@@ -204,6 +214,45 @@ class _Planner:
         )  # fmt: skip
         self.changes[resource.address] = change
         return change
+
+    def replug(self) -> None:
+        """A network that restarts (a restart, a replacement, a start after it was stopped)
+        drops the ports of every guest on it, and libvirt does not plug them back: each
+        running VM that stays running on it gets its NICs on it re-plugged live, after the
+        network's change (an update of its own, or added to the VM's update)."""
+        restarting = {
+            c.address: c for c in self.changes.values()
+            if c.kind == "network" and (c.action in (Action.RESTART, Action.REPLACE)
+                                        or any(fc.field == "active" and fc.after for fc in c.changes))
+        }  # fmt: skip
+        if not restarting:
+            return
+        for resource in self.stack.managed():
+            if not isinstance(resource, VM) or resource.state != "running" or resource.host is None:
+                continue
+            host = self.observed[resource.host.name]
+            obj = host.get("vm", resource.key)
+            change = self.changes.get(resource.address)
+            if obj is None or obj.spec.get("state") != "running" or (change and change.action != Action.UPDATE):
+                continue  # created, stopped, restarted or replaced: plugged afresh
+            nets = [n.network for n in resource.nics if n.network is not None and n.network.address in restarting]
+            macs = sorted({nic["mac"] for nic in obj.spec.get("nics", [])
+                           if nic.get("network") in {n.name for n in nets} and nic.get("mac")})  # fmt: skip
+            if not macs:
+                continue
+            deps = sorted({n.address for n in nets})
+            if change is None:
+                fields = [FieldChange("unplugged", macs, [], Policy.LIVE.value)]
+                change = self.add(resource, Action.UPDATE, Reason.REPLUG, sorted({n.name for n in nets}), fields, deps,
+                                  obj)  # fmt: skip
+                continue
+            known = next((fc for fc in change.changes if fc.field == "unplugged"), None)
+            if known is None:
+                change.changes.append(FieldChange("unplugged", macs, [], Policy.LIVE.value))
+                change.reason_fields = sorted({*change.reason_fields, "unplugged"})
+            else:
+                known.before = sorted({*(known.before or []), *macs})
+            change.depends_on += [d for d in deps if d not in change.depends_on]
 
     # observed side
     def deletions(self, declared: set[str], reason: Reason) -> list[ResourceChange]:
@@ -404,6 +453,7 @@ def make_plan(
     if not destroy:
         for resource in ordered(stack.managed()):
             planner.plan_resource(resource)
+        planner.replug()
     if planner.errors:
         raise PlanError(planner.errors)
     kept = planner.changes

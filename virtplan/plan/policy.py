@@ -38,6 +38,7 @@ FIELDS: dict[str, dict[str, Policy]] = {
         "cloud_init": R, "graphics": R, "serial": R,
         "description": L, "autostart": L, "state": L,
         "kernel": R, "initrd": R, "cmdline": R, "console_log": R,
+        "unplugged": L,  # runtime: NICs off their network's bridge are re-plugged
     },
     "network": {
         "mode": X, "bridge": X, "cidr": X, "gateway": X,
@@ -63,13 +64,14 @@ class Delivery(StrEnum):
     RUNTIME = "runtime"  # power state, autostart, activity: the definition does not change
     HOT = "hot"  # set on the running object and in its definition, without redefining it
     PLUG = "plug"  # items appended at the end are hot-plugged after the definition is rewritten
+    REPLUG = "replug"  # a running guest's NICs put back on their network's bridge; the definition does not change
 
 
 LIVE: dict[str, dict[str, Delivery]] = {
     "vm": {
         "memory": Delivery.HOT, "vcpus": Delivery.HOT, "description": Delivery.HOT,  # within the maxima
         "disks": Delivery.PLUG, "nics": Delivery.PLUG,
-        "state": Delivery.RUNTIME, "autostart": Delivery.RUNTIME,
+        "state": Delivery.RUNTIME, "autostart": Delivery.RUNTIME, "unplugged": Delivery.REPLUG,
     },
     "network": {"reservations": Delivery.HOT, "autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
     "pool": {"autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
@@ -110,7 +112,7 @@ def redefines(kind: str, fields: Iterable[str]) -> bool:
     """Whether changing `fields` rewrites the object's definition: anything but runtime and
     hot fields does."""
     delivered = LIVE.get(kind, {})
-    return any(delivered.get(f) not in (Delivery.RUNTIME, Delivery.HOT) for f in fields)
+    return any(delivered.get(f) not in (Delivery.RUNTIME, Delivery.HOT, Delivery.REPLUG) for f in fields)
 
 
 def stays_up(kind: str, observed: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -156,7 +158,7 @@ def change_risk(
             return "the running VM is stopped and its domain recreated"
         return "the domain is recreated (its disks are kept)" if observed.get("disks") else None
     if kind == "network" and users:
-        return f"running VMs lose connectivity until restarted: {', '.join(users)}"
+        return f"running VMs lose connectivity until their NICs are re-plugged (next in this apply): {', '.join(users)}"
     return None
 
 

@@ -34,6 +34,8 @@ def value(field: str, v: Any) -> str:
         return "[" + ", ".join(_disk(d) for d in v) + "]" if v else "[]"
     if field == "nics":
         return "[" + ", ".join(_nic(n) for n in v) + "]" if v else "[]"
+    if field == "unplugged":
+        return "NICs " + ", ".join(v) + " off their network's bridge" if v else "all NICs on their network's bridge"
     if field == "reservations":
         return "[" + ", ".join(f"{r['ip']}={r['mac']}" for r in v) + "]" if v else "[]"
     if field == "graphics":

@@ -14,7 +14,7 @@ from typing import Any
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
-from virtplan.apply.steps.vm_live import HOT, AttachDevice
+from virtplan.apply.steps.vm_live import HOT, AttachDevice, ReplugNic
 from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
 from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
@@ -237,6 +237,8 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         if restart and running:
             yield GracefulStop(vm.name, float(vm.shutdown_timeout))
             yield StartDomain(vm.name)
+    if "unplugged" in fields and running and vm.state == "running" and not restart:
+        yield from _replugs(vm, obj, fields["unplugged"].before or [], ctx)
     if "autostart" in fields:
         yield DomainAutostart(vm.name, vm.autostart)
     if "state" in fields:
@@ -245,6 +247,16 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         elif vm.state == "stopped" and running:
             yield GracefulStop(vm.name, float(vm.shutdown_timeout))
     yield Recorded(change)
+
+
+def _replugs(vm: VM, obj: ObservedObject, macs: list[str], ctx: Context) -> Iterator[Operation]:
+    """Re-plug each NIC in `macs` into its network (see ReplugNic)."""
+    networks = {n["mac"]: n.get("network") for n in obj.spec.get("nics", [])}
+    bridges = {n.network.name: n.network.bridge_name for n in vm.nics if n.network is not None}
+    for mac in macs:
+        network = networks.get(mac)
+        if network:
+            yield ReplugNic(vm.name, mac, network, bridges.get(network, ""), obj.xml)
 
 
 def replace(change: ResourceChange, ctx: Context) -> Iterator[Operation]:

@@ -1,5 +1,5 @@
 """A running VM's live changes: memory, vCPUs and the description set on the guest and/or
-its definition, and disks and NICs hot-plugged."""
+its definition, disks and NICs hot-plugged, NICs re-plugged into their network."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.shell import file_name, heredoc, q
+from virtplan.documents.fragments import replug_interfaces
 from virtplan.model import VM
 
 
@@ -102,3 +103,47 @@ class AttachDevice(Operation):
                 if mac is not None and mac.get("address", "").lower() == self.match:
                     return dev
         raise KeyError(f"{self.tag} {self.match}")
+
+
+@dataclass(frozen=True)
+class ReplugNic(Operation):
+    """Put a running guest's NIC (by MAC) back on its network's bridge, live, after the
+    network restarted under it (libvirt dropped its port and left the tap on no bridge):
+    two `virDomainUpdateDeviceFlags` calls (see `fragments.replug_interfaces`). The guest
+    keeps its NIC, MAC and address; its definition does not change.
+
+    The run form reads the NIC from the live definition and the bridge from the network as
+    it runs now; the shell form takes both from the plan."""
+
+    vm: str
+    mac: str
+    network: str
+    bridge: str
+    config_xml: str  # the domain's persistent definition as the plan observed it
+
+    def run(self, rt: Runtime) -> None:
+        import libvirt
+
+        dom = rt.handle("vm", self.vm)
+        if not dom.isActive():
+            return  # stopped meanwhile: it is plugged afresh when it starts
+        iface = self.interface(dom.XMLDesc(0))
+        bridge = rt.conn.networkLookupByName(self.network).bridgeName()
+        for doc in replug_interfaces(iface, self.network, bridge):
+            dom.updateDeviceFlags(doc, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def shell(self, ctx: Context) -> list[str]:
+        on_bridge, on_network = replug_interfaces(self.interface(self.config_xml), self.network, self.bridge)
+        first, second = (file_name("nic", self.vm, self.mac, step) + ".xml" for step in ("bridge", "network"))
+        return [
+            f"# re-plug NIC {self.mac} of {self.vm} into network {self.network}: onto its bridge, then its network",
+            heredoc(first, on_bridge), f"virsh update-device {q(self.vm)} {q(first)} --live",
+            heredoc(second, on_network), f"virsh update-device {q(self.vm)} {q(second)} --live",
+        ]  # fmt: skip
+
+    def interface(self, domain_xml: str) -> ET.Element:
+        for dev in ET.fromstring(domain_xml).iterfind("devices/interface"):
+            mac = dev.find("mac")
+            if mac is not None and mac.get("address", "").lower() == self.mac:
+                return dev
+        raise KeyError(f"{self.vm} has no NIC {self.mac}")
