@@ -27,7 +27,7 @@ from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
-from virtplan.model import Stack
+from virtplan.model import VM, Network, Stack
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
@@ -87,9 +87,14 @@ class Engine:
     def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
         """Keys per kind worth reading on a host: declared ones and recorded ones."""
         wanted: dict[str, set[str]] = {"vm": set(), "network": set(), "pool": set(), "volume": set(), "snapshot": set()}
+        wanted["bridge"] = set()  # host bridges the stack plugs into (checked at plan time)
         for r in self.stack.managed():
             if r.host is not None and r.host.name == host:
                 wanted[r.kind].add(r.key)
+                if isinstance(r, VM):
+                    wanted["bridge"] |= {n.bridge for n in r.nics if n.bridge}
+                elif isinstance(r, Network) and r.mode == "bridge" and r.bridge:
+                    wanted["bridge"].add(r.bridge)
         for address, record in self.store.records(uri).items():
             _, kind, key = address.split("/", 2)
             wanted.setdefault(record.get("kind", kind), set()).add(key)
@@ -162,16 +167,21 @@ class Engine:
         *,
         scope: Stack | None = None,
         only: str | None = None,
+        targets: list[str] | None = None,
+        replace: list[str] | None = None,
     ) -> tuple[Plan, Observation]:
         """Observe (unless given) and plan; refuses (PlanError) what the guards refuse.
 
         `scope` plans a part of the stack (its resources, with this stack's renderer);
-        `only` keeps the changes of one address. The guards run on what is kept."""
+        `only` keeps the changes of one address; `targets` (`--target`) the changes of those
+        addresses and what they wait for; `replace` (`--replace`) replaces those objects.
+        The guards run on what is kept."""
         observation = observation or self.observe()
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
-        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy,
+                         replace=replace, targets=targets)  # fmt: skip
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
         protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
@@ -201,11 +211,27 @@ class Engine:
                 ))  # fmt: skip
         return problems
 
+    def not_owned(self, observation: Observation) -> list[str]:
+        """Declared objects present on the hosts that this stack cannot prove it owns (imported
+        and not adopted yet, or someone else's): `destroy` leaves them alone."""
+        from virtplan.plan.ownership import owner_stack
+
+        out = []
+        for r in self.stack.managed():
+            assert r.host is not None
+            host = observation.hosts[r.host.name]
+            obj = host.get(r.kind, r.key)
+            if obj is not None and owner_stack(obj, r.address, host.uri, self.store, self.stack.key) != self.stack.key:
+                out.append(r.address)
+        return out
+
     def plan_saved(self, doc: dict[str, Any]) -> tuple[Plan, Observation]:
         """Plan again and refuse (StalePlan) unless the result is exactly the saved plan `doc`."""
         from virtplan.plan.planfile import check_current
 
-        plan, observation = self.plan(destroy=bool(doc.get("destroy")))
+        plan, observation = self.plan(
+            destroy=bool(doc.get("destroy")), targets=doc.get("targets") or None, replace=doc.get("replace") or None
+        )
         check_current(doc, plan, self.stack, observation.hosts, self.store)
         return plan, observation
 
@@ -230,7 +256,7 @@ class Engine:
                                 control)  # fmt: skip
         if self._locks is not None:
             self._locks.check()
-        if bookkeeping:
+        if bookkeeping and not plan.targets:  # a targeted apply leaves the rest as it is
             from virtplan.plan.drift import forget_vanished, record_baseline
 
             forget_vanished(self.stack, observation.hosts, self.store)

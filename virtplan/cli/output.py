@@ -34,6 +34,11 @@ def print_plan(the_plan: Any, drift: Any = None) -> None:
 
         out.print("\n".join(drift_lines(drift, the_plan.hosts)))
     out.print(plan_text(the_plan))
+    if the_plan.targets:
+        print_notes([
+            "this plan is limited to --target " + ", ".join(the_plan.targets) + " and what they wait for; the rest "
+            "of the stack may still differ from the hosts (run a plan without --target to see all of it)"
+        ])  # fmt: skip
 
 
 def print_notes(notes: list[str]) -> None:

@@ -53,6 +53,11 @@ class HostState:
     uri: str
     facts: HostFacts
     objects: dict[tuple[str, str], ObservedObject] = field(default_factory=dict)
+    #: the host's network interfaces (bridges among them), read when the stack needs a host
+    #: bridge; None: not read, or the host does not tell (no interface driver)
+    interfaces: set[str] | None = None
+    #: domains this stack neither declares nor owns: name -> inactive XML (not parsed)
+    foreign: dict[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, key: str) -> ObservedObject | None:
         return self.objects.get((kind, key))
@@ -80,6 +85,8 @@ def observe_host(
     running_nics = _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
     _read_networks(conn, libvirt, state)
     _read_links(conn, libvirt, state, running_nics)
+    if wanted.get("bridge"):
+        state.interfaces = _interfaces(conn, libvirt)
     pools = _read_pools(conn, libvirt, state, hidden_pools)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
@@ -181,7 +188,8 @@ def _read_domains(
         if dom.UUIDString() in active:
             running_nics.update(html.unescape(n) for n in _NETWORK_SOURCE.findall(xml))
         if name not in wanted and not _mine(xml, stack_name):
-            continue  # foreign and not declared: none of this stack's business
+            state.foreign[name] = xml  # none of this stack's business, unless it uses what the stack deletes
+            continue
         key = xml_key(xml)
         hit = cache.get(key) if cache is not None else None
         spec: VMSpec
@@ -235,6 +243,16 @@ def _read_links(conn: Any, libvirt: Any, state: HostState, running_nics: Counter
     for obj, live in zip(check, lives, strict=True):
         if live is not None:
             obj.spec["unplugged"] = unplugged_nics(obj.spec.get("nics", []), live, ports, state)
+
+
+def _interfaces(conn: Any, libvirt: Any) -> set[str] | None:
+    """The names of the host's network interfaces (libvirt's interface driver), or None."""
+    try:
+        return {i.name() for i in conn.listAllInterfaces()}
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_INVALID):
+            return None
+        raise
 
 
 def _live_xml(dom: Any) -> str | None:

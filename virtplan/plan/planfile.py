@@ -194,6 +194,8 @@ def plan_document(
         "stack_file": _display_path(stack_file if stack_file is not None else stack.path),
         "stack_hash": plan.stack_hash,
         "destroy": destroy,
+        "targets": list(plan.targets),
+        "replace": list(plan.replace),
         "hosts": dict(plan.hosts),
         "summary": {a.value: counts[a] for a in Action},
         "changes": changes,

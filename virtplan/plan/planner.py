@@ -27,6 +27,8 @@ __all__ = [  # the plan's data types and ownership helpers live beside; callers 
 ]  # fmt: skip
 
 KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
+#: Kinds `--replace` can replace (a pool holds volumes; a snapshot is a moment).
+REPLACEABLE = {"vm", "network", "volume"}
 #: Runtime fields a host may not report (libvirt's test driver has no network ports): not judged then.
 RUNTIME_ONLY = {"unplugged"}
 
@@ -99,8 +101,11 @@ def ordered(resources: list[Resource]) -> list[Resource]:
 
 # -- the planner ------------------------------------------------------------------------
 class _Planner:
-    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records):
+    def __init__(
+        self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records, replace: set[str]
+    ):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
+        self.replace = replace
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
 
@@ -126,6 +131,28 @@ class _Planner:
             self._plan_resource(resource)
         except ValueError as exc:  # what the host cannot do (arch, domain type)
             self.errors.append(FieldError(resource.address, "host", str(exc)))
+        if resource.address in self.changes:
+            self.check_bridges(resource)
+
+    def check_bridges(self, resource: Resource) -> None:
+        """A NIC on a host bridge, or a network in bridge mode, needs that bridge on the host:
+        refused at plan time (apply would fail half-way, after making what comes first)."""
+        assert resource.host is not None
+        host = self.observed[resource.host.name]
+        if host.interfaces is None:
+            return  # the host does not list its interfaces: libvirt says so at start
+        if isinstance(resource, VM):
+            wanted = [(f"nics[{i}].bridge", n.bridge) for i, n in enumerate(resource.nics) if n.bridge]
+        elif isinstance(resource, Network) and resource.mode == "bridge" and resource.bridge:
+            wanted = [("bridge", resource.bridge)]
+        else:
+            return
+        for where, bridge in wanted:
+            if bridge not in host.interfaces:
+                self.errors.append(FieldError(resource.address, where, (
+                    f"host {host.name!r} has no interface {bridge!r} (it has: {', '.join(sorted(host.interfaces))}); "
+                    "create the bridge on the host first, or use a virtplan Network"
+                )))  # fmt: skip
 
     def _plan_resource(self, resource: Resource) -> None:
         assert resource.host is not None
@@ -157,6 +184,14 @@ class _Planner:
             for name, value in desired.items()
             if differs(before, name, value)
         ]
+        if resource.address in self.replace:
+            if resource.kind not in REPLACEABLE:
+                self.errors.append(FieldError(resource.address, "--replace", f"a {resource.kind} cannot be replaced"))
+                return
+            change = self.add(resource, Action.REPLACE, Reason.REPLACE_REQUESTED, [], diffs, deps, obj)
+            users = running_users(host, resource.key) if resource.kind == "network" else []
+            change.destructive = change_risk(resource.kind, Action.REPLACE, obj.spec, users, desired)
+            return
         if not diffs:
             return
         refused = [d for d in diffs if d.policy == Policy.IMMUTABLE]
@@ -442,14 +477,28 @@ def make_plan(
     observed: dict[str, HostState],
     store: Records,
     destroy: bool = False,
+    *,
+    replace: list[str] | None = None,
+    targets: list[str] | None = None,
 ) -> Plan:
     """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).
+    `replace` (`--replace`) replaces those declared objects even though they match;
+    `targets` (`--target`) keeps only the changes of those addresses and what they wait for.
 
     Raises PlanError, listing every clash and refused change, if no safe plan exists.
     """
     from virtplan._version import __version__
 
-    planner = _Planner(stack, renderer, observed, store)
+    addresses = stack.by_address()
+    unknown = [a for a in replace or [] if a not in addresses]
+    unknown_targets = [a for a in targets or [] if a not in addresses and not _observed_address(a, observed)]
+    if unknown or unknown_targets:
+        raise PlanError(
+            [FieldError(a, "--replace", "the stack declares no such resource (host/kind/name)") for a in unknown]
+            + [FieldError(a, "--target", "neither the stack nor its hosts have it (host/kind/name)")
+               for a in unknown_targets]
+        )  # fmt: skip
+    planner = _Planner(stack, renderer, observed, store, set(replace or []))
     if not destroy:
         for resource in ordered(stack.managed()):
             planner.plan_resource(resource)
@@ -466,4 +515,69 @@ def make_plan(
     changes = vm_deletes + list(kept.values()) + other_deletes
     _check_waits(changes)
     hosts = {h.name: h.uri for h in stack.hosts}
-    return Plan(stack.name, stack.source_hash, changes, hosts, __version__)
+    plan = Plan(stack.name, stack.source_hash, changes, hosts, __version__, replace=list(replace or []))
+    if targets:
+        plan.keep_targets(targets)
+    _refuse_taking_from_others(plan.changes, observed, set(targets or []))
+    return plan
+
+
+def _refuse_taking_from_others(changes: list[ResourceChange], observed: dict[str, HostState], named: set[str]) -> None:
+    """A volume or network that VMs this stack does not manage use (hand-made, another
+    stack's) is deleted or replaced only when the user names it (`--target`): otherwise the
+    plan is refused, naming those VMs. Named, the change is destructive and says whose it was."""
+    errors = []
+    for change in changes:
+        if change.kind not in ("volume", "network") or change.action not in (Action.DELETE, Action.REPLACE):
+            continue
+        host = observed[change.host]
+        obj = host.get(change.kind, change.key)
+        users = foreign_users(host, change.kind, change.key, obj.uuid if obj is not None else None)
+        if not users:
+            continue
+        names = ", ".join(repr(u) for u in users)
+        what = "a disk" if change.kind == "volume" else "its network"
+        verb = "deleting" if change.action == Action.DELETE else "replacing"
+        if change.address in named:
+            note = f"used by VM {names}, which this stack does not manage: {what} is pulled from under it"
+            change.destructive = f"{change.destructive}; {note}" if change.destructive else note
+            continue
+        errors.append(FieldError(change.address, "used by", (
+            f"VM {names} uses it and this stack does not manage {'them' if len(users) > 1 else 'it'}: {verb} it "
+            f"would pull {what} from under {'them' if len(users) > 1 else 'it'}. Detach it there first, or name it "
+            f"to go ahead anyway: --target {change.address}"
+        )))  # fmt: skip
+    if errors:
+        raise PlanError(errors)
+
+
+def foreign_users(host: HostState, kind: str, key: str, path: str | None) -> list[str]:
+    """The domains this stack does not manage (read but not parsed by observe) that use the
+    volume `key` (at `path`) or the network `key`."""
+    import xml.etree.ElementTree as ET
+
+    from virtplan.documents.parse import parse_domain
+
+    pool, _, name = key.partition("/")
+    out = []
+    for vm, xml in sorted(host.foreign.items()):
+        if kind == "volume":
+            if not ((path and path in xml) or (f"pool='{pool}'" in xml and f"volume='{name}'" in xml)):
+                continue  # cheap: most domains do not mention it at all
+            spec = parse_domain(ET.fromstring(xml))
+            disks = {d.get("volume") for d in spec["disks"]}
+            if key in disks or path in disks or path in (spec["kernel"], spec["initrd"]):
+                out.append(vm)
+        elif f"network='{key}'" in xml and any(
+            n.get("network") == key for n in parse_domain(ET.fromstring(xml))["nics"]
+        ):
+            out.append(vm)
+    return out
+
+
+def _observed_address(address: str, observed: dict[str, HostState]) -> bool:
+    """Whether `address` ("host/kind/key") names an object on one of the stack's hosts."""
+    host_name, _, rest = address.partition("/")
+    kind, _, key = rest.partition("/")
+    host = observed.get(host_name)
+    return host is not None and host.get(kind, key) is not None

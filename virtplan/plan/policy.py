@@ -85,15 +85,30 @@ def policy(kind: str, field: str) -> Policy:
 
 def field_policy(kind: str, field: str, before: Any, after: Any) -> Policy:
     """The policy of one field change, refined by its values: disks and NICs appended at
-    the end are hot-plugged while any other change to them restarts; a volume shrink is
-    refused."""
+    the end are hot-plugged, data disks removed (the first disk stays) hot-unplugged, while
+    any other change to them restarts; a volume shrink is refused."""
     if LIVE.get(kind, {}).get(field) == Delivery.PLUG:
         kept = before or []
-        if kept != after[: len(kept)]:
-            return Policy.RESTART  # removal or change: not hot-pluggable
+        if kept != after[: len(kept)] and not (field == "disks" and data_disks_removed(kept, after)):
+            return Policy.RESTART  # another removal or a change: not hot-pluggable
     if kind == "volume" and field == "capacity" and before is not None and after < before:
         return Policy.IMMUTABLE
     return FIELDS[kind][field]
+
+
+def data_disks_removed(before: list[Any], after: list[Any]) -> list[Any]:
+    """The disks removed when `after` is `before` less some disks other than the first (the
+    boot disk), in the same order and otherwise unchanged; [] for any other change."""
+    if not before or not after or before[0] != after[0] or len(after) >= len(before):
+        return []
+    rest = iter(after)
+    removed, current = [], next(rest, None)
+    for item in before:
+        if item == current:
+            current = next(rest, None)
+        else:
+            removed.append(item)
+    return removed if current is None else []
 
 
 def hot_fields(kind: str, fields: Iterable[str]) -> list[str]:

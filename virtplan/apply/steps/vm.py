@@ -14,14 +14,14 @@ from typing import Any
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
-from virtplan.apply.steps.vm_live import HOT, AttachDevice, ReplugNic
+from virtplan.apply.steps.vm_live import HOT, AttachDevice, DetachDisk, ReplugNic
 from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
 from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import VM, Resource
 from virtplan.plan.changes import Action, ResourceChange
-from virtplan.plan.policy import hot_fields, plugged_fields, redefines
+from virtplan.plan.policy import data_disks_removed, hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 _DIGEST_ATTR = {
@@ -220,6 +220,9 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         for name in hot_fields("vm", fields):
             yield HOT[name](vm.name, fields[name].after, live=running, config=True)
     else:
+        if running and not restart and "disks" in fields:  # the guest lets go first; then the definition
+            for disk in data_disks_removed(fields["disks"].before or [], fields["disks"].after or []):
+                yield DetachDisk(vm.name, disk["volume"], obj.xml)
         if "cloud_init" in fields and vm.cloud_init is not None:
             yield WriteSeed(vm)
         if "console_log" in fields and console_log_path(vm) is not None:
