@@ -133,6 +133,11 @@ class Engine:
                 if obj.kind in ("vm", "network") and obj.owner is not None and obj.owner.stack == self.stack.name:
                     macs = [n["mac"] for n in obj.spec.get("nics", [])]
                     identities[f"{host.name}/{obj.kind}/{obj.key}"] = Identity(obj.uuid, macs)
+        for r in self.stack.managed():  # a renamed VM or network keeps its UUID and MACs
+            if r.renamed_from and r.kind in ("vm", "network") and r.host is not None and r.address not in identities:
+                old = f"{r.host.name}/{r.kind}/{r.renamed_from}"
+                if old in identities:
+                    identities[r.address] = identities[old]
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
 
     # -- plan and apply -------------------------------------------------------------------

@@ -37,6 +37,10 @@ class Resource:
     kind: ClassVar[str] = ""
     name: str
     _host: Host | None = None
+    #: The name this resource had before it was renamed in the stack (VM, network, volume):
+    #: the plan renames the object on the host instead of deleting and creating it, as
+    #: Terraform's `moved` blocks or Pulumi's aliases. Inert once no object has that name.
+    renamed_from: str | None = None
 
     def _register(self) -> None:
         register(self)
@@ -124,8 +128,10 @@ class Network(Resource):
         domain: str | None = None,
         autostart: bool = True,
         bridge: str | None = None,
+        renamed_from: str | None = None,
     ):
         self.name, self._host, self.mode, self.cidr = name, host, mode, cidr
+        self.renamed_from = renamed_from
         self.gateway, self.dhcp, self.dhcp_range, self.domain = gateway, dhcp, dhcp_range, domain
         self.autostart, self.bridge = autostart, bridge
         self._register()
@@ -209,8 +215,10 @@ class Volume(Resource):
         source: str | os.PathLike[str] | None = None,
         backing_format: str | None = None,
         copy_of: str | None = None,
+        renamed_from: str | None = None,
     ):
         self.pool: Pool | None = pool
+        self.renamed_from = renamed_from  # the old name in the same pool
         self.name, self.size, self.format = name, size, format
         self.backing = backing
         self.source = os.fspath(source) if source is not None else None
@@ -354,8 +362,10 @@ class VM(Resource):
         initrd: Volume | None = None,
         cmdline: str | None = None,
         console_log: bool = True,
+        renamed_from: str | None = None,
     ):
         self.name, self._host, self.vcpus, self.memory = name, host, vcpus, memory
+        self.renamed_from = renamed_from
         self.kernel, self.initrd, self.cmdline, self.console_log = kernel, initrd, cmdline, console_log
         self.max_vcpus, self.max_memory, self.machine, self.arch = max_vcpus, max_memory, machine, arch
         self.firmware = firmware

@@ -26,8 +26,8 @@ class Action(StrEnum):
 class Reason(StrEnum):
     """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
 
-    Each action has its reasons: create MISSING; update FIELDS_CHANGED or REPLUG; restart
-    NEEDS_RESTART; replace FORCES_REPLACEMENT, INTERRUPTED or REPLACE_REQUESTED; delete
+    Each action has its reasons: create MISSING; update FIELDS_CHANGED, REPLUG or RENAMED;
+    restart NEEDS_RESTART or RENAMED; replace FORCES_REPLACEMENT, INTERRUPTED or REPLACE_REQUESTED; delete
     REMOVED_FROM_STACK or DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
 
     MISSING = "missing"  # declared, not on the host
@@ -36,10 +36,25 @@ class Reason(StrEnum):
     FORCES_REPLACEMENT = "forces_replacement"  # fields that cannot change in place changed
     INTERRUPTED = "interrupted"  # virtplan's own create was cut short (an upload): made again
     REPLACE_REQUESTED = "replace_requested"  # `--replace ADDRESS`
+    RENAMED = "renamed"  # declared with renamed_from: the object on the host is renamed (moved_from: its old key)
     REPLUG = "replug"  # a running VM's NICs re-plugged after their network restarts (reason_fields: the networks)
     REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
     DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
 
+
+#: What a rename costs, by kind and action (libvirt renames only stopped domains, and no
+#: networks or volumes at all).
+RENAME_COST = {
+    ("vm", Action.RESTART): "; libvirt renames only stopped domains: the running VM is shut down and started again",
+    ("network", Action.RESTART): (
+        "; libvirt cannot rename a network: it is defined again under the new name with the same UUID and "
+        "restarted, and the running guests' NICs are re-plugged"
+    ),
+    ("network", Action.UPDATE): "; libvirt cannot rename a network: it is defined again under the new name, same UUID",
+    ("volume", Action.UPDATE): (
+        "; libvirt cannot rename a volume: its data is copied on the host to the new name, then the old one is deleted"
+    ),
+}
 
 SYMBOLS = {
     Action.CREATE: "+",
@@ -71,6 +86,7 @@ class ResourceChange:
     depends_on: list[str] = field(default_factory=list)
     fingerprint: str | None = None
     reason_fields: list[str] = field(default_factory=list)
+    moved_from: str | None = None  # a rename: the object's key on the host now (its old name)
 
     @property
     def symbol(self) -> str:
@@ -103,6 +119,8 @@ def reason_text(change: ResourceChange) -> str:
             return "virtplan's upload of it was interrupted; it is made again"
         case Reason.REPLACE_REQUESTED:
             return "replacement requested (--replace)"
+        case Reason.RENAMED:
+            return f"renamed from {change.moved_from}{RENAME_COST.get((change.kind, change.action), '')}"
         case Reason.REMOVED_FROM_STACK:
             return "removed from the stack"
         case Reason.DESTROY_REQUESTED:

@@ -161,6 +161,7 @@ def change_dict(change: ResourceChange) -> dict[str, Any]:
         "changes": [fc.__dict__.copy() for fc in _masked_fields(change)],
         "destructive": change.destructive,
         "depends_on": list(change.depends_on),
+        "moved_from": change.moved_from,
     }
 
 
@@ -282,10 +283,12 @@ def plan_from_document(doc: dict[str, Any]) -> Plan:
             list(c.get("depends_on", [])),
             c.get("fingerprint"),
             list(c.get("reason_fields", [])),
+            c.get("moved_from"),
         )
         for c in doc["changes"]
     ]
-    return Plan(doc["stack"], doc["stack_hash"], changes, dict(doc["hosts"]), doc.get("virtplan_version", ""))
+    return Plan(doc["stack"], doc["stack_hash"], changes, dict(doc["hosts"]), doc.get("virtplan_version", ""),
+                list(doc.get("targets") or []), list(doc.get("replace") or []))  # fmt: skip
 
 
 # -- staleness ------------------------------------------------------------------------

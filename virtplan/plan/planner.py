@@ -9,6 +9,7 @@ observed object it was computed from.
 from __future__ import annotations
 
 import graphlib
+from typing import Any
 
 from virtplan.documents.parse import Spec, parse
 from virtplan.documents.render import Renderer
@@ -108,6 +109,8 @@ class _Planner:
         self.replace = replace
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
+        self.moved: set[str] = set()  # old addresses of objects renamed (renamed_from): not deleted
+        self.network_renames: dict[str, dict[str, str]] = {}  # host -> old network name -> new
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
         return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
@@ -161,6 +164,11 @@ class _Planner:
         deps = [d.address for d in resource.dependencies() if d.address in self.changes]
         if isinstance(resource, VM):
             self.check_seed(resource, host)
+        if obj is None and resource.renamed_from:
+            old = self.rename_source(resource, host)
+            if old is not None:
+                self.plan_rename(resource, old, host, deps)
+                return
         if obj is None:
             spec = desired_spec(resource, self.renderer)
             fields = [FieldChange(k, None, v, "create") for k, v in spec.items() if k not in RUNTIME_ONLY]
@@ -178,12 +186,7 @@ class _Planner:
             change = self.add(resource, Action.REPLACE, Reason.INTERRUPTED, [], fields, deps, obj)
             change.destructive = change_risk("volume", Action.REPLACE, obj.spec, [])
             return
-        before = obj.spec
-        diffs = [
-            FieldChange(name, before.get(name), value, field_policy(resource.kind, name, before.get(name), value).value)
-            for name, value in desired.items()
-            if differs(before, name, value)
-        ]
+        diffs = self.diffs(resource, obj, desired, host)
         if resource.address in self.replace:
             if resource.kind not in REPLACEABLE:
                 self.errors.append(FieldError(resource.address, "--replace", f"a {resource.kind} cannot be replaced"))
@@ -206,6 +209,84 @@ class _Planner:
         change = self.add(resource, action, reason, deciding, diffs, deps, obj)
         users = running_users(host, resource.key) if resource.kind == "network" else []
         change.destructive = change_risk(resource.kind, action, obj.spec, users, desired)
+
+    def diffs(self, resource: Resource, obj: ObservedObject, desired: Spec, host: HostState) -> list[FieldChange]:
+        """The declared fields that differ from the observed object, each with its policy
+        (NICs that only follow their network's rename are re-plugged live)."""
+        before = obj.spec
+        out = [
+            FieldChange(name, before.get(name), value, field_policy(resource.kind, name, before.get(name), value).value)
+            for name, value in desired.items()
+            if differs(before, name, value)
+        ]
+        renames = self.network_renames.get(host.name, {})
+        for fc in out:
+            if fc.field == "nics" and renames and _follow_renames(fc.before or [], fc.after or [], renames):
+                fc.policy = Policy.LIVE.value
+        return out
+
+    # renames (renamed_from)
+    def rename_source(self, resource: Resource, host: HostState) -> ObservedObject | None:
+        """The object `resource` is renamed from, if it is on the host and this stack's."""
+        old = str(resource.renamed_from)
+        key = f"{resource.key.rsplit('/', 1)[0]}/{old}" if resource.kind == "volume" else old
+        obj = host.get(resource.kind, key)
+        if obj is None:
+            return None  # renamed already (or never there): made as declared
+        if not self.owned(obj, f"{host.name}/{resource.kind}/{key}", host):
+            self.errors.append(FieldError(resource.address, "renamed_from", (
+                f"the {resource.kind} {key!r} on host {host.name!r} is not this stack's: virtplan renames only "
+                "what it owns"
+            )))  # fmt: skip
+            return None
+        return obj
+
+    def plan_rename(self, resource: Resource, obj: ObservedObject, host: HostState, deps: list[str]) -> None:
+        """A rename, keeping the object's identity (UUID, MACs, disks, data), with the
+        declared changes that come along; what each kind's rename costs is in its reason."""
+        desired = desired_spec(resource, self.renderer)
+        diffs = self.diffs(resource, obj, desired, host)
+        old_address = f"{host.name}/{resource.kind}/{obj.key}"
+        refuse = [d.field for d in diffs if d.policy in (Policy.IMMUTABLE, Policy.REPLACE)]
+        if resource.kind == "network":
+            refuse = []  # a network is defined again anyway: anything may change with it
+        elif resource.kind == "volume":
+            refuse = [d.field for d in diffs]
+            if obj.spec.get("backing"):
+                refuse.append("backing")
+            users = [o.key for o in host.of_kind("vm") if o.spec.get("state") == "running"
+                     and any(d.get("volume") == obj.key for d in o.spec.get("disks", []))]  # fmt: skip
+            if users:
+                self.errors.append(FieldError(resource.address, "renamed_from", (
+                    f"libvirt cannot rename a volume, so virtplan copies it, which it cannot do under a running VM "
+                    f"({', '.join(users)}): stop it first (state='stopped'), apply, then rename"
+                )))  # fmt: skip
+                return
+        elif any(r.get("vm") == old_address and r.get("kind") in ("snapshot", "freeze")
+                 for r in self.store.records(host.uri).values()):  # fmt: skip
+            refuse.append("snapshots")
+        if refuse:
+            self.errors.append(FieldError(resource.address, "renamed_from", (
+                f"a {resource.kind} renamed together with a change of {', '.join(sorted(set(refuse)))}: rename it "
+                "first (apply), then change it"
+            )))  # fmt: skip
+            return
+        if resource.kind == "vm":
+            running = obj.spec.get("state") == "running"
+            action = Action.RESTART if running and desired.get("state") == "running" else Action.UPDATE
+        elif resource.kind == "network":
+            action = Action.RESTART if obj.spec.get("active") else Action.UPDATE
+            self.network_renames.setdefault(host.name, {})[obj.key] = resource.key
+        else:
+            action = Action.UPDATE
+        fields = [FieldChange("name", obj.key, resource.key, "rename"), *diffs]
+        change = self.add(resource, action, Reason.RENAMED, ["name"], fields, deps, obj)
+        change.moved_from = obj.key
+        users = running_users(host, obj.key) if resource.kind == "network" else []
+        change.destructive = (
+            change_risk(resource.kind, action, obj.spec, users, desired) if resource.kind != "volume" else None
+        )
+        self.moved.add(old_address)
 
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan
@@ -257,7 +338,7 @@ class _Planner:
         network's change (an update of its own, or added to the VM's update)."""
         restarting = {
             c.address: c for c in self.changes.values()
-            if c.kind == "network" and (c.action in (Action.RESTART, Action.REPLACE)
+            if c.kind == "network" and (c.action in (Action.RESTART, Action.REPLACE) or c.reason == Reason.RENAMED
                                         or any(fc.field == "active" and fc.after for fc in c.changes))
         }  # fmt: skip
         if not restarting:
@@ -271,8 +352,10 @@ class _Planner:
             if obj is None or obj.spec.get("state") != "running" or (change and change.action != Action.UPDATE):
                 continue  # created, stopped, restarted or replaced: plugged afresh
             nets = [n.network for n in resource.nics if n.network is not None and n.network.address in restarting]
+            names = {n.name for n in nets} | {str(restarting[n.address].moved_from) for n in nets
+                                              if restarting[n.address].moved_from}  # fmt: skip
             macs = sorted({nic["mac"] for nic in obj.spec.get("nics", [])
-                           if nic.get("network") in {n.name for n in nets} and nic.get("mac")})  # fmt: skip
+                           if nic.get("network") in names and nic.get("mac")})  # fmt: skip
             if not macs:
                 continue
             deps = sorted({n.address for n in nets})
@@ -296,7 +379,9 @@ class _Planner:
         for host in self.observed.values():
             for obj in host.objects.values():
                 address = f"{host.name}/{obj.kind}/{obj.key}"
-                if address in declared or address in seeds or not self.owned(obj, address, host):
+                if address in declared or address in seeds or address in self.moved:
+                    continue
+                if not self.owned(obj, address, host):
                     continue
                 if obj.kind == "volume" and self.layer_kept(address, host, declared):
                     continue
@@ -325,6 +410,17 @@ class _Planner:
                 if record.get("seed_of") or record.get("log_of"):
                     seeds.add(address)  # owned through their VM, deleted with it
         return seeds
+
+
+def _follow_renames(before: list[Any], after: list[Any], renames: dict[str, str]) -> bool:
+    """Whether the NICs `after` are the NICs `before` with only their networks renamed."""
+    if len(before) != len(after) or before == after:
+        return False
+    for b, a in zip(before, after, strict=True):
+        moved = {**b, "network": renames.get(b.get("network") or "", b.get("network"))}
+        if moved != a:
+            return False
+    return True
 
 
 def running_users(host: HostState, network: str) -> list[str]:

@@ -20,7 +20,7 @@ from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import VM, Resource
-from virtplan.plan.changes import Action, ResourceChange
+from virtplan.plan.changes import Action, Reason, ResourceChange
 from virtplan.plan.policy import data_disks_removed, hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
@@ -135,6 +135,22 @@ def graceful_stop(dom: Any, timeout: float) -> None:
         dom.destroy()
 
 
+@dataclass(frozen=True)
+class RenameDomain(Operation):
+    """Rename a stopped domain (libvirt renames only those); it keeps its UUID and devices."""
+
+    old: str
+    new: str
+
+    def run(self, rt: Runtime) -> None:
+        dom = rt.handle("vm", self.old)
+        dom.rename(self.new, 0)
+        rt.remember("vm", self.new, rt.conn.lookupByName(self.new))
+
+    def shell(self, ctx: Context) -> list[str]:
+        return [f"virsh domrename {q(self.old)} {q(self.new)}"]
+
+
 # -- undefining -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class UndefineDomain(Operation):
@@ -200,11 +216,45 @@ def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
 
 
 def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     yield from _change(change, ctx, restart=False)
 
 
 def restart(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     yield from _change(change, ctx, restart=True)
+
+
+def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    """A renamed VM (renamed_from): shut down if running (libvirt renames only stopped
+    domains), renamed, defined as declared (same UUID, MACs and disks; a new seed and
+    console log, named after it), started again if declared running; its old seed and
+    log go."""
+    vm: VM = ctx.resource(change)
+    assert change.moved_from is not None
+    obj = ctx.host.get("vm", change.moved_from)
+    assert obj is not None
+    old_address = f"{ctx.host.name}/vm/{change.moved_from}"
+    if obj.spec.get("state") == "running":
+        yield GracefulStop(change.moved_from, float(vm.shutdown_timeout))
+    yield RenameDomain(change.moved_from, vm.name)
+    yield Forget(old_address)
+    if vm.cloud_init is not None:
+        yield WriteSeed(vm)
+    if console_log_path(vm) is not None:
+        yield ClaimConsoleLog(vm)
+    yield DefineDomain(vm, keep_from=obj.xml)
+    yield DomainAutostart(vm.name, vm.autostart)
+    if vm.state == "running":
+        yield StartDomain(vm.name)
+    for address, record in sorted(ctx.records.items()):
+        if old_address in (record.get("seed_of"), record.get("log_of")):
+            yield DeleteVmVolume(address, log=bool(record.get("log_of")))
+    yield Recorded(change)
 
 
 def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Operation]:
@@ -241,7 +291,8 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
             yield GracefulStop(vm.name, float(vm.shutdown_timeout))
             yield StartDomain(vm.name)
     if "unplugged" in fields and running and vm.state == "running" and not restart:
-        yield from _replugs(vm, obj, fields["unplugged"].before or [], ctx)
+        nics = fields["nics"].after if "nics" in fields else obj.spec.get("nics", [])  # a renamed network's new name
+        yield from _replugs(vm, obj, fields["unplugged"].before or [], nics)
     if "autostart" in fields:
         yield DomainAutostart(vm.name, vm.autostart)
     if "state" in fields:
@@ -252,9 +303,9 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
     yield Recorded(change)
 
 
-def _replugs(vm: VM, obj: ObservedObject, macs: list[str], ctx: Context) -> Iterator[Operation]:
-    """Re-plug each NIC in `macs` into its network (see ReplugNic)."""
-    networks = {n["mac"]: n.get("network") for n in obj.spec.get("nics", [])}
+def _replugs(vm: VM, obj: ObservedObject, macs: list[str], nics: list[Any]) -> Iterator[Operation]:
+    """Re-plug each NIC in `macs` into its network as `nics` (the NICs' specs) say (see ReplugNic)."""
+    networks = {n["mac"]: n.get("network") for n in nics}
     bridges = {n.network.name: n.network.bridge_name for n in vm.nics if n.network is not None}
     for mac in macs:
         network = networks.get(mac)
