@@ -157,7 +157,7 @@ def test_demo_stack_through_the_pulumi_cli(
     assert f"{NET_TYPE} (local/demo-net):" in diagnostics  # the warning is attached to the network
     assert (
         "warning: virtplan: local/network/demo-net: replace: cidr changed, which forces replacement; "
-        "destructive: running VMs lose connectivity until restarted: demo-1, demo-2"
+        "destructive: running VMs lose connectivity until their NICs are re-plugged: demo-1, demo-2"
     ) in diagnostics
     assert conn.networkLookupByName("demo-net").isActive()
     edit(program, 'cidr="10.77.0.0/25"', 'cidr="10.77.0.0/24"')

@@ -87,7 +87,7 @@ def test_risks():
     assert change_risk("vm", Action.REPLACE, running, []) == "the running VM is stopped and its domain recreated"
     assert change_risk("vm", Action.REPLACE, {"disks": []}, []) is None
     assert change_risk("network", Action.RESTART, {}, ["a", "b"]) == (
-        "running VMs lose connectivity until their NICs are re-plugged (next in this apply): a, b"
+        "running VMs lose connectivity until their NICs are re-plugged: a, b"
     )
     assert change_risk("network", Action.RESTART, {}, []) is None
     assert delete_risk("volume", {}, []) == "the volume and all data on it are deleted"

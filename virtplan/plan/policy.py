@@ -173,7 +173,7 @@ def change_risk(
             return "the running VM is stopped and its domain recreated"
         return "the domain is recreated (its disks are kept)" if observed.get("disks") else None
     if kind == "network" and users:
-        return f"running VMs lose connectivity until their NICs are re-plugged (next in this apply): {', '.join(users)}"
+        return f"running VMs lose connectivity until their NICs are re-plugged: {', '.join(users)}"
     return None
 
 
