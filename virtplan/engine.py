@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,12 +142,12 @@ class Engine:
 
     # -- plan and apply -------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, timeout: float = 0.0) -> Iterator[list[str]]:
-        """Hold the stack's lock on each of its hosts (waiting up to `timeout` s); yields
-        notes about stale locks released. Every command that changes the hosts (apply,
-        destroy, clone, snapshot, adopt) runs inside it."""
+    def locked(self, timeout: float = 0.0, waiting: Callable[[str], None] | None = None) -> Iterator[list[str]]:
+        """Hold the stack's lock on each of its hosts (waiting up to `timeout` s, telling
+        `waiting` what it waits for); yields notes about stale locks released. Every command
+        that changes the hosts (apply, destroy, clone, snapshot, adopt) runs inside it."""
         hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
-        with HostLocks(self.stack.key, hosts, timeout) as locks:
+        with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
             self._locks = locks
             try:
                 yield locks.notes() + self._migrate()

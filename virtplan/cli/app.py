@@ -27,7 +27,15 @@ from virtplan.cli.options import (
     open_engine,
     set_debug,
 )
-from virtplan.cli.output import applied, apply_with_progress, confirm, console, print_notes, print_plan
+from virtplan.cli.output import (
+    applied,
+    apply_with_progress,
+    confirm,
+    console,
+    print_notes,
+    print_plan,
+    say_waiting,
+)
 from virtplan.errors import ApplyInterrupted, OwnershipError, StackLoadError, VirtplanError
 
 INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
@@ -152,7 +160,7 @@ def destroy(
 def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool,
               lock_timeout: float, targets: list[str] | None = None,
               replace: list[str] | None = None) -> None:  # fmt: skip
-    with open_engine(stack, host) as engine, engine.locked(lock_timeout) as notes:
+    with open_engine(stack, host) as engine, engine.locked(lock_timeout, say_waiting) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan(destroy=destroy, targets=targets, replace=replace)
         left = engine.not_owned(observation) if destroy and not targets else []
@@ -182,7 +190,7 @@ def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
 
     doc, engine = load_saved_plan(path)
     console().print(f"Applying the saved plan {path} (stack {doc['stack']}, made {doc.get('created_at', '?')}).")
-    with engine, engine.locked(lock_timeout) as notes:
+    with engine, engine.locked(lock_timeout, say_waiting) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan_saved(doc)
         print_plan(the_plan)

@@ -41,6 +41,11 @@ def print_plan(the_plan: Any, drift: Any = None) -> None:
         ])  # fmt: skip
 
 
+def say_waiting(text: str) -> None:
+    """What a command waits for (a lock another apply holds), at once, on stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def print_notes(notes: list[str]) -> None:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
