@@ -50,6 +50,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real private libvirt hosts (root, libvirtd, QEMU)")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures tests record with `record_property("virtplan-figures", row)` (the fault
+    suite, tests/faults), as one table per kind of test, after the run (xdist workers too)."""
+    rows: list[dict[str, object]] = []
+    for status in ("passed", "failed"):
+        for report in terminalreporter.stats.get(status, []):
+            rows += [value for name, value in getattr(report, "user_properties", []) if name == "virtplan-figures"]
+    if not rows:
+        return
+    terminalreporter.section("virtplan figures")
+    for kind in dict.fromkeys(str(r.get("test")) for r in rows):
+        group = [r for r in rows if str(r.get("test")) == kind]
+        columns = list(dict.fromkeys(k for r in group for k in r if k != "test"))
+        table = [[str(r.get(c, "")) for c in columns] for r in group]
+        widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
+        terminalreporter.write_line(f"{kind}:")
+        terminalreporter.write_line("  " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        terminalreporter.write_line("  " + "-+-".join("-" * w for w in widths))
+        for row in table:
+            terminalreporter.write_line("  " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HOST_FIXTURES.intersection(getattr(item, "fixturenames", ())):

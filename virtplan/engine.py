@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
+from virtplan.apply.executor import ApplyReport, Control, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
@@ -27,7 +27,7 @@ from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
-from virtplan.model import Stack
+from virtplan.model import VM, Network, Stack
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
@@ -87,9 +87,14 @@ class Engine:
     def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
         """Keys per kind worth reading on a host: declared ones and recorded ones."""
         wanted: dict[str, set[str]] = {"vm": set(), "network": set(), "pool": set(), "volume": set(), "snapshot": set()}
+        wanted["bridge"] = set()  # host bridges the stack plugs into (checked at plan time)
         for r in self.stack.managed():
             if r.host is not None and r.host.name == host:
                 wanted[r.kind].add(r.key)
+                if isinstance(r, VM):
+                    wanted["bridge"] |= {n.bridge for n in r.nics if n.bridge}
+                elif isinstance(r, Network) and r.mode == "bridge" and r.bridge:
+                    wanted["bridge"].add(r.bridge)
         for address, record in self.store.records(uri).items():
             _, kind, key = address.split("/", 2)
             wanted.setdefault(record.get("kind", kind), set()).add(key)
@@ -128,16 +133,21 @@ class Engine:
                 if obj.kind in ("vm", "network") and obj.owner is not None and obj.owner.stack == self.stack.name:
                     macs = [n["mac"] for n in obj.spec.get("nics", [])]
                     identities[f"{host.name}/{obj.kind}/{obj.key}"] = Identity(obj.uuid, macs)
+        for r in self.stack.managed():  # a renamed VM or network keeps its UUID and MACs
+            if r.renamed_from and r.kind in ("vm", "network") and r.host is not None and r.address not in identities:
+                old = f"{r.host.name}/{r.kind}/{r.renamed_from}"
+                if old in identities:
+                    identities[r.address] = identities[old]
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
 
     # -- plan and apply -------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, timeout: float = 0.0) -> Iterator[list[str]]:
-        """Hold the stack's lock on each of its hosts (waiting up to `timeout` s); yields
-        notes about stale locks released. Every command that changes the hosts (apply,
-        destroy, clone, snapshot, adopt) runs inside it."""
+    def locked(self, timeout: float = 0.0, waiting: Callable[[str], None] | None = None) -> Iterator[list[str]]:
+        """Hold the stack's lock on each of its hosts (waiting up to `timeout` s, telling
+        `waiting` what it waits for); yields notes about stale locks released. Every command
+        that changes the hosts (apply, destroy, clone, snapshot, adopt) runs inside it."""
         hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
-        with HostLocks(self.stack.key, hosts, timeout) as locks:
+        with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
             self._locks = locks
             try:
                 yield locks.notes() + self._migrate()
@@ -162,16 +172,21 @@ class Engine:
         *,
         scope: Stack | None = None,
         only: str | None = None,
+        targets: list[str] | None = None,
+        replace: list[str] | None = None,
     ) -> tuple[Plan, Observation]:
         """Observe (unless given) and plan; refuses (PlanError) what the guards refuse.
 
         `scope` plans a part of the stack (its resources, with this stack's renderer);
-        `only` keeps the changes of one address. The guards run on what is kept."""
+        `only` keeps the changes of one address; `targets` (`--target`) the changes of those
+        addresses and what they wait for; `replace` (`--replace`) replaces those objects.
+        The guards run on what is kept."""
         observation = observation or self.observe()
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
-        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy,
+                         replace=replace, targets=targets)  # fmt: skip
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
         protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
@@ -201,11 +216,27 @@ class Engine:
                 ))  # fmt: skip
         return problems
 
+    def not_owned(self, observation: Observation) -> list[str]:
+        """Declared objects present on the hosts that this stack cannot prove it owns (imported
+        and not adopted yet, or someone else's): `destroy` leaves them alone."""
+        from virtplan.plan.ownership import owner_stack
+
+        out = []
+        for r in self.stack.managed():
+            assert r.host is not None
+            host = observation.hosts[r.host.name]
+            obj = host.get(r.kind, r.key)
+            if obj is not None and owner_stack(obj, r.address, host.uri, self.store, self.stack.key) != self.stack.key:
+                out.append(r.address)
+        return out
+
     def plan_saved(self, doc: dict[str, Any]) -> tuple[Plan, Observation]:
         """Plan again and refuse (StalePlan) unless the result is exactly the saved plan `doc`."""
         from virtplan.plan.planfile import check_current
 
-        plan, observation = self.plan(destroy=bool(doc.get("destroy")))
+        plan, observation = self.plan(
+            destroy=bool(doc.get("destroy")), targets=doc.get("targets") or None, replace=doc.get("replace") or None
+        )
         check_current(doc, plan, self.stack, observation.hosts, self.store)
         return plan, observation
 
@@ -216,18 +247,21 @@ class Engine:
         progress: ProgressFn | None = None,
         *,
         bookkeeping: bool = True,
+        control: Control | None = None,
     ) -> ApplyReport:
         """Apply `plan` (raises ApplyError with the report on failure). After a complete
         apply of the whole stack (`bookkeeping`), records what was applied: the baseline
         drift compares against, and forgets objects deleted outside virtplan that the stack
-        no longer declares. An empty plan only does that bookkeeping."""
+        no longer declares. An empty plan only does that bookkeeping. `control` lets the
+        caller stop the apply (`Control.interrupt`, the CLI's Ctrl-C)."""
         report = ApplyReport()
         if plan.changes:
             conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
-            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress,
+                                control)  # fmt: skip
         if self._locks is not None:
             self._locks.check()
-        if bookkeeping:
+        if bookkeeping and not plan.targets:  # a targeted apply leaves the rest as it is
             from virtplan.plan.drift import forget_vanished, record_baseline
 
             forget_vanished(self.stack, observation.hosts, self.store)

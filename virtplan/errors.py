@@ -57,3 +57,11 @@ class ApplyError(VirtplanError):
     def __init__(self, message: str, report: object | None = None):
         self.report = report
         super().__init__(message)
+
+
+class ApplyInterrupted(ApplyError):
+    """The apply was interrupted (Ctrl-C): the changes in flight finished, the rest did not start."""
+
+
+class HostLost(ApplyError):
+    """The connection to a host broke during the apply."""

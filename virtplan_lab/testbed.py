@@ -402,6 +402,34 @@ class PrivateHost:
                 self.remote.network.detach(self.remote.slot)
                 self._attached = False
 
+    def restart_daemon(self, timeout: float = 30) -> None:
+        """Restart libvirtd alone, as an operator's ``systemctl restart libvirtd`` does:
+        SIGTERM (running guests, virtlogd and dnsmasq go on), then a new libvirtd in the
+        same namespaces, which reconnects to the guests. Clients' connections break."""
+        if self._proc is None or self.pid is None:
+            raise RuntimeError(f"{self!r} is not running")
+        old = self.pid
+        keeper = next((p for p in self.namespace_pids() if p != old and _comm(p) == "virtlogd"), None)
+        if keeper is None:
+            raise RuntimeError(f"{self!r}: no virtlogd in its namespace to enter")
+        self._stop_daemon(timeout)
+        conf = str(self.workdir / "etc" / "libvirtd.conf")
+        listen = ["--listen"] if self._tls else []
+        command = ["nsenter", "--target", str(keeper), "--mount", "--net", "--uts", "--", "libvirtd", *listen, "-f",
+                   conf]  # fmt: skip
+        env = {"PATH": _PATH, "LANG": "C.UTF-8", "HOME": str(self.workdir)}
+        with open(self.launch_log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=self.workdir, start_new_session=True,
+            )  # fmt: skip
+        (self.workdir / PID_FILE).write_text(f"{self._proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not daemon_reachable(self.uri, 5):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise HostStartError(self._failure("libvirtd did not come back after a restart"))
+            time.sleep(0.05)
+
     def connect(self) -> Any:
         """A new read-write ``libvirt.virConnect`` to this host; the caller closes it."""
         import libvirt
@@ -919,3 +947,11 @@ def user_pools(conn: Any) -> list[Any]:
     """The storage pools of a host other than virtplan's records pool (which stays on a
     host virtplan managed, holding nothing once every stack is destroyed)."""
     return [p for p in conn.listAllStoragePools() if p.name() != RECORDS_POOL]
+
+
+def _comm(pid: int) -> str:
+    """A process's command name ("" if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -81,7 +81,8 @@ def test_import_everything_then_adopt(env):
     assert "- vm hand-cd: disks[0] is a cdrom" in text, "what is left out is named in the program"
     compile(text, str(out), "exec")
     env.cli("plan", str(out), "--detailed-exitcode")
-    env.cli("destroy", str(out), "--yes", "--allow-destroy")  # owns nothing yet: deletes nothing
+    refused = env.cli("destroy", str(out), "--yes", "--allow-destroy", rc=1)  # owns nothing yet: deletes nothing
+    assert "this stack owns none of its 6 objects on its hosts" in refused and "virtplan adopt" in refused, refused
     assert env.conn.lookupByName("hand-web").isActive()
     out_adopt = env.cli("adopt", str(out))
     assert "Adopted 6 object(s)" in out_adopt, out_adopt

@@ -67,12 +67,12 @@ def test_concurrent_applies_never_interleave(bed):
     cli("apply", str(stack), "--yes")
     edit(stack, 'state="running"', 'state="stopped"')
 
-    first = cli.spawn("apply", str(stack), "--yes")
+    first = cli.spawn("apply", str(stack), "--yes", "--allow-destroy")  # stopping a running VM is destructive
     holder = wait_for_holder(conn, "lk", first.pid)
     assert holder["user"] and holder["machine"] and holder["since"]
 
     # Fails at once, naming the holder.
-    out = cli("apply", str(stack), "--yes", rc=1)
+    out = cli("apply", str(stack), "--yes", "--allow-destroy", rc=1)
     assert f"stack 'lk' on host 'local' ({cli.uri}) is locked by pid {first.pid} (user {holder['user']} on " \
         f"{holder['machine']}, since" in out  # fmt: skip
     assert "--lock-timeout" in out and "Nothing was changed" in out
@@ -81,11 +81,12 @@ def test_concurrent_applies_never_interleave(bed):
     assert first.poll() is None, "the first apply should still be running"
 
     # Waits, then plans on what the first one did: nothing left to do.
-    out = cli("apply", str(stack), "--yes", "--lock-timeout", "60")
+    out = cli("apply", str(stack), "--yes", "--allow-destroy", "--lock-timeout", "60")
     first_out = first.communicate(timeout=60)[0]
     assert first.returncode == 0, first_out
     assert "Apply complete: 1 change(s) applied." in first_out
     assert "No changes." in out and "Apply complete" not in out
+    assert f"waiting up to 60 s for the lock on stack 'lk' on host 'local' ({cli.uri}), held by pid {first.pid}" in out
     assert not conn.lookupByName("lk-1").isActive()
     assert lock_holder(conn, "lk") is None  # released cleanly: the lock is gone from the host
 
@@ -96,7 +97,7 @@ def test_lock_of_a_killed_apply_does_not_block(bed):
     cli("apply", str(stack), "--yes")
     edit(stack, 'state="running"', 'state="stopped"')
 
-    victim = cli.spawn("apply", str(stack), "--yes")
+    victim = cli.spawn("apply", str(stack), "--yes", "--allow-destroy")
     wait_for_holder(conn, "lk", victim.pid)
     time.sleep(0.5)  # inside the graceful stop
     os.kill(victim.pid, signal.SIGKILL)
@@ -104,7 +105,7 @@ def test_lock_of_a_killed_apply_does_not_block(bed):
     assert lock_holder(conn, "lk")["pid"] == victim.pid  # its lock is left behind on the host
 
     started = time.monotonic()
-    out = cli("apply", str(stack), "--yes")
+    out = cli("apply", str(stack), "--yes", "--allow-destroy")
     assert f"note: released the lock on stack 'lk' on host 'local' ({cli.uri}) left by pid {victim.pid}" in out
     assert "which is no longer running" in out
     assert "Apply complete" in out and time.monotonic() - started < 30

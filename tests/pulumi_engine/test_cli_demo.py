@@ -151,13 +151,15 @@ def test_demo_stack_through_the_pulumi_cli(
     # -- a CIDR edit: previewed as a replacement, with virtplan's destructive note ---------
     edit(program, 'cidr="10.77.0.0/24"', 'cidr="10.77.0.0/25"')
     preview = project.run("preview")
-    assert summary(preview.text) == {"replace": 1, "unchanged": 8}, preview.text
+    # the guests on it are updated after it: their NICs are re-plugged into the new network
+    assert summary(preview.text) == {"replace": 1, "update": 2, "unchanged": 6}, preview.text
     assert f"+- {NET_TYPE} local/demo-net replace [diff: ~cidr]" in preview.text
+    assert f"~  {VM_TYPE} local/demo-1 update" in preview.text and f"~  {VM_TYPE} local/demo-2 update" in preview.text
     diagnostics = preview.text.split("Diagnostics:", 1)[1]
     assert f"{NET_TYPE} (local/demo-net):" in diagnostics  # the warning is attached to the network
     assert (
         "warning: virtplan: local/network/demo-net: replace: cidr changed, which forces replacement; "
-        "destructive: running VMs lose connectivity until restarted: demo-1, demo-2"
+        "destructive: running VMs lose connectivity until their NICs are re-plugged: demo-1, demo-2"
     ) in diagnostics
     assert conn.networkLookupByName("demo-net").isActive()
     edit(program, 'cidr="10.77.0.0/25"', 'cidr="10.77.0.0/24"')

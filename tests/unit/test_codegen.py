@@ -20,6 +20,7 @@ VM_VALUES = {
     "vcpus": 2, "memory": "256MiB", "max_vcpus": 4, "max_memory": "1GiB", "machine": "q35", "arch": "x86_64",
     "firmware": "uefi", "graphics": Graphics("spice", listen="0.0.0.0"), "serial": True, "autostart": True,
     "state": "stopped", "description": 'a "quoted" <description>', "shutdown_timeout": 5.0,
+    "shutdown_on_delete": True, "renamed_from": "web-old",
     "cmdline": "console=ttyS0", "console_log": False,
     "cloud_init": CloudInit(user="ops", ssh_keys=["ssh-ed25519 AAAA"], packages=["curl"], hostname="w"),
 }  # fmt: skip

@@ -117,8 +117,10 @@ CASES: dict[str, Case] = {
         {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])},
         mutate=set_spec("vm", "vm", state="stopped"),
     ),
-    "desired stopped": Case(
-        lambda: program(vm={"state": "stopped"}), {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])}
+    "desired stopped: stopping a running VM is destructive": Case(
+        lambda: program(vm={"state": "stopped"}),
+        {"h/vm/vm": (Action.UPDATE, Reason.FIELDS_CHANGED, ["state"])},
+        destructive={"h/vm/vm"},
     ),
     "arch change replaces (destructive while running)": Case(
         lambda: program(vm={"arch": "x86_64"}),
@@ -165,18 +167,28 @@ CASES: dict[str, Case] = {
     ),
     "subnet change replaces the network, destructive for running guests": Case(
         program,
-        {"h/network/net": (Action.REPLACE, Reason.FORCES_REPLACEMENT, ["cidr"])},
+        {
+            "h/network/net": (Action.REPLACE, Reason.FORCES_REPLACEMENT, ["cidr"]),
+            "h/vm/vm": (Action.UPDATE, Reason.REPLUG, ["net"]),  # its NIC goes back on the new network
+        },
         mutate=set_spec("network", "net", cidr="10.6.0.0/24"),
         destructive={"h/network/net"},
+        policies={"h/vm/vm unplugged": "live"},
     ),
     "dhcp range change restarts the network": Case(
         lambda: program(net={"dhcp_range": ("10.5.0.50", "10.5.0.60")}),
-        {"h/network/net": (Action.RESTART, Reason.NEEDS_RESTART, ["dhcp_range"])},
+        {
+            "h/network/net": (Action.RESTART, Reason.NEEDS_RESTART, ["dhcp_range"]),
+            "h/vm/vm": (Action.UPDATE, Reason.REPLUG, ["net"]),
+        },
         destructive={"h/network/net"},
     ),
     "stopped network is started": Case(
         program,
-        {"h/network/net": (Action.UPDATE, Reason.FIELDS_CHANGED, ["active"])},
+        {
+            "h/network/net": (Action.UPDATE, Reason.FIELDS_CHANGED, ["active"]),
+            "h/vm/vm": (Action.UPDATE, Reason.REPLUG, ["net"]),  # its port went with the network
+        },
         mutate=set_spec("network", "net", active=False),
     ),
     "removed VM is deleted and its reservation dropped": Case(

@@ -34,7 +34,10 @@ def test_every_live_field_says_how_it_reaches_the_running_object():
     [
         ("vm", "disks", [DISK_A], [DISK_A, DISK_B], Policy.LIVE),  # appended: hot-plugged
         ("vm", "disks", None, [DISK_A], Policy.LIVE),
-        ("vm", "disks", [DISK_A, DISK_B], [DISK_A], Policy.RESTART),  # removed
+        ("vm", "disks", [DISK_A, DISK_B], [DISK_A], Policy.LIVE),  # a data disk removed: hot-unplugged
+        ("vm", "disks", [DISK_A, DISK_B], [DISK_B], Policy.RESTART),  # the boot disk removed
+        ("vm", "disks", [DISK_A, DISK_B], [DISK_B, DISK_A], Policy.RESTART),  # reordered
+        ("vm", "nics", [{"mac": "1"}, {"mac": "2"}], [{"mac": "1"}], Policy.RESTART),  # NICs: not unplugged
         ("vm", "nics", [{"mac": "1"}], [{"mac": "2"}], Policy.RESTART),  # changed
         ("volume", "capacity", 2, 3, Policy.LIVE),
         ("volume", "capacity", 3, 2, Policy.IMMUTABLE),  # shrinking is refused
@@ -83,8 +86,8 @@ def test_risks():
     assert change_risk("vm", Action.UPDATE, running, []) is None
     assert change_risk("vm", Action.REPLACE, running, []) == "the running VM is stopped and its domain recreated"
     assert change_risk("vm", Action.REPLACE, {"disks": []}, []) is None
-    assert (
-        change_risk("network", Action.RESTART, {}, ["a", "b"]) == "running VMs lose connectivity until restarted: a, b"
+    assert change_risk("network", Action.RESTART, {}, ["a", "b"]) == (
+        "running VMs lose connectivity until their NICs are re-plugged: a, b"
     )
     assert change_risk("network", Action.RESTART, {}, []) is None
     assert delete_risk("volume", {}, []) == "the volume and all data on it are deleted"

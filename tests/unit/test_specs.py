@@ -41,7 +41,7 @@ def shape_errors(spec: dict[str, Any], typed: Any, runtime: bool = False) -> lis
 
 
 def test_the_typed_fields_are_the_runtime_fields_or_the_persistent_ones():
-    assert specs.VMSpec.__optional_keys__ == {"state", "autostart"}
+    assert specs.VMSpec.__optional_keys__ == {"state", "autostart", "unplugged"}
     assert specs.NetworkSpec.__optional_keys__ == specs.PoolSpec.__optional_keys__ == {"active", "autostart"}
     assert "cmdline" in specs.VMSpec.__required_keys__
     assert shape_errors({"memory": True, "state": "running"}, specs.SnapshotSpec) == ["unexpected state"]

@@ -2,15 +2,18 @@
 
 Hosts are applied in parallel, each with a bounded pool of workers; a change starts once
 the changes it depends on are done, and is carried out by running the operations of its
-step (`virtplan.apply.steps`, which `plan --commands` prints). The first failure stops new
-work (running changes finish) and the report says what was done, what failed and what did
-not run. Every step is idempotent with respect to a fresh plan: after a crash, planning
-again sees what exists (pools and volumes are recorded before they are created) and
-converges.
+step (`virtplan.apply.steps`, which `plan --commands` prints). At most `workers` changes
+of a host are started at a time, so that a stop is immediate: after the first failure (on
+any host), an interrupt (`Control.interrupt`, Ctrl-C in the CLI) or a lost connection,
+the changes in flight finish and nothing new starts. The report has one outcome per
+planned change: done, failed or not started. Every step is idempotent with respect to a
+fresh plan: after a crash, planning again sees what exists (pools and volumes are
+recorded before they are created) and converges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -20,42 +23,121 @@ from typing import Any
 
 from virtplan.apply.steps import Context, Runtime, operations
 from virtplan.documents.render import Renderer
-from virtplan.errors import ApplyError
+from virtplan.errors import ApplyError, ApplyInterrupted, HostLost
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
 from virtplan.model import Stack
 from virtplan.plan.changes import Plan, ResourceChange
 
+#: progress(event, change, text): "start", "done", "failed" (text: the error) and "wait"
+#: (text: what an operation waits for, e.g. a guest's shutdown).
 ProgressFn = Callable[[str, ResourceChange, str | None], None]
+
+DONE, FAILED, NOT_STARTED = "done", "failed", "not started"
+#: How often a scheduler looks at the stop flag while changes are in flight.
+_TICK = 0.1
+
+
+def what(change: ResourceChange) -> str:
+    """A change as a report names it: "create local/vm/web1"."""
+    return f"{change.action.value} {change.address}"
 
 
 @dataclass
 class Outcome:
     address: str
     action: str
-    status: str  # done | failed | not run
+    status: str  # done | failed | not started
     error: str | None = None
     seconds: float = 0.0
 
 
 @dataclass
+class LostHost:
+    """The connection to a host broke during the apply."""
+
+    host: str
+    uri: str
+    in_flight: list[str]  # the changes in flight on that host then ("create local/vm/a")
+    error: str
+
+
+class Control:
+    """What all the schedulers of one apply share with whoever watches it: the stop flag
+    (first failure, interrupt, lost connection) and which changes are in flight.
+
+    `interrupt()` is safe to call from a signal handler: it only sets flags and counts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reason: str | None = None  # why new changes no longer start: "failed" | "interrupted" | "lost"
+        self.interrupted = False
+        self.total = 0
+        self.started = 0
+        self.in_flight: dict[str, ResourceChange] = {}
+        self.lost: list[LostHost] = []
+        self._appliers: list[HostApplier] = []
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+
+    def interrupt(self) -> tuple[int, int]:
+        """Start nothing new; returns (changes in flight, changes that will not start)."""
+        self.interrupted = True
+        if self.reason is None:
+            self.reason = "interrupted"
+        return len(self.in_flight), self.total - self.started
+
+    def flying(self) -> list[ResourceChange]:
+        return list(self.in_flight.values())
+
+    def save_records(self) -> None:
+        """Write what the finished changes applied (see HostApplier.write_records); used when
+        the in-flight changes are abandoned and their threads will never get to it."""
+        for applier in list(self._appliers):
+            with contextlib.suppress(Exception):
+                applier.write_records()
+
+    # -- used by the schedulers --
+    def _started(self, change: ResourceChange) -> None:
+        with self._lock:
+            self.started += 1
+            self.in_flight[change.address] = change
+
+    def _finished(self, change: ResourceChange) -> None:
+        with self._lock:
+            self.in_flight.pop(change.address, None)
+
+
+@dataclass
 class ApplyReport:
     outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False
+    lost: list[LostHost] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(o.status == "done" for o in self.outcomes)
+        return bool(self.outcomes) and all(o.status == DONE for o in self.outcomes) and not self.interrupted
 
     def by_status(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
 
+    def counts(self) -> str:
+        return ", ".join(f"{len(self.by_status(s))} {s}" for s in (DONE, FAILED, NOT_STARTED))
+
     def summary(self) -> str:
         lines = []
-        for status in ("done", "failed", "not run"):
+        for status in (DONE, FAILED, NOT_STARTED):
             items = self.by_status(status)
             if items:
                 lines.append(f"{status}: " + ", ".join(f"{o.action} {o.address}" for o in items))
-        for o in self.by_status("failed"):
+        for o in self.by_status(FAILED):
             lines.append(f"error in {o.address}: {o.error}")
         return "\n".join(lines)
 
@@ -68,87 +150,184 @@ def apply_plan(
     store: Records,
     connections: dict[str, Any],
     progress: ProgressFn | None = None,
+    control: Control | None = None,
 ) -> ApplyReport:
-    """Apply every change of `plan`; raise ApplyError (with the report) on failure."""
+    """Apply every change of `plan`; raise ApplyError (with the report) unless all are done:
+    ApplyInterrupted after `control.interrupt()`, HostLost when a connection broke."""
+    control = control or Control()
+    control.total = len(plan.changes)
     report = ApplyReport()
     lock = threading.Lock()
     hosts = [h for h in stack.hosts if plan.for_host(h.name)]
 
-    def run_host(name: str, workers: int) -> None:
-        context = Context.at(stack, renderer, observed[name], store, plan)
-        applier = HostApplier(connections[name], context)
-        outcomes = applier.run(plan.for_host(name), workers, progress)
+    def run_host(name: str, uri: str, workers: int) -> None:
+        changes = plan.for_host(name)
+        applier: HostApplier | None = None
+        try:
+            context = Context.at(stack, renderer, observed[name], store, plan)
+            applier = HostApplier(connections[name], context, control)
+            outcomes = applier.run(changes, workers, progress)
+        except BaseException as exc:  # a bug or a dead connection outside any change: no outcome may be lost
+            control.stop("failed")
+            message = _error_text(exc)
+            outcomes = list(applier.outcomes) if applier is not None else []
+            seen = {o.address for o in outcomes}
+            outcomes += [Outcome(c.address, c.action.value, FAILED, message) for c in changes if c.address not in seen]
         with lock:
             report.outcomes.extend(outcomes)
 
-    threads = [threading.Thread(target=run_host, args=(h.name, h.workers)) for h in hosts]
+    threads = [
+        threading.Thread(target=run_host, args=(h.name, h.uri, h.workers), name=f"apply-{h.name}", daemon=True)
+        for h in hosts
+    ]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    while any(t.is_alive() for t in threads):  # short joins: a signal handler runs in between
+        for t in threads:
+            t.join(_TICK)
+    order = {c.address: i for i, c in enumerate(plan.changes)}
+    report.outcomes.sort(key=lambda o: order.get(o.address, len(order)))
+    report.interrupted, report.lost = control.interrupted, list(control.lost)
+    if report.lost:
+        raise HostLost(lost_message(report), report)
+    if report.interrupted:
+        raise ApplyInterrupted(f"apply interrupted: {report.counts()}\n{report.summary()}", report)
     if not report.ok:
-        raise ApplyError("apply stopped at a failure:\n" + report.summary(), report)
+        raise ApplyError(f"apply stopped at a failure ({report.counts()}):\n" + report.summary(), report)
     return report
+
+
+def lost_message(report: ApplyReport) -> str:
+    """One line: which host was lost, its URI, what was in flight, what it means."""
+    parts = []
+    for lost in report.lost:
+        flying = ", ".join(lost.in_flight) or "nothing"
+        parts.append(
+            f"lost the connection to host {lost.host!r} ({lost.uri}) during the apply; in flight then, and "
+            f"maybe half-done: {flying}"
+        )
+    return (
+        f"{'; '.join(parts)} ({report.counts()}). libvirt said: {report.lost[0].error}. "
+        "Re-run `virtplan apply` once the host answers: it converges."
+    )
 
 
 class HostApplier:
     """Applies the changes of one host over one libvirt connection, and keeps what the run
     learns across them (the specs applied, the host's backing map for the last guard)."""
 
-    def __init__(self, conn: Any, context: Context):
+    def __init__(self, conn: Any, context: Context, control: Control | None = None):
         self.conn, self.context = conn, context
         self.host, self.store = context.host, context.store
+        self.control = control or Control()
         self.applied: dict[str, dict[str, Any]] = {}  # address -> {"applied": spec}, written by run()
         self._applied_lock = threading.Lock()
+        self._written: set[str] = set()
+        self._progress: ProgressFn | None = None
+        self.outcomes: list[Outcome] = []
+        self.control._appliers.append(self)
 
     # -- scheduling -------------------------------------------------------------------
     def run(self, changes: list[ResourceChange], workers: int, progress: ProgressFn | None) -> list[Outcome]:
+        """Start each change once its dependencies are done, at most `workers` at a time;
+        once the control says stop, only finish what is in flight."""
+        self._progress = progress
         in_plan = {c.address for c in changes}
         pending = list(changes)
         done: set[str] = set()
-        outcomes: list[Outcome] = []
-        failed = False
+        outcomes = self.outcomes
         running: dict[Future[None], tuple[ResourceChange, float]] = {}
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"apply-{self.host.name}") as pool:
+        workers = max(1, workers)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"apply-{self.host.name}")
+        try:
             while pending or running:
-                if not failed:
-                    for change in [c for c in pending if all(d in done for d in c.depends_on if d in in_plan)]:
+                if not self.control.stopping:
+                    ready = [c for c in pending if all(d in done for d in c.depends_on if d in in_plan)]
+                    for change in ready[: workers - len(running)]:
                         pending.remove(change)
-                        if progress:
-                            progress("start", change, None)
+                        self.control._started(change)
+                        self._tell("start", change, None)
                         running[pool.submit(self.execute, change)] = (change, time.monotonic())
                 if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    break  # stopped, or what is left waits for changes that did not run
+                finished, _ = wait(running, timeout=_TICK, return_when=FIRST_COMPLETED)
                 for future in finished:
                     change, started = running.pop(future)
                     seconds = time.monotonic() - started
                     error = future.exception()
                     if error is None:
+                        self.control._finished(change)
                         done.add(change.address)
-                        outcomes.append(Outcome(change.address, change.action.value, "done", None, seconds))
-                        if progress:
-                            progress("done", change, None)
-                    else:
-                        failed = True
-                        message = _error_text(error)
-                        outcomes.append(Outcome(change.address, change.action.value, "failed", message, seconds))
-                        if progress:
-                            progress("failed", change, message)
-        outcomes += [Outcome(c.address, c.action.value, "not run") for c in pending]
-        if self.applied:
-            self.store.put_many(self.host.uri, self.applied)
+                        outcomes.append(Outcome(change.address, change.action.value, DONE, None, seconds))
+                        self._tell("done", change, None)
+                        continue
+                    if self._connection_lost(error):
+                        self._lost(error, [change, *(c for c, _ in running.values())])
+                    self.control._finished(change)
+                    self.control.stop("failed")
+                    message = _error_text(error)
+                    outcomes.append(Outcome(change.address, change.action.value, FAILED, message, seconds))
+                    self._tell("failed", change, message)
+        finally:
+            pool.shutdown(wait=True)
+            outcomes += [Outcome(c.address, c.action.value, NOT_STARTED) for c in pending]
+            with contextlib.suppress(Exception):  # a lost connection is reported as such
+                self.write_records()
         return outcomes
+
+    def write_records(self) -> None:
+        """Record the specs applied so far (one write for the whole run, not one per change)."""
+        with self._applied_lock:
+            fresh = {a: v for a, v in self.applied.items() if a not in self._written}
+            self._written |= set(fresh)
+        if fresh:
+            self.store.put_many(self.host.uri, fresh)
+
+    def _connection_lost(self, error: BaseException) -> bool:
+        import libvirt
+
+        if not isinstance(error, libvirt.libvirtError):
+            return False
+        if error.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
+            return True
+        try:
+            return not self.conn.isAlive()
+        except libvirt.libvirtError:
+            return True
+
+    def _lost(self, error: BaseException, flying: list[ResourceChange]) -> None:
+        with self.control._lock:
+            if any(x.host == self.host.name for x in self.control.lost):
+                return
+            self.control.lost.append(LostHost(self.host.name, self.host.uri, [what(c) for c in flying],
+                                              _error_text(error).splitlines()[0]))  # fmt: skip
+        self.control.stop("lost")
 
     def execute(self, change: ResourceChange) -> None:
         """Run the operations of the change's step (virtplan.apply.steps), one after the other."""
-        rt = Runtime(self.context, self)
+        rt = Runtime(self.context, self, say=lambda text: self.say(change, text))
         try:
             for op in operations(change, self.context):
                 op.run(rt)
         except BaseException:
-            rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
+            with contextlib.suppress(Exception):  # the undo must not hide why the change failed
+                rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
             raise
+
+    def say(self, change: ResourceChange, text: str) -> None:
+        """An operation says what it waits for (a guest's shutdown, ...)."""
+        self._tell("wait", change, text)
+
+    def _tell(self, event: str, change: ResourceChange, text: str | None) -> None:
+        """Report progress; a failure to print never stops the apply or loses an outcome."""
+        if self._progress is None:
+            return
+        try:
+            self._progress(event, change, text)
+        except Exception as exc:
+            import sys
+
+            print(f"virtplan: could not show progress ({type(exc).__name__}: {exc})", file=sys.stderr)
 
     def note_applied(self, change: ResourceChange) -> None:
         """Remember the spec applied to this address; `run` records them all in one write
@@ -168,5 +347,6 @@ class HostApplier:
 
 
 def _error_text(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0] if len(text) > 500 else text
+    """An error as libvirt (or QEMU) wrote it, every line of it: the last line often says
+    what went wrong ("Is another process using the image [...]?")."""
+    return str(error).strip() or type(error).__name__

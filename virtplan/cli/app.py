@@ -1,7 +1,8 @@
 """The `virtplan` command line. Thin: parses options, calls the engine, prints.
 
 Exit codes: 0 success (and `plan` without changes), 2 `plan --detailed-exitcode` with
-changes, 1 any error (one readable message; the traceback only with --debug).
+changes (and `drift --detailed-exitcode` with drift), 1 any error, usage errors included
+(one readable message; the traceback only with --debug), 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,14 +19,26 @@ from virtplan.cli.options import (
     DebugOpt,
     HostOpt,
     LockTimeoutOpt,
+    ReplaceOpt,
     Settings,
     StackArg,
+    TargetOpt,
     check_format,
     open_engine,
     set_debug,
 )
-from virtplan.cli.output import applied, apply_with_progress, confirm, console, print_notes, print_plan
-from virtplan.errors import StackLoadError, VirtplanError
+from virtplan.cli.output import (
+    applied,
+    apply_with_progress,
+    confirm,
+    console,
+    print_notes,
+    print_plan,
+    say_waiting,
+)
+from virtplan.errors import ApplyInterrupted, OwnershipError, StackLoadError, VirtplanError
+
+INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
 
 app = typer.Typer(
     add_completion=False,
@@ -50,13 +63,15 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
     ] = False,
+    target: TargetOpt = None,
+    replace: ReplaceOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Show what apply would change, and why. Changes nothing."""
     set_debug(debug)
     check_format(format, PLAN_FORMATS)
     with open_engine(stack, host) as engine:
-        the_plan, observation = engine.plan()
+        the_plan, observation = engine.plan(targets=target, replace=replace)
         report = engine.drift(observation)
         cmds = None
         if commands:
@@ -105,6 +120,8 @@ def apply(
         bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes or a saved plan.")
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    target: TargetOpt = None,
+    replace: ReplaceOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Plan, confirm, then apply through libvirt; or apply a saved plan exactly."""
@@ -112,11 +129,14 @@ def apply(
     from virtplan.plan.planfile import looks_like_plan_file
 
     if stack.suffix == ".json" or looks_like_plan_file(stack):
-        if host:
-            raise StackLoadError("--host cannot change a saved plan: it is applied to the hosts it was made for")
+        if host or target or replace:
+            raise StackLoadError(
+                "--host, --target and --replace cannot change a saved plan: it is applied exactly as it was made"
+            )
         _apply_saved(stack, allow_destroy, lock_timeout)
         return
-    _converge(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout)
+    _converge(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout, targets=target,
+              replace=replace)  # fmt: skip
 
 
 @app.command()
@@ -128,19 +148,32 @@ def destroy(
         bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes.")
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    target: TargetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Delete everything this stack owns (and nothing else)."""
+    """Delete everything this stack owns (and nothing else); with --target, only those
+    objects and what must go before them."""
     set_debug(debug)
-    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout)
+    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout, targets=target)
 
 
 def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool,
-              lock_timeout: float) -> None:  # fmt: skip
-    with open_engine(stack, host) as engine, engine.locked(lock_timeout) as notes:
+              lock_timeout: float, targets: list[str] | None = None,
+              replace: list[str] | None = None) -> None:  # fmt: skip
+    with open_engine(stack, host) as engine, engine.locked(lock_timeout, say_waiting) as notes:
         print_notes(notes)
-        the_plan, observation = engine.plan(destroy=destroy)
+        the_plan, observation = engine.plan(destroy=destroy, targets=targets, replace=replace)
+        left = engine.not_owned(observation) if destroy and not targets else []
+        if destroy and left and not the_plan.changes:
+            raise OwnershipError(
+                f"this stack owns none of its {len(left)} objects on its hosts ({', '.join(left)}): nothing was "
+                f"destroyed. They were imported and not adopted (or belong to someone else); run `virtplan adopt "
+                f"{stack}` to take them over, then destroy"
+            )
         print_plan(the_plan, None if destroy else engine.drift(observation))
+        if left:
+            adopt = f"run `virtplan adopt {stack}` first"
+            print_notes([f"left alone, not owned by this stack ({adopt}): {', '.join(left)}"])
         if not the_plan.empty:
             confirm(the_plan, yes, allow_destroy)
             report = apply_with_progress(engine, the_plan, observation)
@@ -157,7 +190,7 @@ def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
 
     doc, engine = load_saved_plan(path)
     console().print(f"Applying the saved plan {path} (stack {doc['stack']}, made {doc.get('created_at', '?')}).")
-    with engine, engine.locked(lock_timeout) as notes:
+    with engine, engine.locked(lock_timeout, say_waiting) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan_saved(doc)
         print_plan(the_plan)
@@ -257,22 +290,29 @@ def main() -> None:
         sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted; nothing more was applied.", file=sys.stderr)
+    except typer.Abort:
+        print("aborted; nothing was applied.", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing more was applied.", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    except ApplyInterrupted as exc:
+        _fail(str(exc), exc, INTERRUPTED)
     except VirtplanError as exc:
         _fail(str(exc), exc)
     except Exception as exc:
         if type(exc).__module__ == "libvirt":
             _fail(f"libvirt: {exc}", exc)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (and help without a command)
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(1)  # never 2: that is --detailed-exitcode's "changes present"
         _fail(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", exc)
 
 
-def _fail(message: str, exc: BaseException) -> None:
+def _fail(message: str, exc: BaseException, code: int = 1) -> None:
+    """One readable message (libvirt's text exactly as it is: printed, never read as
+    markup), the traceback only with --debug."""
     if Settings.debug:
         traceback.print_exception(exc)
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(code)

@@ -23,6 +23,18 @@ HostOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+TargetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--target",
+        help="Plan only this address (host/kind/name) and what it waits for (repeatable), as Terraform's -target. "
+        "Also names an object that VMs this stack does not manage use, to delete it anyway.",
+    ),
+]
+ReplaceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--replace", help="Replace this declared object (host/kind/name) even if it matches (repeatable)."),
+]
 LockTimeoutOpt = Annotated[
     float,
     typer.Option(

@@ -1,12 +1,16 @@
 """What commands print: plans, drift, progress, confirmation prompts.
 
-rich is imported here only when something is printed. Text that comes from stacks or from
-libvirt goes through `escape` before it meets rich markup.
+rich is imported here only when something is printed. Text that comes from libvirt is
+printed as rich `Text` (never read as markup); stack text embedded in markup goes through
+`virtplan.views.text.escape`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -30,6 +34,16 @@ def print_plan(the_plan: Any, drift: Any = None) -> None:
 
         out.print("\n".join(drift_lines(drift, the_plan.hosts)))
     out.print(plan_text(the_plan))
+    if the_plan.targets:
+        print_notes([
+            "this plan is limited to --target " + ", ".join(the_plan.targets) + " and what they wait for; the rest "
+            "of the stack may still differ from the hosts (run a plan without --target to see all of it)"
+        ])  # fmt: skip
+
+
+def say_waiting(text: str) -> None:
+    """What a command waits for (a lock another apply holds), at once, on stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def print_notes(notes: list[str]) -> None:
@@ -60,30 +74,89 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
 
 
 def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
-    """engine.apply with a progress bar and a line per finished change."""
+    """engine.apply with a progress bar, a line per finished change and per wait, and
+    Ctrl-C handled (see `interrupts`). Lines carrying libvirt's text are rich `Text`:
+    printed exactly as libvirt wrote them, never read as markup."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
-    from virtplan.views.text import escape
+    from virtplan.apply.executor import Control
 
+    control = Control()
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), console=console(), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("applying", total=len(the_plan.changes))
 
-        def progress(event: str, change: Any, error: str | None) -> None:
-            what = f"{change.action.value} {escape(change.address)}"
+        def progress(event: str, change: Any, text: str | None) -> None:
+            what = f"{change.action.value} {change.address}"
             if event == "start":
                 bar.update(task, description=what)
             elif event == "done":
                 bar.advance(task)
-                bar.console.print(f"  [green]done[/green]   {what}")
+                bar.console.print(Text.assemble("  ", ("done", "green"), "     ", what))
+            elif event == "wait":
+                bar.console.print(Text.assemble("  ", ("waiting", "yellow"), "  ", what, ": ", text or ""))
             else:
-                bar.console.print(f"  [red]failed[/red] {what}: {escape(error or '')}")
+                bar.console.print(Text.assemble("  ", ("failed", "red"), "   ", what, ": ", text or ""))
 
-        return engine.apply(the_plan, observation, progress)
+        with interrupts(control):
+            return engine.apply(the_plan, observation, progress, control=control)
+
+
+@contextlib.contextmanager
+def interrupts(control: Any) -> Iterator[None]:
+    """Ctrl-C during an apply: the first one lets the changes in flight finish and starts
+    nothing new (the apply then ends with its report, records written, exit 130); a second
+    one abandons the changes in flight at once, saying which may be half-done."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        from virtplan.apply.executor import what
+
+        if not control.interrupted:
+            flying, left = control.interrupt()
+            _now(
+                f"\nInterrupt received: finishing {flying} in-flight change{'' if flying == 1 else 's'}, "
+                f"not starting {left}. Press Ctrl-C again to abandon the changes in flight.\n"
+            )
+            return
+        flying_changes = control.flying()
+        saver = threading.Thread(target=control.save_records, daemon=True)  # what finished is recorded
+        saver.start()
+        saver.join(5.0)
+        names = ", ".join(what(c) for c in flying_changes) or "none"
+        _now(
+            f"\nSecond interrupt: abandoned {len(flying_changes)} change(s) in flight, which may be half-done: "
+            f"{names}. Nothing else was started. Re-run `virtplan apply` to converge.\n"
+        )
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _now(text: str) -> None:
+    """Write to stderr at once, safely from a signal handler (no buffered stream involved)."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode(errors="replace"))
 
 
 def applied(report: Any) -> None:
+    """The closing line of an apply; only an apply whose every change is done gets here."""
+    from rich.text import Text
+
+    assert report.ok, "an apply that did not complete is reported as an error"
     done = len(report.by_status("done"))
-    console().print(f"[bold green]Apply complete:[/bold green] {done} change(s) applied.")
+    console().print(Text.assemble(("Apply complete:", "bold green"), f" {done} change(s) applied."))

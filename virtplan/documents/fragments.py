@@ -55,6 +55,20 @@ def dhcp_host(mac: str, ip: str, name: str | None = None) -> str:
     return element("host", attrs)
 
 
+def replug_interfaces(interface: ET.Element, network: str, bridge: str) -> tuple[str, str]:
+    """The two `virDomainUpdateDeviceFlags` documents that put a running guest's NIC (its
+    `interface` element, live or persistent) back on `network`, whose bridge is `bridge`:
+    first the NIC as a plain bridge NIC on that bridge (libvirt moves the tap there: it only
+    moves taps when the bridge's name changes), then as a NIC of the network again (libvirt
+    gives it a port of the network; the tap stays). Only the MAC, model and PCI address are
+    kept: libvirt finds the NIC by them and keeps everything else."""
+    kept = [ET.tostring(el, encoding="unicode").strip() for tag in ("mac", "model", "address")
+            for el in interface.findall(tag)]  # fmt: skip
+    on_bridge = element("interface", {"type": "bridge"}, element("source", {"bridge": bridge}), *kept)
+    on_network = element("interface", {"type": "network"}, element("source", {"network": network}), *kept)
+    return on_bridge, on_network
+
+
 def owner_attrs(stack: str, project: str, address: str, **extra: object) -> dict[str, object]:
     """virtplan's owner mark's attributes, in the order the templates write them."""
     return {"stack": stack, **({"project": project} if project else {}), "address": address, **extra}

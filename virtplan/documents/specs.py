@@ -64,6 +64,7 @@ class VMSpec(TypedDict):
     console_log: str | None  # path of the file the serial console is logged to
     state: NotRequired[str]  # runtime: "running" or "stopped"
     autostart: NotRequired[bool]  # runtime
+    unplugged: NotRequired[list[str]]  # runtime: MACs of running NICs off their network's bridge, sorted
 
 
 class ReservationSpec(TypedDict):

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -236,9 +237,17 @@ class HostLocks:
     """The stack's lock on each of its hosts, taken in one global order (by host URI),
     held until exit, renewed meanwhile. `notes()` says which stale locks were released."""
 
-    def __init__(self, stack_key: str, hosts: dict[str, tuple[str, Any]], timeout: float = 0.0):
-        """`hosts` maps host name -> (URI, connection)."""
+    def __init__(
+        self,
+        stack_key: str,
+        hosts: dict[str, tuple[str, Any]],
+        timeout: float = 0.0,
+        waiting: Callable[[str], None] | None = None,
+    ):
+        """`hosts` maps host name -> (URI, connection); `waiting` is told, once per lock,
+        what this process waits for when a lock is busy and `timeout` allows waiting."""
         self.timeout = max(0.0, timeout)
+        self.waiting = waiting
         self.locks = [
             lock_for(conn, stack_key, f"stack {stack_key!r} on host {name!r} ({uri})")
             for name, (uri, conn) in sorted(hosts.items(), key=lambda item: item[1][0])
@@ -267,6 +276,7 @@ class HostLocks:
     def _acquire(self, lock: _SecretLock | _LocalLock, me: Holder, deadline: float) -> None:
         seen: tuple[str, bytes] | None = None  # (secret uuid, renewal value) last seen
         since = time.monotonic()
+        said = False
         while True:
             if lock.try_acquire(me):
                 return
@@ -286,6 +296,12 @@ class HostLocks:
                 continue
             if time.monotonic() >= deadline:
                 raise LockBusy(_busy(lock.what, holder, self.timeout))
+            if not said and self.waiting is not None:
+                who = holder.describe() if holder is not None else "another process"
+                self.waiting(
+                    f"waiting up to {deadline - time.monotonic():.0f} s for the lock on {lock.what}, held by {who}"
+                )
+                said = True
             time.sleep(POLL)
 
     def _renew(self) -> None:

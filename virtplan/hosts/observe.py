@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
+import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +53,11 @@ class HostState:
     uri: str
     facts: HostFacts
     objects: dict[tuple[str, str], ObservedObject] = field(default_factory=dict)
+    #: the host's network interfaces (bridges among them), read when the stack needs a host
+    #: bridge; None: not read, or the host does not tell (no interface driver)
+    interfaces: set[str] | None = None
+    #: domains this stack neither declares nor owns: name -> inactive XML (not parsed)
+    foreign: dict[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, key: str) -> ObservedObject | None:
         return self.objects.get((kind, key))
@@ -74,8 +82,11 @@ def observe_host(
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
+    running_nics = _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
     _read_networks(conn, libvirt, state)
+    _read_links(conn, libvirt, state, running_nics)
+    if wanted.get("bridge"):
+        state.interfaces = _interfaces(conn, libvirt)
     pools = _read_pools(conn, libvirt, state, hidden_pools)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
@@ -160,19 +171,25 @@ def _mine(xml: str, stack_name: str) -> bool:
 
 def _read_domains(
     conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str, cache: SpecCache | None
-) -> None:
+) -> Counter[str]:
+    """Read the domains of interest into `state`; returns how many NICs of running domains
+    (all of them, foreign ones too) each libvirt network should have ports for."""
     flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     domains = conn.listAllDomains(flags)
     # Only the round trips run in threads; parsing there would just fight over the GIL.
     xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
+    running_nics: Counter[str] = Counter()
     for dom, xml in zip(domains, xmls, strict=True):
         name = dom.name()
         if xml is None:
             continue
+        if dom.UUIDString() in active:
+            running_nics.update(html.unescape(n) for n in _NETWORK_SOURCE.findall(xml))
         if name not in wanted and not _mine(xml, stack_name):
-            continue  # foreign and not declared: none of this stack's business
+            state.foreign[name] = xml  # none of this stack's business, unless it uses what the stack deletes
+            continue
         key = xml_key(xml)
         hit = cache.get(key) if cache is not None else None
         spec: VMSpec
@@ -186,7 +203,98 @@ def _read_domains(
         uuid = dom.UUIDString()
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart
+        spec["unplugged"] = []
         state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, generic(spec), owner)
+    return running_nics
+
+
+#: How libvirt writes a NIC's network in a domain's XML (and nowhere else).
+_NETWORK_SOURCE = re.compile(r"<source network='([^']*)'")
+
+
+def _read_links(conn: Any, libvirt: Any, state: HostState, running_nics: Counter[str]) -> None:
+    """Which NICs of the running VMs read are not on their network's bridge (`unplugged`):
+    the network was stopped, restarted or replaced under them (libvirt deletes a network's
+    ports when it stops, and does not plug the taps back when it starts again), or the NIC
+    is on another network or bridge than its definition says.
+
+    Cheap when all is well: one list of ports per active network those VMs use, compared
+    with the number of running NICs on it. Only where they differ are those VMs' live
+    definitions read, to find which NICs are off (by the port each one holds)."""
+    vms = [o for o in state.of_kind("vm") if o.spec.get("state") == "running"]
+    used = {n["network"] for o in vms for n in o.spec.get("nics", []) if n.get("network")}
+    if not used:
+        return
+    ports: dict[str, set[str] | None] = {}
+    for name in used:
+        net = state.get("network", name)
+        if net is None or not net.spec.get("active"):
+            ports[name] = None  # no bridge to be on
+            continue
+        try:
+            ports[name] = {p.UUIDString() for p in conn.networkLookupByName(name).listAllPorts()}
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, *GONE):
+                continue  # no ports API (or gone meanwhile): not judged
+            raise
+    suspect = {n for n in ports if ports[n] is None or len(ports[n] or ()) != running_nics[n]}
+    check = [o for o in vms if any(n.get("network") in suspect for n in o.spec.get("nics", []))]
+    lives = fetch_all([conn.lookupByName(o.key) for o in check], lambda d: _live_xml(d))
+    for obj, live in zip(check, lives, strict=True):
+        if live is not None:
+            obj.spec["unplugged"] = unplugged_nics(obj.spec.get("nics", []), live, ports, state)
+
+
+def _interfaces(conn: Any, libvirt: Any) -> set[str] | None:
+    """The names of the host's network interfaces (libvirt's interface driver), or None."""
+    try:
+        return {i.name() for i in conn.listAllInterfaces()}
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_INVALID):
+            return None
+        raise
+
+
+def _live_xml(dom: Any) -> str | None:
+    import libvirt
+
+    try:
+        return str(dom.XMLDesc(0))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return None
+        raise
+
+
+def unplugged_nics(nics: list[Any], live_xml: str, ports: dict[str, set[str] | None], state: HostState) -> list[str]:
+    """The MACs of a running domain's NICs (as defined) that are not plugged into their
+    network as libvirt has it now: no port of the network (stopped, restarted, replaced),
+    another network or bridge, or a plain bridge NIC instead."""
+    live: dict[str, ET.Element] = {}
+    for iface in ET.fromstring(live_xml).iterfind("devices/interface"):
+        mac = iface.find("mac")
+        if mac is not None:
+            live[mac.get("address", "").lower()] = iface
+    out = []
+    for nic in nics:
+        network, found = nic.get("network"), live.get(nic.get("mac") or "")
+        if not network or found is None or network not in ports:
+            continue  # a host bridge NIC, a NIC not plugged live at all, or a network not judged
+        iface = found
+        source = iface.find("source")
+        net = state.get("network", network)
+        bridge = net.spec.get("bridge") if net is not None else None
+        held, known = source.get("portid") if source is not None else None, ports[network]
+        if (
+            iface.get("type") != "network"
+            or source is None
+            or source.get("network") != network
+            or known is None
+            or held not in known
+            or (bridge is not None and source.get("bridge") not in (None, bridge))
+        ):
+            out.append(nic["mac"])
+    return sorted(out)
 
 
 def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:

@@ -37,6 +37,10 @@ class Resource:
     kind: ClassVar[str] = ""
     name: str
     _host: Host | None = None
+    #: The name this resource had before it was renamed in the stack (VM, network, volume):
+    #: the plan renames the object on the host instead of deleting and creating it, as
+    #: Terraform's `moved` blocks or Pulumi's aliases. Inert once no object has that name.
+    renamed_from: str | None = None
 
     def _register(self) -> None:
         register(self)
@@ -124,8 +128,10 @@ class Network(Resource):
         domain: str | None = None,
         autostart: bool = True,
         bridge: str | None = None,
+        renamed_from: str | None = None,
     ):
         self.name, self._host, self.mode, self.cidr = name, host, mode, cidr
+        self.renamed_from = renamed_from
         self.gateway, self.dhcp, self.dhcp_range, self.domain = gateway, dhcp, dhcp_range, domain
         self.autostart, self.bridge = autostart, bridge
         self._register()
@@ -209,8 +215,10 @@ class Volume(Resource):
         source: str | os.PathLike[str] | None = None,
         backing_format: str | None = None,
         copy_of: str | None = None,
+        renamed_from: str | None = None,
     ):
         self.pool: Pool | None = pool
+        self.renamed_from = renamed_from  # the old name in the same pool
         self.name, self.size, self.format = name, size, format
         self.backing = backing
         self.source = os.fspath(source) if source is not None else None
@@ -321,6 +329,9 @@ class VM(Resource):
     `kernel`/`initrd` (volumes, so remote hosts work) and `cmdline` boot a kernel directly.
     With `serial` and `console_log`, the serial console is also written to
     `<vm>-console.log` in the first disk's pool, where `virtplan console-log` reads it.
+    A running VM that is stopped or restarted gets `shutdown_timeout` seconds to shut down
+    after an ACPI power-button press; one that is deleted together with all its disks is
+    switched off at once (nothing on its disks is kept) unless `shutdown_on_delete`.
     """
 
     kind: ClassVar[str] = "vm"
@@ -346,12 +357,15 @@ class VM(Resource):
         state: str = "running",
         description: str = "",
         shutdown_timeout: float = 60.0,
+        shutdown_on_delete: bool = False,
         kernel: Volume | None = None,
         initrd: Volume | None = None,
         cmdline: str | None = None,
         console_log: bool = True,
+        renamed_from: str | None = None,
     ):
         self.name, self._host, self.vcpus, self.memory = name, host, vcpus, memory
+        self.renamed_from = renamed_from
         self.kernel, self.initrd, self.cmdline, self.console_log = kernel, initrd, cmdline, console_log
         self.max_vcpus, self.max_memory, self.machine, self.arch = max_vcpus, max_memory, machine, arch
         self.firmware = firmware
@@ -361,6 +375,7 @@ class VM(Resource):
         self.graphics = Graphics(graphics) if isinstance(graphics, str) else graphics
         self.serial, self.autostart, self.state = serial, autostart, state
         self.description, self.shutdown_timeout = description, shutdown_timeout
+        self.shutdown_on_delete = shutdown_on_delete
         self._register()
 
     def dependencies(self) -> list[Resource]:

@@ -66,6 +66,7 @@ def validate(stack: Stack) -> None:
     for resource in stack.resources:
         _check_name(resource, errors)
     _check_unique_names(stack, errors)
+    _check_renames(stack, errors)
     for host in stack.hosts:
         _check_host(host, errors)
     _check_networks(stack, errors)
@@ -79,6 +80,37 @@ def validate(stack: Stack) -> None:
     _check_snapshots(stack, errors)
     if errors.items:
         raise ValidationError(errors.items)
+
+
+def _check_renames(stack: Stack, errors: _Errors) -> None:
+    """`renamed_from`: a name like any other, not this resource's own, not another declared
+    resource's (that one would be renamed and kept at once), not claimed twice."""
+    claimed: dict[tuple[str, str], Resource] = {}
+    for r in stack.managed():
+        old = getattr(r, "renamed_from", None)
+        if old is None:
+            continue
+        if r.kind not in ("vm", "network", "volume"):
+            errors.add(r, "renamed_from", f"a {r.kind} cannot be renamed")
+            continue
+        if not isinstance(old, str) or not old or len(old) > MAX_NAME or _BAD_NAME_CHARS.search(old):
+            errors.add(r, "renamed_from", f"{old!r} is not a name (a {r.kind}'s old name, e.g. 'web-old')")
+            continue
+        if old == r.name:
+            errors.add(r, "renamed_from", "is its own name; drop renamed_from")
+            continue
+        old_key = f"{r.key.rsplit('/', 1)[0]}/{old}" if r.kind == "volume" else old
+        host = r.host.name if r.host is not None else "?"
+        if any(o.kind == r.kind and o.key == old_key and o.host is r.host for o in stack.managed()):
+            errors.add(
+                r, "renamed_from", f"the stack still declares a {r.kind} named {old!r}; remove it (renaming moves it)"
+            )
+        elif (host, r.kind + "/" + old_key) in claimed:
+            errors.add(
+                r, "renamed_from", f"{claimed[(host, r.kind + '/' + old_key)].address} is renamed from {old!r} too"
+            )
+        else:
+            claimed[(host, r.kind + "/" + old_key)] = r
 
 
 def _assign_hosts(stack: Stack, errors: _Errors) -> None:
@@ -335,6 +367,8 @@ def _check_vm_scalars(vm: VM, errors: _Errors) -> None:
             errors.add(vm, "graphics.password", f"is {length} characters long; VNC allows at most {VNC_PASSWORD_MAX}")
     if not isinstance(vm.shutdown_timeout, (int, float)) or vm.shutdown_timeout < 0:
         errors.add(vm, "shutdown_timeout", "must be a number of seconds, 0 or more")
+    if not isinstance(vm.shutdown_on_delete, bool):
+        errors.add(vm, "shutdown_on_delete", "must be True or False")
     if not isinstance(vm.description, str):
         errors.add(vm, "description", "must be a string")
 

@@ -26,18 +26,35 @@ class Action(StrEnum):
 class Reason(StrEnum):
     """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
 
-    Each action has its reasons: create MISSING; update FIELDS_CHANGED; restart
-    NEEDS_RESTART; replace FORCES_REPLACEMENT or INTERRUPTED; delete REMOVED_FROM_STACK or
-    DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
+    Each action has its reasons: create MISSING; update FIELDS_CHANGED, REPLUG or RENAMED;
+    restart NEEDS_RESTART or RENAMED; replace FORCES_REPLACEMENT, INTERRUPTED or REPLACE_REQUESTED; delete
+    REMOVED_FROM_STACK or DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
 
     MISSING = "missing"  # declared, not on the host
     FIELDS_CHANGED = "fields_changed"  # declared fields differ; all can change in place
     NEEDS_RESTART = "needs_restart"  # fields that take effect after a restart changed on a running object
     FORCES_REPLACEMENT = "forces_replacement"  # fields that cannot change in place changed
     INTERRUPTED = "interrupted"  # virtplan's own create was cut short (an upload): made again
+    REPLACE_REQUESTED = "replace_requested"  # `--replace ADDRESS`
+    RENAMED = "renamed"  # declared with renamed_from: the object on the host is renamed (moved_from: its old key)
+    REPLUG = "replug"  # a running VM's NICs re-plugged after their network restarts (reason_fields: the networks)
     REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
     DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
 
+
+#: What a rename costs, by kind and action (libvirt renames only stopped domains, and no
+#: networks or volumes at all).
+RENAME_COST = {
+    ("vm", Action.RESTART): "; libvirt renames only stopped domains: the running VM is shut down and started again",
+    ("network", Action.RESTART): (
+        "; libvirt cannot rename a network: it is defined again under the new name with the same UUID and "
+        "restarted, and the running guests' NICs are re-plugged"
+    ),
+    ("network", Action.UPDATE): "; libvirt cannot rename a network: it is defined again under the new name, same UUID",
+    ("volume", Action.UPDATE): (
+        "; libvirt cannot rename a volume: its data is copied on the host to the new name, then the old one is deleted"
+    ),
+}
 
 SYMBOLS = {
     Action.CREATE: "+",
@@ -69,6 +86,7 @@ class ResourceChange:
     depends_on: list[str] = field(default_factory=list)
     fingerprint: str | None = None
     reason_fields: list[str] = field(default_factory=list)
+    moved_from: str | None = None  # a rename: the object's key on the host now (its old name)
 
     @property
     def symbol(self) -> str:
@@ -95,8 +113,14 @@ def reason_text(change: ResourceChange) -> str:
             return f"{changed} changed; {fields} take effect after a restart"
         case Reason.FORCES_REPLACEMENT:
             return f"{fields} changed, which forces replacement"
+        case Reason.REPLUG:
+            return f"network {fields} restarts under it: its NICs are re-plugged live"
         case Reason.INTERRUPTED:
             return "virtplan's upload of it was interrupted; it is made again"
+        case Reason.REPLACE_REQUESTED:
+            return "replacement requested (--replace)"
+        case Reason.RENAMED:
+            return f"renamed from {change.moved_from}{RENAME_COST.get((change.kind, change.action), '')}"
         case Reason.REMOVED_FROM_STACK:
             return "removed from the stack"
         case Reason.DESTROY_REQUESTED:
@@ -114,6 +138,8 @@ class Plan:
     changes: list[ResourceChange]
     hosts: dict[str, str]  # host name -> URI
     version: str = ""
+    targets: list[str] = field(default_factory=list)  # `--target`: only these and what they need
+    replace: list[str] = field(default_factory=list)  # `--replace`: replaced even though they match
 
     @property
     def empty(self) -> bool:
@@ -133,6 +159,22 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def keep_targets(self, targets: list[str]) -> None:
+        """Keep only the changes of `targets` and of everything they wait for, transitively
+        (what they depend on; for a deletion, the deletions that must go first): as
+        Terraform's `-target`. Raises PlanError for a target that is neither declared nor
+        among the changes (`known`: every address the stack declares or owns)."""
+        self.targets = list(targets)
+        by_address = {c.address: c for c in self.changes}
+        keep: set[str] = set()
+        todo = [t for t in targets if t in by_address]
+        while todo:
+            address = todo.pop()
+            if address not in keep:
+                keep.add(address)
+                todo += [d for d in by_address[address].depends_on if d in by_address]
+        self.changes = [c for c in self.changes if c.address in keep]
 
 
 class PlanError(VirtplanError):

@@ -6,7 +6,8 @@ ran `virsh setmem --config`, edited a network, deleted a volume, stopped a VM. T
 kept apart from the stack's own pending changes (the stack edited since the last apply),
 which are not drift; `virtplan plan` shows how applying the stack would undo both.
 
-Only persistent definitions and runtime state (running, active, autostart) are compared.
+Only persistent definitions and runtime state (running, active, autostart, and whether a
+running VM's NICs are on their network's bridge) are compared.
 A live-only change (`virsh setmem` without `--config` on a running guest) leaves the
 definition alone and is not visible here: libvirt's live memory figure is only as good as
 the guest's balloon driver.
@@ -22,7 +23,7 @@ from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
 from virtplan.model import Stack
-from virtplan.plan.planner import desired_spec
+from virtplan.plan.planner import desired_spec, differs
 
 MISSING = "missing (deleted outside virtplan)"
 
@@ -118,10 +119,12 @@ def detect(
             if applied is None:
                 report.untracked.append(address)
                 continue
+            if kind == "vm" and obj.spec.get("unplugged"):
+                applied = {"unplugged": [], **applied}  # virtplan never leaves a NIC off its bridge
             # `applied` comes from JSON; the observed spec is compared as JSON would have it
             changed = [
                 (name, value) for name, value in sorted(applied.items())
-                if obj.spec.get(name) != value and _norm(obj.spec.get(name)) != value
+                if differs(obj.spec, name, value) and _norm(obj.spec.get(name)) != value
             ]  # fmt: skip
             resource = declared.get(address)
             wanted = _wanted(resource, renderer) if resource is not None and (changed or pending) else {}

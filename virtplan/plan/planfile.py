@@ -161,6 +161,7 @@ def change_dict(change: ResourceChange) -> dict[str, Any]:
         "changes": [fc.__dict__.copy() for fc in _masked_fields(change)],
         "destructive": change.destructive,
         "depends_on": list(change.depends_on),
+        "moved_from": change.moved_from,
     }
 
 
@@ -194,6 +195,8 @@ def plan_document(
         "stack_file": _display_path(stack_file if stack_file is not None else stack.path),
         "stack_hash": plan.stack_hash,
         "destroy": destroy,
+        "targets": list(plan.targets),
+        "replace": list(plan.replace),
         "hosts": dict(plan.hosts),
         "summary": {a.value: counts[a] for a in Action},
         "changes": changes,
@@ -280,10 +283,12 @@ def plan_from_document(doc: dict[str, Any]) -> Plan:
             list(c.get("depends_on", [])),
             c.get("fingerprint"),
             list(c.get("reason_fields", [])),
+            c.get("moved_from"),
         )
         for c in doc["changes"]
     ]
-    return Plan(doc["stack"], doc["stack_hash"], changes, dict(doc["hosts"]), doc.get("virtplan_version", ""))
+    return Plan(doc["stack"], doc["stack_hash"], changes, dict(doc["hosts"]), doc.get("virtplan_version", ""),
+                list(doc.get("targets") or []), list(doc.get("replace") or []))  # fmt: skip
 
 
 # -- staleness ------------------------------------------------------------------------

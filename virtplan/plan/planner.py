@@ -9,6 +9,7 @@ observed object it was computed from.
 from __future__ import annotations
 
 import graphlib
+from typing import Any
 
 from virtplan.documents.parse import Spec, parse
 from virtplan.documents.render import Renderer
@@ -27,6 +28,16 @@ __all__ = [  # the plan's data types and ownership helpers live beside; callers 
 ]  # fmt: skip
 
 KIND_ORDER = {"network": 0, "pool": 0, "volume": 1, "vm": 2, "snapshot": 3}
+#: Kinds `--replace` can replace (a pool holds volumes; a snapshot is a moment).
+REPLACEABLE = {"vm", "network", "volume"}
+#: Runtime fields a host may not report (libvirt's test driver has no network ports): not judged then.
+RUNTIME_ONLY = {"unplugged"}
+
+
+def differs(observed: Spec, name: str, value: object) -> bool:
+    """Whether an observed spec differs from `value` in field `name`: the one comparison of
+    the planner, the importer and drift (a runtime field the host did not report is not judged)."""
+    return observed.get(name) != value and (name in observed or name not in RUNTIME_ONLY)
 
 
 # -- desired specs ----------------------------------------------------------------------
@@ -58,7 +69,7 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
         spec = fastspec.desired(resource, renderer)
     if isinstance(resource, VM):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
-        spec.update(state=resource.state, autostart=resource.autostart)
+        spec.update(state=resource.state, autostart=resource.autostart, unplugged=[])
     elif isinstance(resource, Network):
         spec = {k: v for k, v in spec.items() if k in resource.declared()}
         spec.update(autostart=resource.autostart, active=True)
@@ -91,10 +102,15 @@ def ordered(resources: list[Resource]) -> list[Resource]:
 
 # -- the planner ------------------------------------------------------------------------
 class _Planner:
-    def __init__(self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records):
+    def __init__(
+        self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records, replace: set[str]
+    ):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
+        self.replace = replace
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
+        self.moved: set[str] = set()  # old addresses of objects renamed (renamed_from): not deleted
+        self.network_renames: dict[str, dict[str, str]] = {}  # host -> old network name -> new
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
         return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
@@ -118,6 +134,28 @@ class _Planner:
             self._plan_resource(resource)
         except ValueError as exc:  # what the host cannot do (arch, domain type)
             self.errors.append(FieldError(resource.address, "host", str(exc)))
+        if resource.address in self.changes:
+            self.check_bridges(resource)
+
+    def check_bridges(self, resource: Resource) -> None:
+        """A NIC on a host bridge, or a network in bridge mode, needs that bridge on the host:
+        refused at plan time (apply would fail half-way, after making what comes first)."""
+        assert resource.host is not None
+        host = self.observed[resource.host.name]
+        if host.interfaces is None:
+            return  # the host does not list its interfaces: libvirt says so at start
+        if isinstance(resource, VM):
+            wanted = [(f"nics[{i}].bridge", n.bridge) for i, n in enumerate(resource.nics) if n.bridge]
+        elif isinstance(resource, Network) and resource.mode == "bridge" and resource.bridge:
+            wanted = [("bridge", resource.bridge)]
+        else:
+            return
+        for where, bridge in wanted:
+            if bridge not in host.interfaces:
+                self.errors.append(FieldError(resource.address, where, (
+                    f"host {host.name!r} has no interface {bridge!r} (it has: {', '.join(sorted(host.interfaces))}); "
+                    "create the bridge on the host first, or use a virtplan Network"
+                )))  # fmt: skip
 
     def _plan_resource(self, resource: Resource) -> None:
         assert resource.host is not None
@@ -126,8 +164,14 @@ class _Planner:
         deps = [d.address for d in resource.dependencies() if d.address in self.changes]
         if isinstance(resource, VM):
             self.check_seed(resource, host)
+        if obj is None and resource.renamed_from:
+            old = self.rename_source(resource, host)
+            if old is not None:
+                self.plan_rename(resource, old, host, deps)
+                return
         if obj is None:
-            fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
+            spec = desired_spec(resource, self.renderer)
+            fields = [FieldChange(k, None, v, "create") for k, v in spec.items() if k not in RUNTIME_ONLY]
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
         if not self.owned(obj, resource.address, host):
@@ -142,11 +186,15 @@ class _Planner:
             change = self.add(resource, Action.REPLACE, Reason.INTERRUPTED, [], fields, deps, obj)
             change.destructive = change_risk("volume", Action.REPLACE, obj.spec, [])
             return
-        diffs = [
-            FieldChange(name, before, value, field_policy(resource.kind, name, before, value).value)
-            for name, value in desired.items()
-            if (before := obj.spec.get(name)) != value
-        ]
+        diffs = self.diffs(resource, obj, desired, host)
+        if resource.address in self.replace:
+            if resource.kind not in REPLACEABLE:
+                self.errors.append(FieldError(resource.address, "--replace", f"a {resource.kind} cannot be replaced"))
+                return
+            change = self.add(resource, Action.REPLACE, Reason.REPLACE_REQUESTED, [], diffs, deps, obj)
+            users = running_users(host, resource.key) if resource.kind == "network" else []
+            change.destructive = change_risk(resource.kind, Action.REPLACE, obj.spec, users, desired)
+            return
         if not diffs:
             return
         refused = [d for d in diffs if d.policy == Policy.IMMUTABLE]
@@ -160,7 +208,85 @@ class _Planner:
         action, reason, deciding = choose_action(resource.kind, diffs, obj.spec, desired)
         change = self.add(resource, action, reason, deciding, diffs, deps, obj)
         users = running_users(host, resource.key) if resource.kind == "network" else []
-        change.destructive = change_risk(resource.kind, action, obj.spec, users)
+        change.destructive = change_risk(resource.kind, action, obj.spec, users, desired)
+
+    def diffs(self, resource: Resource, obj: ObservedObject, desired: Spec, host: HostState) -> list[FieldChange]:
+        """The declared fields that differ from the observed object, each with its policy
+        (NICs that only follow their network's rename are re-plugged live)."""
+        before = obj.spec
+        out = [
+            FieldChange(name, before.get(name), value, field_policy(resource.kind, name, before.get(name), value).value)
+            for name, value in desired.items()
+            if differs(before, name, value)
+        ]
+        renames = self.network_renames.get(host.name, {})
+        for fc in out:
+            if fc.field == "nics" and renames and _follow_renames(fc.before or [], fc.after or [], renames):
+                fc.policy = Policy.LIVE.value
+        return out
+
+    # renames (renamed_from)
+    def rename_source(self, resource: Resource, host: HostState) -> ObservedObject | None:
+        """The object `resource` is renamed from, if it is on the host and this stack's."""
+        old = str(resource.renamed_from)
+        key = f"{resource.key.rsplit('/', 1)[0]}/{old}" if resource.kind == "volume" else old
+        obj = host.get(resource.kind, key)
+        if obj is None:
+            return None  # renamed already (or never there): made as declared
+        if not self.owned(obj, f"{host.name}/{resource.kind}/{key}", host):
+            self.errors.append(FieldError(resource.address, "renamed_from", (
+                f"the {resource.kind} {key!r} on host {host.name!r} is not this stack's: virtplan renames only "
+                "what it owns"
+            )))  # fmt: skip
+            return None
+        return obj
+
+    def plan_rename(self, resource: Resource, obj: ObservedObject, host: HostState, deps: list[str]) -> None:
+        """A rename, keeping the object's identity (UUID, MACs, disks, data), with the
+        declared changes that come along; what each kind's rename costs is in its reason."""
+        desired = desired_spec(resource, self.renderer)
+        diffs = self.diffs(resource, obj, desired, host)
+        old_address = f"{host.name}/{resource.kind}/{obj.key}"
+        refuse = [d.field for d in diffs if d.policy in (Policy.IMMUTABLE, Policy.REPLACE)]
+        if resource.kind == "network":
+            refuse = []  # a network is defined again anyway: anything may change with it
+        elif resource.kind == "volume":
+            refuse = [d.field for d in diffs]
+            if obj.spec.get("backing"):
+                refuse.append("backing")
+            users = [o.key for o in host.of_kind("vm") if o.spec.get("state") == "running"
+                     and any(d.get("volume") == obj.key for d in o.spec.get("disks", []))]  # fmt: skip
+            if users:
+                self.errors.append(FieldError(resource.address, "renamed_from", (
+                    f"libvirt cannot rename a volume, so virtplan copies it, which it cannot do under a running VM "
+                    f"({', '.join(users)}): stop it first (state='stopped'), apply, then rename"
+                )))  # fmt: skip
+                return
+        elif any(r.get("vm") == old_address and r.get("kind") in ("snapshot", "freeze")
+                 for r in self.store.records(host.uri).values()):  # fmt: skip
+            refuse.append("snapshots")
+        if refuse:
+            self.errors.append(FieldError(resource.address, "renamed_from", (
+                f"a {resource.kind} renamed together with a change of {', '.join(sorted(set(refuse)))}: rename it "
+                "first (apply), then change it"
+            )))  # fmt: skip
+            return
+        if resource.kind == "vm":
+            running = obj.spec.get("state") == "running"
+            action = Action.RESTART if running and desired.get("state") == "running" else Action.UPDATE
+        elif resource.kind == "network":
+            action = Action.RESTART if obj.spec.get("active") else Action.UPDATE
+            self.network_renames.setdefault(host.name, {})[obj.key] = resource.key
+        else:
+            action = Action.UPDATE
+        fields = [FieldChange("name", obj.key, resource.key, "rename"), *diffs]
+        change = self.add(resource, action, Reason.RENAMED, ["name"], fields, deps, obj)
+        change.moved_from = obj.key
+        users = running_users(host, obj.key) if resource.kind == "network" else []
+        change.destructive = (
+            change_risk(resource.kind, action, obj.spec, users, desired) if resource.kind != "volume" else None
+        )
+        self.moved.add(old_address)
 
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan
@@ -169,7 +295,7 @@ class _Planner:
         if not record or not record.get("claim") or record.get("claim") != obj.uuid:
             return False
         desired = desired_spec(resource, self.renderer)
-        differ = sorted(k for k, v in desired.items() if obj.spec.get(k) != v)
+        differ = sorted(k for k, v in desired.items() if differs(obj.spec, k, v))
         if differ:
             self.errors.append(FieldError(
                 resource.address, differ[0],
@@ -205,6 +331,47 @@ class _Planner:
         self.changes[resource.address] = change
         return change
 
+    def replug(self) -> None:
+        """A network that restarts (a restart, a replacement, a start after it was stopped)
+        drops the ports of every guest on it, and libvirt does not plug them back: each
+        running VM that stays running on it gets its NICs on it re-plugged live, after the
+        network's change (an update of its own, or added to the VM's update)."""
+        restarting = {
+            c.address: c for c in self.changes.values()
+            if c.kind == "network" and (c.action in (Action.RESTART, Action.REPLACE) or c.reason == Reason.RENAMED
+                                        or any(fc.field == "active" and fc.after for fc in c.changes))
+        }  # fmt: skip
+        if not restarting:
+            return
+        for resource in self.stack.managed():
+            if not isinstance(resource, VM) or resource.state != "running" or resource.host is None:
+                continue
+            host = self.observed[resource.host.name]
+            obj = host.get("vm", resource.key)
+            change = self.changes.get(resource.address)
+            if obj is None or obj.spec.get("state") != "running" or (change and change.action != Action.UPDATE):
+                continue  # created, stopped, restarted or replaced: plugged afresh
+            nets = [n.network for n in resource.nics if n.network is not None and n.network.address in restarting]
+            names = {n.name for n in nets} | {str(restarting[n.address].moved_from) for n in nets
+                                              if restarting[n.address].moved_from}  # fmt: skip
+            macs = sorted({nic["mac"] for nic in obj.spec.get("nics", [])
+                           if nic.get("network") in names and nic.get("mac")})  # fmt: skip
+            if not macs:
+                continue
+            deps = sorted({n.address for n in nets})
+            if change is None:
+                fields = [FieldChange("unplugged", macs, [], Policy.LIVE.value)]
+                change = self.add(resource, Action.UPDATE, Reason.REPLUG, sorted({n.name for n in nets}), fields, deps,
+                                  obj)  # fmt: skip
+                continue
+            known = next((fc for fc in change.changes if fc.field == "unplugged"), None)
+            if known is None:
+                change.changes.append(FieldChange("unplugged", macs, [], Policy.LIVE.value))
+                change.reason_fields = sorted({*change.reason_fields, "unplugged"})
+            else:
+                known.before = sorted({*(known.before or []), *macs})
+            change.depends_on += [d for d in deps if d not in change.depends_on]
+
     # observed side
     def deletions(self, declared: set[str], reason: Reason) -> list[ResourceChange]:
         out = []
@@ -212,7 +379,9 @@ class _Planner:
         for host in self.observed.values():
             for obj in host.objects.values():
                 address = f"{host.name}/{obj.kind}/{obj.key}"
-                if address in declared or address in seeds or not self.owned(obj, address, host):
+                if address in declared or address in seeds or address in self.moved:
+                    continue
+                if not self.owned(obj, address, host):
                     continue
                 if obj.kind == "volume" and self.layer_kept(address, host, declared):
                     continue
@@ -243,6 +412,17 @@ class _Planner:
         return seeds
 
 
+def _follow_renames(before: list[Any], after: list[Any], renames: dict[str, str]) -> bool:
+    """Whether the NICs `after` are the NICs `before` with only their networks renamed."""
+    if len(before) != len(after) or before == after:
+        return False
+    for b, a in zip(before, after, strict=True):
+        moved = {**b, "network": renames.get(b.get("network") or "", b.get("network"))}
+        if moved != a:
+            return False
+    return True
+
+
 def running_users(host: HostState, network: str) -> list[str]:
     """Running VMs on `host` (as observed) with a NIC on `network`."""
     return sorted(
@@ -256,7 +436,9 @@ def _order_deletions(
     deletes: list[ResourceChange], observed: dict[str, HostState], kept: dict[str, ResourceChange]
 ) -> list[ResourceChange]:
     """VMs first, then volumes (overlays before what they back), pools, networks; each
-    waits for the changes of the objects that still use it."""
+    waits for the changes of the objects that still use it (a network only for the VMs
+    deleted with it: libvirt lets a network go under a running guest, and a guest that
+    moves to another network may need that network's bridge, which this one holds)."""
     by_addr = {d.address: d for d in deletes}
     files: dict[tuple[str, str], set[str]] = {}  # (host, vm) -> the files its disks use, parsed once
 
@@ -282,9 +464,10 @@ def _order_deletions(
                 for a, x in by_addr.items()
                 if x.kind == "volume" and x.host == d.host and x.key.startswith(d.key + "/")
             ]
-        elif d.kind == "network":
+        elif d.kind == "network":  # VMs deleted with it go first; the others' own changes re-plug them
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
-                      if any(n.get("network") == d.key for n in o.spec.get("nics", []))]  # fmt: skip
+                      if any(n.get("network") == d.key for n in o.spec.get("nics", []))
+                      and f"{d.host}/vm/{o.key}" in by_addr]  # fmt: skip
         elif d.kind == "vm":  # its snapshots go first
             users += [a for a, x in by_addr.items() if x.kind == "snapshot" and x.key.startswith(d.key + "/")]
         d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
@@ -295,26 +478,93 @@ def _order_deletions(
 def _wait_for_what_frees(
     kept: dict[str, ResourceChange], deletes: list[ResourceChange], stack: Stack, observed: dict[str, HostState]
 ) -> None:
-    """A VM that is created (or redefined) with a volume that a VM being deleted still uses
-    waits for that delete: two running VMs must never share a disk (a renamed VM keeping
-    its disk is "delete old, create new")."""
+    """A change that takes something another change of the plan gives up waits for that
+    change: two running VMs must never share a disk (a renamed VM keeping its disk is
+    "delete old, create new"; a disk moved from one VM to another is a detach and an
+    attach), and libvirt refuses a network on a bridge or subnet another network holds and
+    a pool at another pool's path (a renamed network or pool is "delete old, create new").
+
+    What each change takes comes from the stack; what each gives up, from the host: the
+    observed object, unless the stack keeps the same thing on it."""
     declared = stack.by_address()
-    vm_deletes = [d for d in deletes if d.kind == "vm"]
-    if not vm_deletes:
-        return
+    changes = [*deletes, *kept.values()]
     for change in kept.values():
         resource = declared.get(change.address)
-        if not isinstance(resource, VM) or change.action == Action.DELETE:
+        if resource is None or change.action == Action.DELETE:
             continue
-        wanted = {d.volume.key for d in resource.disks if isinstance(d.volume, Volume)}
-        wanted |= {v.key for v in (resource.kernel, resource.initrd) if isinstance(v, Volume)}
-        for d in vm_deletes:
-            obj = observed[d.host].get("vm", d.key)
-            if d.host != change.host or obj is None:
+        wanted = _taken(resource)
+        if not wanted:
+            continue
+        for other in changes:
+            if other is change or other.host != change.host or other.kind != change.kind:
                 continue
-            used = {x.get("volume") for x in obj.spec.get("disks", [])}
-            if wanted & used and d.address not in change.depends_on:
-                change.depends_on.append(d.address)
+            obj = observed[other.host].get(other.kind, other.key)
+            if obj is None:
+                continue
+            given_up = _held(other.kind, obj.spec)
+            still = declared.get(other.address)
+            if still is not None and other.action != Action.DELETE and other.action != Action.REPLACE:
+                given_up -= _taken(still)  # what the other keeps is not freed
+            if _clash(wanted, given_up) and other.address not in change.depends_on:
+                change.depends_on.append(other.address)
+
+
+def _taken(resource: Resource) -> set[tuple[str, str]]:
+    """What a declared resource holds that no other object of its kind on the host may."""
+    if isinstance(resource, VM):
+        out = {("volume", d.volume.key) for d in resource.disks if isinstance(d.volume, Volume)}
+        return out | {("volume", v.key) for v in (resource.kernel, resource.initrd) if isinstance(v, Volume)}
+    if isinstance(resource, Network):  # a host bridge ("bridge" mode) is shared, not held
+        out = {("bridge", resource.bridge_name)} if resource.mode != "bridge" else set()
+        return out | ({("cidr", resource.cidr)} if resource.cidr else set())
+    if isinstance(resource, Pool):
+        return {("path", resource.path.rstrip("/"))}
+    return set()
+
+
+def _held(kind: str, spec: Spec) -> set[tuple[str, str]]:
+    """The same, for an observed object."""
+    if kind == "vm":
+        out = {("volume", d["volume"]) for d in spec.get("disks", []) if d.get("volume")}
+        return out | {("volume", v) for v in (spec.get("kernel"), spec.get("initrd")) if v}
+    if kind == "network":
+        out = {("bridge", spec["bridge"])} if spec.get("bridge") and spec.get("mode") != "bridge" else set()
+        return out | ({("cidr", spec["cidr"])} if spec.get("cidr") else set())
+    if kind == "pool" and spec.get("path"):
+        return {("path", str(spec["path"]).rstrip("/"))}
+    return set()
+
+
+def _clash(wanted: set[tuple[str, str]], held: set[tuple[str, str]]) -> bool:
+    if wanted & held:
+        return True
+    import ipaddress
+
+    mine = [ipaddress.ip_network(v) for k, v in wanted if k == "cidr"]
+    theirs = [ipaddress.ip_network(v) for k, v in held if k == "cidr"]
+    return any(a.overlaps(b) for a in mine for b in theirs)
+
+
+def _check_waits(changes: list[ResourceChange]) -> None:
+    """Refuse a plan whose changes wait for each other (two networks swapping bridges):
+    apply could start none of them."""
+    graph = {c.address: set(c.depends_on) for c in changes}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(dict.fromkeys(exc.args[1]))
+        raise PlanError(
+            [
+                FieldError(
+                    exc.args[1][0],
+                    "name",
+                    (
+                        f"these changes wait for each other ({cycle}): each takes what another gives up; "
+                        "make the change in two applies (first move one of them out of the way)"
+                    ),
+                )
+            ]
+        ) from None
 
 
 def make_plan(
@@ -323,17 +573,32 @@ def make_plan(
     observed: dict[str, HostState],
     store: Records,
     destroy: bool = False,
+    *,
+    replace: list[str] | None = None,
+    targets: list[str] | None = None,
 ) -> Plan:
     """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).
+    `replace` (`--replace`) replaces those declared objects even though they match;
+    `targets` (`--target`) keeps only the changes of those addresses and what they wait for.
 
     Raises PlanError, listing every clash and refused change, if no safe plan exists.
     """
     from virtplan._version import __version__
 
-    planner = _Planner(stack, renderer, observed, store)
+    addresses = stack.by_address()
+    unknown = [a for a in replace or [] if a not in addresses]
+    unknown_targets = [a for a in targets or [] if a not in addresses and not _observed_address(a, observed)]
+    if unknown or unknown_targets:
+        raise PlanError(
+            [FieldError(a, "--replace", "the stack declares no such resource (host/kind/name)") for a in unknown]
+            + [FieldError(a, "--target", "neither the stack nor its hosts have it (host/kind/name)")
+               for a in unknown_targets]
+        )  # fmt: skip
+    planner = _Planner(stack, renderer, observed, store, set(replace or []))
     if not destroy:
         for resource in ordered(stack.managed()):
             planner.plan_resource(resource)
+        planner.replug()
     if planner.errors:
         raise PlanError(planner.errors)
     kept = planner.changes
@@ -344,5 +609,71 @@ def make_plan(
     vm_deletes = [d for d in deletes if d.kind == "vm"]
     other_deletes = [d for d in deletes if d.kind != "vm"]
     changes = vm_deletes + list(kept.values()) + other_deletes
+    _check_waits(changes)
     hosts = {h.name: h.uri for h in stack.hosts}
-    return Plan(stack.name, stack.source_hash, changes, hosts, __version__)
+    plan = Plan(stack.name, stack.source_hash, changes, hosts, __version__, replace=list(replace or []))
+    if targets:
+        plan.keep_targets(targets)
+    _refuse_taking_from_others(plan.changes, observed, set(targets or []))
+    return plan
+
+
+def _refuse_taking_from_others(changes: list[ResourceChange], observed: dict[str, HostState], named: set[str]) -> None:
+    """A volume or network that VMs this stack does not manage use (hand-made, another
+    stack's) is deleted or replaced only when the user names it (`--target`): otherwise the
+    plan is refused, naming those VMs. Named, the change is destructive and says whose it was."""
+    errors = []
+    for change in changes:
+        if change.kind not in ("volume", "network") or change.action not in (Action.DELETE, Action.REPLACE):
+            continue
+        host = observed[change.host]
+        obj = host.get(change.kind, change.key)
+        users = foreign_users(host, change.kind, change.key, obj.uuid if obj is not None else None)
+        if not users:
+            continue
+        names = ", ".join(repr(u) for u in users)
+        what = "a disk" if change.kind == "volume" else "its network"
+        verb = "deleting" if change.action == Action.DELETE else "replacing"
+        if change.address in named:
+            note = f"used by VM {names}, which this stack does not manage: {what} is pulled from under it"
+            change.destructive = f"{change.destructive}; {note}" if change.destructive else note
+            continue
+        errors.append(FieldError(change.address, "used by", (
+            f"VM {names} uses it and this stack does not manage {'them' if len(users) > 1 else 'it'}: {verb} it "
+            f"would pull {what} from under {'them' if len(users) > 1 else 'it'}. Detach it there first, or name it "
+            f"to go ahead anyway: --target {change.address}"
+        )))  # fmt: skip
+    if errors:
+        raise PlanError(errors)
+
+
+def foreign_users(host: HostState, kind: str, key: str, path: str | None) -> list[str]:
+    """The domains this stack does not manage (read but not parsed by observe) that use the
+    volume `key` (at `path`) or the network `key`."""
+    import xml.etree.ElementTree as ET
+
+    from virtplan.documents.parse import parse_domain
+
+    pool, _, name = key.partition("/")
+    out = []
+    for vm, xml in sorted(host.foreign.items()):
+        if kind == "volume":
+            if not ((path and path in xml) or (f"pool='{pool}'" in xml and f"volume='{name}'" in xml)):
+                continue  # cheap: most domains do not mention it at all
+            spec = parse_domain(ET.fromstring(xml))
+            disks = {d.get("volume") for d in spec["disks"]}
+            if key in disks or path in disks or path in (spec["kernel"], spec["initrd"]):
+                out.append(vm)
+        elif f"network='{key}'" in xml and any(
+            n.get("network") == key for n in parse_domain(ET.fromstring(xml))["nics"]
+        ):
+            out.append(vm)
+    return out
+
+
+def _observed_address(address: str, observed: dict[str, HostState]) -> bool:
+    """Whether `address` ("host/kind/key") names an object on one of the stack's hosts."""
+    host_name, _, rest = address.partition("/")
+    kind, _, key = rest.partition("/")
+    host = observed.get(host_name)
+    return host is not None and host.get(kind, key) is not None

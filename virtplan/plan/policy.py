@@ -38,6 +38,7 @@ FIELDS: dict[str, dict[str, Policy]] = {
         "cloud_init": R, "graphics": R, "serial": R,
         "description": L, "autostart": L, "state": L,
         "kernel": R, "initrd": R, "cmdline": R, "console_log": R,
+        "unplugged": L,  # runtime: NICs off their network's bridge are re-plugged
     },
     "network": {
         "mode": X, "bridge": X, "cidr": X, "gateway": X,
@@ -63,13 +64,14 @@ class Delivery(StrEnum):
     RUNTIME = "runtime"  # power state, autostart, activity: the definition does not change
     HOT = "hot"  # set on the running object and in its definition, without redefining it
     PLUG = "plug"  # items appended at the end are hot-plugged after the definition is rewritten
+    REPLUG = "replug"  # a running guest's NICs put back on their network's bridge; the definition does not change
 
 
 LIVE: dict[str, dict[str, Delivery]] = {
     "vm": {
         "memory": Delivery.HOT, "vcpus": Delivery.HOT, "description": Delivery.HOT,  # within the maxima
         "disks": Delivery.PLUG, "nics": Delivery.PLUG,
-        "state": Delivery.RUNTIME, "autostart": Delivery.RUNTIME,
+        "state": Delivery.RUNTIME, "autostart": Delivery.RUNTIME, "unplugged": Delivery.REPLUG,
     },
     "network": {"reservations": Delivery.HOT, "autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
     "pool": {"autostart": Delivery.RUNTIME, "active": Delivery.RUNTIME},
@@ -83,15 +85,30 @@ def policy(kind: str, field: str) -> Policy:
 
 def field_policy(kind: str, field: str, before: Any, after: Any) -> Policy:
     """The policy of one field change, refined by its values: disks and NICs appended at
-    the end are hot-plugged while any other change to them restarts; a volume shrink is
-    refused."""
+    the end are hot-plugged, data disks removed (the first disk stays) hot-unplugged, while
+    any other change to them restarts; a volume shrink is refused."""
     if LIVE.get(kind, {}).get(field) == Delivery.PLUG:
         kept = before or []
-        if kept != after[: len(kept)]:
-            return Policy.RESTART  # removal or change: not hot-pluggable
+        if kept != after[: len(kept)] and not (field == "disks" and data_disks_removed(kept, after)):
+            return Policy.RESTART  # another removal or a change: not hot-pluggable
     if kind == "volume" and field == "capacity" and before is not None and after < before:
         return Policy.IMMUTABLE
     return FIELDS[kind][field]
+
+
+def data_disks_removed(before: list[Any], after: list[Any]) -> list[Any]:
+    """The disks removed when `after` is `before` less some disks other than the first (the
+    boot disk), in the same order and otherwise unchanged; [] for any other change."""
+    if not before or not after or before[0] != after[0] or len(after) >= len(before):
+        return []
+    rest = iter(after)
+    removed, current = [], next(rest, None)
+    for item in before:
+        if item == current:
+            current = next(rest, None)
+        else:
+            removed.append(item)
+    return removed if current is None else []
 
 
 def hot_fields(kind: str, fields: Iterable[str]) -> list[str]:
@@ -110,7 +127,7 @@ def redefines(kind: str, fields: Iterable[str]) -> bool:
     """Whether changing `fields` rewrites the object's definition: anything but runtime and
     hot fields does."""
     delivered = LIVE.get(kind, {})
-    return any(delivered.get(f) not in (Delivery.RUNTIME, Delivery.HOT) for f in fields)
+    return any(delivered.get(f) not in (Delivery.RUNTIME, Delivery.HOT, Delivery.REPLUG) for f in fields)
 
 
 def stays_up(kind: str, observed: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -138,9 +155,15 @@ def choose_action(
     return Action.UPDATE, Reason.FIELDS_CHANGED, [d.field for d in diffs]
 
 
-def change_risk(kind: str, action: Action, observed: dict[str, Any], users: list[str]) -> str | None:
-    """What a replace or restart of an object puts at risk (None: nothing); `users` are the
-    running VMs on a network."""
+def change_risk(
+    kind: str, action: Action, observed: dict[str, Any], users: list[str], desired: dict[str, Any] | None = None
+) -> str | None:
+    """What a change of an object puts at risk (None: nothing): a replace, a restart, or
+    stopping a running VM (`desired` state "stopped"); `users` are the running VMs on a
+    network."""
+    stopping = kind == "vm" and observed.get("state") == "running" and (desired or {}).get("state") == "stopped"
+    if stopping and action in (Action.UPDATE, Action.RESTART):
+        return "the running VM is stopped"
     if action not in (Action.REPLACE, Action.DELETE, Action.RESTART):
         return None
     if kind == "volume" and action != Action.RESTART:
@@ -150,7 +173,7 @@ def change_risk(kind: str, action: Action, observed: dict[str, Any], users: list
             return "the running VM is stopped and its domain recreated"
         return "the domain is recreated (its disks are kept)" if observed.get("disks") else None
     if kind == "network" and users:
-        return f"running VMs lose connectivity until restarted: {', '.join(users)}"
+        return f"running VMs lose connectivity until their NICs are re-plugged: {', '.join(users)}"
     return None
 
 

@@ -30,7 +30,7 @@ def check_plan(plan: Plan, hosts: dict[str, HostState], connection: Any) -> list
 
     risky = [
         c for c in plan.changes
-        if c.kind == "volume" and (c.action in (Action.DELETE, Action.REPLACE)
+        if c.kind == "volume" and (c.action in (Action.DELETE, Action.REPLACE) or c.moved_from
                                    or (c.action == Action.UPDATE and any(fc.field == "capacity" for fc in c.changes)))
     ]  # fmt: skip
     errors: list[FieldError] = []
@@ -44,12 +44,12 @@ def check_plan(plan: Plan, hosts: dict[str, HostState], connection: Any) -> list
         users = backing_map(connection(host_name))
         names = {o.uuid: o.key for o in host.of_kind("volume") if o.uuid}
         for change in (c for c in risky if c.host == host_name):
-            obj = host.get("volume", change.key)
+            obj = host.get("volume", change.moved_from or change.key)  # a renamed volume: the old one goes
             if obj is None or not obj.uuid:
                 continue
-            if change.action == Action.DELETE or change.action == Action.REPLACE:
+            if change.action == Action.DELETE or change.action == Action.REPLACE or change.moved_from:
                 left = [u for u in users.get(obj.uuid, []) if u not in going]
-                verb = "deleted" if change.action == Action.DELETE else "replaced"
+                verb = "renamed" if change.moved_from else "deleted" if change.action == Action.DELETE else "replaced"
             else:
                 left = users.get(obj.uuid, [])
                 verb = "grown"

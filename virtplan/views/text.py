@@ -6,6 +6,7 @@ and anything under a "password" key is shown as "(sensitive)".
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from virtplan.plan.changes import Action, FieldChange, Plan, ResourceChange
@@ -33,6 +34,8 @@ def value(field: str, v: Any) -> str:
         return "[" + ", ".join(_disk(d) for d in v) + "]" if v else "[]"
     if field == "nics":
         return "[" + ", ".join(_nic(n) for n in v) + "]" if v else "[]"
+    if field == "unplugged":
+        return "NICs " + ", ".join(v) + " off their network's bridge" if v else "all NICs on their network's bridge"
     if field == "reservations":
         return "[" + ", ".join(f"{r['ip']}={r['mac']}" for r in v) + "]" if v else "[]"
     if field == "graphics":
@@ -55,9 +58,22 @@ def _nic(n: dict[str, Any]) -> str:
     return f"{where} {n.get('mac')} ({n.get('model')})"
 
 
+_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
 def escape(text: str) -> str:
-    """Make user text safe to embed in rich markup (names may contain '[')."""
-    return text.replace("\\", "\\\\").replace("[", "\\[")
+    """User or libvirt text made safe to embed in rich markup, printed exactly as it is.
+
+    rich reads `[` followed by a letter, `#`, `/` or `@` as the start of a tag and a
+    backslash only just before one: exactly those brackets are escaped, with their
+    backslashes doubled, as rich's own `rich.markup.escape` does (this module does not
+    import rich). Like rich, a trailing backslash is doubled so that it cannot escape a tag
+    that follows. Lines that carry libvirt's messages are built as rich `Text` instead
+    (`virtplan.cli.output`), which needs no escaping at all."""
+    out = _TAG.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+    if out.endswith("\\") and not out.endswith("\\\\"):
+        out += "\\"
+    return out
 
 
 def field_line(fc: FieldChange, action: Action) -> str:

@@ -66,11 +66,17 @@ class Runtime:
     looked up or created so far, facts its operations learnt (say, that a pool's
     directory was built), and the apply run's bookkeeping."""
 
-    def __init__(self, ctx: Context, run: Bookkeeping):
+    def __init__(self, ctx: Context, run: Bookkeeping, say: Callable[[str], None] | None = None):
         self.ctx, self.run, self.conn = ctx, run, run.conn
+        self._say = say
         self.facts: dict[str, Any] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._undo: list[Callable[[], None]] = []
+
+    def say(self, text: str) -> None:
+        """Tell the user what this change waits for (shown as a progress line)."""
+        if self._say is not None:
+            self._say(text)
 
     def on_failure(self, action: Callable[[], None]) -> None:
         """Run `action` if a later operation of this change fails (last registered, first run)."""

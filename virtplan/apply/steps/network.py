@@ -12,7 +12,7 @@ from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Rec
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.documents.fragments import dhcp_host
 from virtplan.model import Network
-from virtplan.plan.changes import ResourceChange
+from virtplan.plan.changes import Reason, ResourceChange
 from virtplan.plan.policy import redefines
 
 
@@ -144,10 +144,30 @@ def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     yield Recorded(change)
 
 
+def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    """A renamed network (renamed_from): libvirt cannot rename one, so the old definition
+    goes and the new one comes with the same UUID (the renderer keeps it), then starts; the
+    running guests' NICs are re-plugged by their own changes after this one."""
+    net: Network = ctx.resource(change)
+    assert change.moved_from is not None
+    obj = ctx.host.get("network", change.moved_from)
+    if obj is not None and obj.spec.get("active"):
+        yield StopNetwork(change.moved_from)
+    yield UndefineNetwork(change.moved_from)
+    yield Forget(f"{ctx.host.name}/network/{change.moved_from}")
+    yield DefineNetwork(net)
+    yield NetworkAutostart(net.name, net.autostart)
+    yield StartNetwork(net.name)
+    yield Recorded(change)
+
+
 def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     """In place: reservations through net-update (running network too), autostart, start.
     Other fields are updated only on an inactive network (else the plan restarts it), by a
     new definition, which carries the reservations as well."""
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     net: Network = ctx.resource(change)
     obj = ctx.observed(change)
     active = bool(obj and obj.spec.get("active"))
@@ -165,6 +185,9 @@ def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
 
 
 def restart(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     net: Network = ctx.resource(change)
     obj = ctx.observed(change)
     yield DefineNetwork(net)

@@ -14,14 +14,14 @@ from typing import Any
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Recorded
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
-from virtplan.apply.steps.vm_live import HOT, AttachDevice
+from virtplan.apply.steps.vm_live import HOT, AttachDevice, DetachDisk, ReplugNic
 from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
 from virtplan.documents.merge import keep_device_addresses
 from virtplan.documents.render import console_log_path
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import VM, Resource
-from virtplan.plan.changes import ResourceChange
-from virtplan.plan.policy import hot_fields, plugged_fields, redefines
+from virtplan.plan.changes import Action, Reason, ResourceChange
+from virtplan.plan.policy import data_disks_removed, hot_fields, plugged_fields, redefines
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
 _DIGEST_ATTR = {
@@ -102,7 +102,11 @@ class GracefulStop(Operation):
     timeout: float
 
     def run(self, rt: Runtime) -> None:
-        graceful_stop(rt.handle("vm", self.name), self.timeout)
+        dom = rt.handle("vm", self.name)
+        if self.timeout > 0 and dom.isActive():
+            rt.say(f"waiting up to {self.timeout:g} s for vm {self.name} to shut down (ACPI power button), "
+                   "then forcing it off")  # fmt: skip
+        graceful_stop(dom, self.timeout)
 
     def shell(self, ctx: Context) -> list[str]:
         name = q(self.name)
@@ -129,6 +133,22 @@ def graceful_stop(dom: Any, timeout: float) -> None:
             delay = min(delay * 2, 0.5)
     if dom.isActive():
         dom.destroy()
+
+
+@dataclass(frozen=True)
+class RenameDomain(Operation):
+    """Rename a stopped domain (libvirt renames only those); it keeps its UUID and devices."""
+
+    old: str
+    new: str
+
+    def run(self, rt: Runtime) -> None:
+        dom = rt.handle("vm", self.old)
+        dom.rename(self.new, 0)
+        rt.remember("vm", self.new, rt.conn.lookupByName(self.new))
+
+    def shell(self, ctx: Context) -> list[str]:
+        return [f"virsh domrename {q(self.old)} {q(self.new)}"]
 
 
 # -- undefining -------------------------------------------------------------------------------
@@ -196,11 +216,45 @@ def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
 
 
 def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     yield from _change(change, ctx, restart=False)
 
 
 def restart(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     yield from _change(change, ctx, restart=True)
+
+
+def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    """A renamed VM (renamed_from): shut down if running (libvirt renames only stopped
+    domains), renamed, defined as declared (same UUID, MACs and disks; a new seed and
+    console log, named after it), started again if declared running; its old seed and
+    log go."""
+    vm: VM = ctx.resource(change)
+    assert change.moved_from is not None
+    obj = ctx.host.get("vm", change.moved_from)
+    assert obj is not None
+    old_address = f"{ctx.host.name}/vm/{change.moved_from}"
+    if obj.spec.get("state") == "running":
+        yield GracefulStop(change.moved_from, float(vm.shutdown_timeout))
+    yield RenameDomain(change.moved_from, vm.name)
+    yield Forget(old_address)
+    if vm.cloud_init is not None:
+        yield WriteSeed(vm)
+    if console_log_path(vm) is not None:
+        yield ClaimConsoleLog(vm)
+    yield DefineDomain(vm, keep_from=obj.xml)
+    yield DomainAutostart(vm.name, vm.autostart)
+    if vm.state == "running":
+        yield StartDomain(vm.name)
+    for address, record in sorted(ctx.records.items()):
+        if old_address in (record.get("seed_of"), record.get("log_of")):
+            yield DeleteVmVolume(address, log=bool(record.get("log_of")))
+    yield Recorded(change)
 
 
 def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Operation]:
@@ -216,6 +270,9 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         for name in hot_fields("vm", fields):
             yield HOT[name](vm.name, fields[name].after, live=running, config=True)
     else:
+        if running and not restart and "disks" in fields:  # the guest lets go first; then the definition
+            for disk in data_disks_removed(fields["disks"].before or [], fields["disks"].after or []):
+                yield DetachDisk(vm.name, disk["volume"], obj.xml)
         if "cloud_init" in fields and vm.cloud_init is not None:
             yield WriteSeed(vm)
         if "console_log" in fields and console_log_path(vm) is not None:
@@ -233,6 +290,9 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
         if restart and running:
             yield GracefulStop(vm.name, float(vm.shutdown_timeout))
             yield StartDomain(vm.name)
+    if "unplugged" in fields and running and vm.state == "running" and not restart:
+        nics = fields["nics"].after if "nics" in fields else obj.spec.get("nics", [])  # a renamed network's new name
+        yield from _replugs(vm, obj, fields["unplugged"].before or [], nics)
     if "autostart" in fields:
         yield DomainAutostart(vm.name, vm.autostart)
     if "state" in fields:
@@ -243,18 +303,45 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
     yield Recorded(change)
 
 
+def _replugs(vm: VM, obj: ObservedObject, macs: list[str], nics: list[Any]) -> Iterator[Operation]:
+    """Re-plug each NIC in `macs` into its network as `nics` (the NICs' specs) say (see ReplugNic)."""
+    networks = {n["mac"]: n.get("network") for n in nics}
+    bridges = {n.network.name: n.network.bridge_name for n in vm.nics if n.network is not None}
+    for mac in macs:
+        network = networks.get(mac)
+        if network:
+            yield ReplugNic(vm.name, mac, network, bridges.get(network, ""), obj.xml)
+
+
 def replace(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     yield from delete(change, ctx, keep_seed=True)
     yield ForgetIdentity(change.address)
     yield from create(change, ctx)
 
 
+def delete_timeout(change: ResourceChange, ctx: Context, obj: ObservedObject) -> float:
+    """How long a running VM that is deleted gets to shut down: no time at all when every
+    disk it has goes with it in this plan (nothing on them is kept, so there is nothing to
+    flush) unless the stack asks for a clean shutdown (`shutdown_on_delete`); else its
+    shutdown timeout."""
+    declared = ctx.desired.get(change.address)
+    if isinstance(declared, VM):
+        asked = declared.shutdown_on_delete
+    else:
+        asked = obj.owner is not None and obj.owner.attrs.get("shutdown-on-delete") == "yes"
+    volumes = [d.get("volume") for d in obj.spec.get("disks", []) if d.get("device", "disk") == "disk"]
+    kept = [v for v in volumes if f"{ctx.host.name}/volume/{v}" not in ctx.deleted]
+    if asked or kept or change.action != Action.DELETE:
+        return shutdown_timeout(declared, obj)
+    return 0.0
+
+
 def delete(change: ResourceChange, ctx: Context, keep_seed: bool = False) -> Iterator[Operation]:
-    """Stop gracefully, undefine, forget; unless the VM is being replaced, delete its seed
-    and console log too."""
+    """Stop (gracefully unless its disks go too, see `delete_timeout`), undefine, forget;
+    unless the VM is being replaced, delete its seed and console log too."""
     obj = ctx.observed(change)
     if obj is not None and obj.spec.get("state") == "running":
-        yield GracefulStop(change.key, shutdown_timeout(ctx.desired.get(change.address), obj))
+        yield GracefulStop(change.key, delete_timeout(change, ctx, obj))
     yield UndefineDomain(change.key, nvram=obj is not None and obj.spec.get("firmware") == "uefi")
     yield Forget(change.address)
     yield ForgetSnapshots(change.address)

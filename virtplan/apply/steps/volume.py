@@ -15,7 +15,7 @@ from virtplan.documents import fragments
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import Volume
-from virtplan.plan.changes import ResourceChange
+from virtplan.plan.changes import Reason, ResourceChange
 
 
 # -- operations -------------------------------------------------------------------------------
@@ -57,6 +57,28 @@ class CopyVolume(Operation):
         path = file_name("volume", self.vol.pool.name, self.vol.name) + ".xml"
         return [heredoc(path, ctx.renderer.volume_xml(self.vol)),
                 f"virsh vol-create-from {q(self.vol.pool.name)} {q(path)} {q(self.vol.copy_of)}"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CopyRenamed(Operation):
+    """A renamed volume's copy under its new name, in the same pool, made by libvirt on the
+    host (libvirt cannot rename a volume)."""
+
+    vol: Volume
+    old_key: str  # "pool/old-name"
+
+    def run(self, rt: Runtime) -> None:
+        assert self.vol.pool is not None
+        pool = rt.handle("pool", self.vol.pool.name)
+        source = rt.handle("volume", self.old_key)
+        rt.remember("volume", self.vol.key, pool.createXMLFrom(rt.ctx.renderer.volume_xml(self.vol), source, 0))
+
+    def shell(self, ctx: Context) -> list[str]:
+        assert self.vol.pool is not None
+        path = file_name("volume", self.vol.pool.name, self.vol.name) + ".xml"
+        old = self.old_key.partition("/")[2]
+        return [heredoc(path, ctx.renderer.volume_xml(self.vol)),
+                f"virsh vol-create-from {q(self.vol.pool.name)} {q(path)} {q(old)}"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,7 +178,24 @@ def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     yield Recorded(change)
 
 
+def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    """A renamed volume (renamed_from): copied to its new name (recorded like any create),
+    then the old one deleted. The plan refused it under a running VM."""
+    vol: Volume = ctx.resource(change)
+    assert change.moved_from is not None
+    yield Intent(change.address, "volume", {"format": vol.format, "backing": None})
+    yield EnsureAbsent(change.address, change.key)
+    yield CopyRenamed(vol, change.moved_from)
+    yield Recorded(change)
+    old_address = f"{ctx.host.name}/volume/{change.moved_from}"
+    yield DeleteVolume(old_address, change.moved_from)
+    yield Forget(old_address)
+
+
 def update(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
+    if change.reason == Reason.RENAMED:
+        yield from rename(change, ctx)
+        return
     for fc in change.changes:
         if fc.field != "capacity":
             continue
