@@ -126,6 +126,7 @@ class _Planner:
         deps = [d.address for d in resource.dependencies() if d.address in self.changes]
         if isinstance(resource, VM):
             self.check_seed(resource, host)
+            self.check_existing_networks(resource, host)
         if obj is None:
             fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
@@ -186,6 +187,25 @@ class _Planner:
         obj = host.get("volume", key)
         if obj is not None and not self.owned(obj, address, host):
             self.clash(address, obj, host, "volume", key)
+
+    def check_existing_networks(self, vm: VM, host: HostState) -> None:
+        """A NIC on a network the stack does not manage: the network must be on the host
+        (and active, for a running VM); virtplan never creates or starts it."""
+        for i, nic in enumerate(vm.nics):
+            net = nic.network
+            if net is None or net.existing is not True:
+                continue
+            found = host.get("network", net.name)
+            if found is None:
+                self.errors.append(FieldError(vm.address, f"nics[{i}].network", (
+                    f"network {net.name!r} does not exist on host {host.name!r}; Network({net.name!r}, existing=True) "
+                    "refers to a network virtplan does not manage: create it there, or drop existing=True to let "
+                    "the stack manage it")))  # fmt: skip
+            elif vm.state == "running" and not found.spec.get("active"):
+                self.errors.append(FieldError(vm.address, f"nics[{i}].network", (
+                    f"network {net.name!r} on host {host.name!r} is not active, so the VM could not start; "
+                    f"start it (virsh net-start {net.name}): virtplan never changes a network it does not manage",
+                )))  # fmt: skip
 
     def add(
         self,
