@@ -204,7 +204,7 @@ class _Planner:
             elif vm.state == "running" and not found.spec.get("active"):
                 self.errors.append(FieldError(vm.address, f"nics[{i}].network", (
                     f"network {net.name!r} on host {host.name!r} is not active, so the VM could not start; "
-                    f"start it (virsh net-start {net.name}): virtplan never changes a network it does not manage",
+                    f"start it (virsh net-start {net.name}): virtplan never changes a network it does not manage"
                 )))  # fmt: skip
 
     def add(
