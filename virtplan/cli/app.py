@@ -68,7 +68,8 @@ def plan(
             from virtplan.plan.planfile import plan_document
 
             doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
-                                drift=report.to_list(), commands=cmds)  # fmt: skip
+                                drift=report.to_list(), commands=cmds,
+                                unbound_hosts=set(the_plan.hosts) - set(observation.renderer.keys))  # fmt: skip
     if out is not None and doc is not None:
         from virtplan.plan.planfile import write_plan
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,7 @@ from typing import Any, TypeVar
 from virtplan.documents.capabilities import HostFacts, parse_capabilities
 from virtplan.documents.parse import Owner, owner_of, parse_domain, parse_network, parse_pool, parse_volume
 from virtplan.documents.render import NAMESPACE
-from virtplan.documents.specs import Spec, VMSpec, generic
+from virtplan.documents.specs import GraphicsSpec, Spec, VMSpec, generic
 from virtplan.hosts.speccache import SpecCache, xml_key
 
 
@@ -67,14 +69,17 @@ def observe_host(
     facts: HostFacts | None = None,
     cache: SpecCache | None = None,
     hidden_pools: frozenset[str] = frozenset(),
+    secret_digest: Callable[[str], str] | None = None,
 ) -> HostState:
     """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
     remembers parsed domain specs by XML hash; `hidden_pools` (virtplan's records pool) are
-    not part of any stack's view."""
+    not part of any stack's view. With `secret_digest`, a domain's console password is read
+    from libvirt (the secure XML) and kept only as that digest, so a password changed
+    outside virtplan is seen; the password itself is removed from the XML kept."""
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
+    _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache, secret_digest)
     _read_networks(conn, libvirt, state)
     pools = _read_pools(conn, libvirt, state, hidden_pools)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
@@ -158,19 +163,42 @@ def _mine(xml: str, stack_name: str) -> bool:
     return owner is not None and owner.stack == stack_name
 
 
+_PASSWD = re.compile(r"""\s(passwd)=(['"])([^'"]*)\2""")
+
+
+def strip_passwords(xml: str) -> tuple[str, str | None]:
+    """The XML without its console password attribute, and that password (unescaped), if any.
+    libvirt writes attribute values escaped, so a quote never occurs inside one."""
+    found: list[str] = []
+
+    def drop(m: re.Match[str]) -> str:
+        found.append(html.unescape(m.group(3)))
+        return ""
+
+    return _PASSWD.sub(drop, xml), (found[0] if found else None)
+
+
 def _read_domains(
-    conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str, cache: SpecCache | None
+    conn: Any,
+    libvirt: Any,
+    state: HostState,
+    wanted: set[str],
+    stack_name: str,
+    cache: SpecCache | None,
+    secret_digest: Callable[[str], str] | None = None,
 ) -> None:
     flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     domains = conn.listAllDomains(flags)
+    xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secret_digest else 0)
     # Only the round trips run in threads; parsing there would just fight over the GIL.
-    xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
+    xmls = fetch_all(domains, lambda d: _inactive_xml(d, xml_flags))
     for dom, xml in zip(domains, xmls, strict=True):
         name = dom.name()
         if xml is None:
             continue
+        xml, password = strip_passwords(xml) if secret_digest else (xml, None)
         if name not in wanted and not _mine(xml, stack_name):
             continue  # foreign and not declared: none of this stack's business
         key = xml_key(xml)
@@ -183,6 +211,10 @@ def _read_domains(
             spec, owner = parse_domain(root), owner_of(root)
             if cache is not None:
                 cache.put(key, spec, owner)  # a copy: the runtime fields below are not cached
+        graphics = spec.get("graphics")
+        if secret_digest is not None and graphics is not None:
+            digest = secret_digest(password) if password is not None else None
+            spec["graphics"] = GraphicsSpec(type=graphics["type"], listen=graphics["listen"], password=digest)
         uuid = dom.UUIDString()
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart

@@ -11,11 +11,15 @@ The API is keyed by host URI and object address, as the planner and apply use it
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, Record
+from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, LedgerError, Record, file_key
+
+#: Bytes of the key of the stack's keyed digests of secrets (see `HostRecords.secret_key`).
+KEY_BYTES = 32
 
 
 class Records(Protocol):
@@ -68,6 +72,23 @@ class HostRecords:
         with self._lock:
             ledgers = list(self._ledgers.values())
         return any(ledger.deltas() >= COMPACT_AFTER or not ledger.records() for ledger in ledgers)
+
+    def secret_key(self, uri: str, create: bool = False) -> bytes | None:
+        """The key of this stack's keyed digests of secrets on the host at `uri` (see
+        `virtplan.model.secrets`): random, made once (with `create`, by the first apply that
+        needs it), kept beside the stack's ledger in virtplan's records pool and never
+        printed, so digests in plans confirm no guess. None if there is none yet."""
+        store = self.ledger(uri).store
+        name = f"{file_key(self.stack_key)}.secret-key"
+        data = store.read(name)
+        if data is None and create:
+            store.create(name, secrets.token_bytes(KEY_BYTES))  # False: another process made it meanwhile
+            data = store.read(name)
+        if data is not None and len(data) != KEY_BYTES:
+            if not data:
+                return None  # being written by another process right now
+            raise LedgerError(f"the secret key of stack {self.stack_key!r} on {uri} is damaged ({len(data)} bytes)")
+        return data
 
     def neighbours(self, uri: str) -> set[str]:
         """The other stacks that keep records on the host at `uri`."""

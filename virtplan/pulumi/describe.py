@@ -168,9 +168,10 @@ def _vm(vm: VM) -> Inputs:
         "cloudInit": None
         if ci is None
         else {
-            "userData": ci.user_data,
-            "metaData": ci.meta_data,
-            "networkConfig": ci.network_config,
+            "userData": ci.document("user_data"),
+            "metaData": ci.document("meta_data"),
+            "networkConfig": ci.document("network_config"),
+            "sensitive": ci.sensitive,
             "hostname": ci.hostname,
             "user": ci.user,
             "password": _reveal(ci.password),
@@ -305,7 +306,7 @@ class _Builder:
                 user_data=ci.get("userData"), meta_data=ci.get("metaData"), network_config=ci.get("networkConfig"),
                 hostname=ci.get("hostname"), user=ci.get("user"), password=ci.get("password"),
                 ssh_keys=list(ci.get("sshKeys") or []), packages=list(ci.get("packages") or []),
-                instance_id=ci.get("instanceId"),
+                instance_id=ci.get("instanceId"), sensitive=ci.get("sensitive", True),
             )  # fmt: skip
         gfx = d.get("graphics")
         graphics = (
