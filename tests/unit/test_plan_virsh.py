@@ -3,6 +3,7 @@ replays them on a real host), and that no secret is printed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from plan_review_fixtures import PASSWORD, URI, VNC_PASSWORD, scenario
@@ -29,7 +30,7 @@ def commands(tmp_path, kind):
 def test_create(tmp_path):
     plan, cmds = commands(tmp_path, "create")
     net = cmds["kvm1/network/lab-net"]
-    assert net[0].startswith("cat > network-lab-net.xml <<'EOF'\n<network>") and net[1:] == [
+    assert re.match(r"cat > network-lab-net.xml <<'EOF_[0-9a-f]{16}'\n<network>", net[0]) and net[1:] == [
         "virsh net-define network-lab-net.xml", "virsh net-autostart lab-net", "virsh net-start lab-net"]  # fmt: skip
     assert "virsh net-define network-back-net.xml" in "\n".join(cmds["kvm1/network/back-net"])
     assert "virsh net-start back-net" in cmds["kvm1/network/back-net"]
@@ -83,7 +84,9 @@ def test_changes(tmp_path):
 def test_helpers(tmp_path):
     ctx = scenario(tmp_path, "none")
     context = Context(ctx[0], ctx[4], ctx[2]["kvm1"], ctx[3], ctx[0].by_address())
-    assert heredoc("f.xml", "EOF\nx") == "cat > f.xml <<'EOF_'\nEOF\nx\nEOF_"
+    doc = heredoc("f.xml", "EOF\nx")
+    marker = re.search(r"<<'(EOF_[0-9a-f]{16})'", doc)
+    assert marker and doc == f"cat > f.xml <<'{marker[1]}'\nEOF\nx\n{marker[1]}"  # the marker is no line of it
     assert GracefulStop("a b", 0).shell(context) == ["virsh destroy 'a b'"]
     assert GracefulStop("vm", 2.5).shell(context)[1].startswith("timeout 2.5 sh -c ")
 
