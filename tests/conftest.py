@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.figures import FIGURES
 from virtplan_lab.lab import Lab
 from virtplan_lab.probe import ProbeImage, build_probe
 from virtplan_lab.testbed import PrivateHost, missing_prereqs
@@ -48,6 +49,27 @@ HOST_FIXTURES = frozenset(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real private libvirt hosts (root, libvirtd, QEMU)")
+
+
+# -- figures: suites that count what they tried print it at the end of the run --------------
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
+        shutil.rmtree(FIGURES, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    import json
+
+    if hasattr(config, "workerinput") or not FIGURES.is_dir():
+        return
+    files = sorted(FIGURES.glob("*.json"))
+    if not files:
+        return
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    terminalreporter.section("virtplan figures")  # type: ignore[attr-defined]
+    for path in files:
+        figures = json.loads(path.read_text())
+        write(f"{path.stem}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -250,7 +250,7 @@ def _check_networks(stack: Stack, errors: _Errors) -> None:
                 net, "bridge", f"{net.bridge!r} is not a valid interface name (1-15 letters, digits, '.', '-', '_')"
             )
             continue
-        if net.host is not None and isinstance(net.name, str) and net.mode != "bridge":
+        if isinstance(net.host, Host) and isinstance(net.name, str) and net.mode != "bridge":
             key = (net.host.name, net.bridge_name)
             if key in bridges:
                 errors.add(net, "bridge", f"bridge {net.bridge_name!r} is also used by {bridges[key].address}")
@@ -304,7 +304,7 @@ def _check_subnet(
     if subnet.prefixlen > 29:  # keeps range_ips' arithmetic inside the subnet
         errors.add(net, "cidr", f"{net.cidr} is too small; use a /29 or larger")
         return
-    if net.host is not None:
+    if isinstance(net.host, Host):
         by_host[net.host.name].append((net, subnet))
     gateway = errors.check(net, "gateway", lambda: net.gateway_ip)
     if isinstance(gateway, ipaddress.IPv4Address) and not _is_host_ip(gateway, subnet):
@@ -633,8 +633,11 @@ def _check_nic(
         errors.add(vm, f"{field}.ip", "a fixed IP needs a NIC on a virtplan Network with a cidr")
         return
     try:
-        ip = ipaddress.IPv4Address(nic.ip)
         subnet = net.ip_network
+    except ValueError:
+        return  # reported on the network
+    try:
+        ip = ipaddress.IPv4Address(nic.ip)
     except ValueError as exc:
         errors.add(vm, f"{field}.ip", f"{nic.ip!r} is not an IPv4 address ({exc})")
         return
@@ -665,7 +668,7 @@ def _check_references(stack: Stack, errors: _Errors) -> None:
                     _ref_field(resource, dep),
                     f"refers to {dep.kind} {dep.key!r}, which this stack does not declare",
                 )
-            elif dep.host is not None and resource.host is not None and dep.host is not resource.host:
+            elif isinstance(dep.host, Host) and isinstance(resource.host, Host) and dep.host is not resource.host:
                 errors.add(
                     resource, _ref_field(resource, dep),
                     f"refers to {dep.address} on host {dep.host.name!r}, but lives on host {resource.host.name!r}",
