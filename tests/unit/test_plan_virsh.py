@@ -84,9 +84,10 @@ def test_changes(tmp_path):
 def test_helpers(tmp_path):
     ctx = scenario(tmp_path, "none")
     context = Context(ctx[0], ctx[4], ctx[2]["kvm1"], ctx[3], ctx[0].by_address())
-    doc = heredoc("f.xml", "EOF\nx")
+    doc = heredoc("f.xml", "EOF\nx\n")
     marker = re.search(r"<<'(EOF_[0-9a-f]{16})'", doc)
     assert marker and doc == f"cat > f.xml <<'{marker[1]}'\nEOF\nx\n{marker[1]}"  # the marker is no line of it
+    assert heredoc("f.txt", "no newline at the end") == "printf '%s' 'no newline at the end' > f.txt"
     assert GracefulStop("a b", 0).shell(context) == ["virsh destroy 'a b'"]
     assert GracefulStop("vm", 2.5).shell(context)[1].startswith("timeout 2.5 sh -c ")
 

@@ -23,14 +23,17 @@ def file_name(*parts: str) -> str:
 
 
 def heredoc(path: str, content: str) -> str:
-    """A command that writes `content` to `path` verbatim (quoted here-document). The end
-    marker is a hash of the content: a line equal to it would have to contain its own hash."""
+    """A command that writes `content` to `path` byte for byte: a quoted here-document whose end
+    marker is a hash of the content (a line equal to it would have to contain its own hash);
+    content that does not end with a newline (a here-document would add one) is written
+    with printf and one quoted argument instead."""
+    if not content.endswith("\n"):
+        return f"printf '%s' {q(content)} > {q(path)}"
     marker = "EOF_" + hashlib.sha256(content.encode()).hexdigest()[:16]
     lines = set(content.split("\n")) | set(content.splitlines())
     while marker in lines:  # pragma: no cover - a sha256 fixpoint
         marker += "_"
-    body = content if content.endswith("\n") else content + "\n"
-    return f"cat > {q(path)} <<'{marker}'\n{body}{marker}"
+    return f"cat > {q(path)} <<'{marker}'\n{content}{marker}"
 
 
 _COMMENT_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
