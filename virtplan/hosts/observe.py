@@ -36,6 +36,11 @@ class ObservedObject:
     xml: str
     spec: Spec  # a `virtplan.documents.specs` spec of `kind`, runtime fields included
     owner: Owner | None = None
+    #: Why the definition could not be read (it does not parse), naming the element; the
+    #: spec then holds the runtime fields only.
+    problem: str | None = None
+    #: The model field the problem is in ("graphics", "description", ...; "definition" if unknown).
+    problem_field: str = "definition"
 
     @property
     def fingerprint(self) -> str:
@@ -159,7 +164,12 @@ def _mine(xml: str, stack_name: str) -> bool:
     if 0 <= start < end:
         with contextlib.suppress(ET.ParseError):
             root = ET.fromstring("<domain>" + xml[start : end + len("</metadata>")] + "</domain>")
-    owner = owner_of(root if root is not None else ET.fromstring(xml))
+    if root is None:
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError:
+            return False  # no readable mark
+    owner = owner_of(root)
     return owner is not None and owner.stack == stack_name
 
 
@@ -176,6 +186,39 @@ def strip_passwords(xml: str) -> tuple[str, str | None]:
         return ""
 
     return _PASSWD.sub(drop, xml), (found[0] if found else None)
+
+
+#: libvirt element -> the model field it holds, to name where a definition is broken.
+_FIELDS = {"graphics": "graphics", "listen": "graphics", "description": "description", "title": "description",
+           "cmdline": "cmdline", "kernel": "kernel", "initrd": "initrd", "disk": "disks", "source": "disks",
+           "interface": "nics", "mac": "nics", "name": "name", "type": "machine", "domain": "domain",
+           "ip": "cidr", "range": "dhcp_range", "host": "reservations", "bridge": "bridge", "path": "path"}  # fmt: skip
+
+
+def unreadable(xml: str, exc: ET.ParseError) -> tuple[str, str]:
+    """(field, message) for a definition libvirt returned that does not parse: the element
+    the error is in, and the offending line (control characters escaped)."""
+    line_no, _col = getattr(exc, "position", (0, 0))
+    lines = xml.splitlines()
+    line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+    tags = re.findall(r"<([A-Za-z][\w:-]*)", line)  # the line's own element comes first (a value may hold "<x")
+    tag = next((t for t in tags if t in _FIELDS), tags[0] if tags else "")
+    field = _FIELDS.get(tag, "definition")
+    shown = line.strip()[:160].encode("unicode_escape").decode()
+    where = f"in its <{tag}> element" if tag else f"at line {line_no}"
+    return field, f"libvirt returned a definition that does not parse ({exc}) {where}: {shown}"
+
+
+def _metadata_owner(xml: str) -> Owner | None:
+    """The owner mark of a definition that does not parse as a whole, from its <metadata> alone."""
+    start = re.search(r"<metadata[\s>/]", xml)
+    end = xml.find("</metadata>")
+    if start is None or not start.start() < end:
+        return None
+    try:
+        return owner_of(ET.fromstring("<domain>" + xml[start.start() : end + len("</metadata>")] + "</domain>"))
+    except ET.ParseError:
+        return None
 
 
 def _read_domains(
@@ -207,7 +250,16 @@ def _read_domains(
         if hit is not None:
             spec, owner = hit
         else:
-            root = ET.fromstring(xml)
+            try:
+                root = ET.fromstring(xml)
+            except ET.ParseError as exc:  # libvirt stored something it cannot give back as XML
+                uuid = dom.UUIDString()
+                field, problem = unreadable(xml, exc)
+                runtime = {"state": "running" if uuid in active else "stopped", "autostart": uuid in autostart}
+                state.objects[("vm", name)] = ObservedObject(
+                    "vm", name, uuid, xml, runtime, _metadata_owner(xml), problem, field
+                )
+                continue
             spec, owner = parse_domain(root), owner_of(root)
             if cache is not None:
                 cache.put(key, spec, owner)  # a copy: the runtime fields below are not cached
@@ -228,8 +280,15 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
         xml = _inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
         if xml is None:
             continue
-        root = ET.fromstring(xml)
         uuid = net.UUIDString()
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            field, problem = unreadable(xml, exc)
+            runtime = {"active": uuid in active, "autostart": uuid in autostart}
+            obj = ObservedObject("network", net.name(), uuid, xml, runtime, _metadata_owner(xml), problem, field)
+            state.objects[("network", net.name())] = obj
+            continue
         spec = parse_network(root)
         spec["active"] = uuid in active
         spec["autostart"] = uuid in autostart

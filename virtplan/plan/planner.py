@@ -136,6 +136,9 @@ class _Planner:
                 self.clash(resource, obj, host, resource.kind, resource.key)
             return
         desired = desired_spec(resource, self.renderer)
+        if obj.problem is not None:
+            self.redefine_unreadable(resource, obj, desired, deps)
+            return
         record = self.store.get(host.uri, resource.address) if resource.kind == "volume" else None
         if record is not None and record.get("pending") and record.get("stage") == "upload":
             # ours, recovered from an interrupted apply, but its bytes may be incomplete
@@ -162,6 +165,25 @@ class _Planner:
         change = self.add(resource, action, reason, deciding, diffs, deps, obj)
         users = running_users(host, resource.key) if resource.kind == "network" else []
         change.destructive = change_risk(resource.kind, action, obj.spec, users)
+
+    def redefine_unreadable(self, resource: Resource, obj: ObservedObject, desired: Spec, deps: list[str]) -> None:
+        """An object of ours whose definition libvirt returns as XML that does not parse (it
+        stored a value it cannot write back, e.g. a VNC listen that is not an address): a VM
+        is defined again from the stack, which repairs it; other kinds are left as they are
+        (drift reports them)."""
+        if not isinstance(resource, VM):
+            return
+        field = obj.problem_field
+        diffs = [FieldChange(field, obj.problem, desired.get(field, "(rendered from the stack)"), Policy.RESTART.value)]
+        for name in ("state", "autostart"):
+            before = obj.spec.get(name)
+            if name in desired and before != desired[name]:
+                policy = field_policy("vm", name, before, desired[name]).value
+                diffs.append(FieldChange(name, before, desired[name], policy))
+        running = obj.spec.get("state") == "running" and desired.get("state") == "running"
+        action, reason = (Action.RESTART, Reason.NEEDS_RESTART) if running else (Action.UPDATE, Reason.FIELDS_CHANGED)
+        change = self.add(resource, action, reason, [field], diffs, deps, obj)
+        change.destructive = change_risk("vm", action, obj.spec, [])
 
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan
