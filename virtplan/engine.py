@@ -192,6 +192,9 @@ class Engine:
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
+        unable = self._host_problems(observation) if not destroy else []
+        if unable:
+            raise PlanError(unable)
         plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
@@ -199,6 +202,17 @@ class Engine:
         if protected:
             raise PlanError(protected)
         return plan, observation
+
+    def _host_problems(self, observation: Observation) -> list[FieldError]:
+        """What the stack declares that its hosts cannot do (UEFI firmware, host bridges),
+        found now rather than halfway through an apply."""
+        from virtplan.hosts.judge import host_problems
+
+        return [
+            problem
+            for name, state in observation.hosts.items()
+            for problem in host_problems(self.connection(name), self.stack, name, state.facts)
+        ]
 
     def _namesakes(self, observation: Observation) -> list[FieldError]:
         """Another stack with this stack's name on one of its hosts (another project, or

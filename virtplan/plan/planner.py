@@ -116,8 +116,8 @@ class _Planner:
     def plan_resource(self, resource: Resource) -> None:
         try:
             self._plan_resource(resource)
-        except ValueError as exc:  # what the host cannot do (arch, domain type)
-            self.errors.append(FieldError(resource.address, "host", str(exc)))
+        except ValueError as exc:  # what the host cannot do (arch, machine, domain type)
+            self.errors.append(FieldError(resource.address, getattr(exc, "field", "host"), str(exc)))
 
     def _plan_resource(self, resource: Resource) -> None:
         assert resource.host is not None

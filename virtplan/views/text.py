@@ -68,6 +68,8 @@ def field_line(fc: FieldChange, action: Action) -> str:
     before, after = escape(value(fc.field, fc.before)), escape(value(fc.field, fc.after))
     if before == after and isinstance(fc.before, int) and isinstance(fc.after, int):
         before, after = f"{fc.before} B", f"{fc.after} B"  # a difference below the display precision
+    elif before == after and fc.field == "graphics":
+        after += " (password changed)"  # the digests differ; neither is shown
     return f"{fc.field}: {before} -> {after}  [dim]({fc.policy})[/dim]"
 
 
