@@ -273,7 +273,10 @@ def main() -> None:
 
 
 def _fail(message: str, exc: BaseException) -> None:
+    from virtplan.model.fields import escape_controls
+
     if Settings.debug:
         traceback.print_exception(exc)
-    print(f"error: {message}", file=sys.stderr)
+    # text from stacks and hosts can hold control characters: never a raw terminal escape
+    print(f"error: {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
     sys.exit(1)

@@ -100,6 +100,7 @@ def _network(net: Network) -> Inputs:
         "domain": net.domain,
         "autostart": net.autostart,
         "bridge": net.bridge,
+        **({"existing": True} if net.existing is True else {}),  # referred to by name, not managed
     }
 
 
@@ -284,6 +285,7 @@ class _Builder:
                 name, host=self.host, mode=d.get("mode") or "nat", cidr=d.get("cidr"), gateway=d.get("gateway"),
                 dhcp=bool(d.get("dhcp", True)), dhcp_range=(rng[0], rng[1]) if rng else None,
                 domain=d.get("domain"), autostart=bool(d.get("autostart", True)), bridge=d.get("bridge"),
+                existing=bool(d.get("existing", False)),
             )  # fmt: skip
         return self.networks[name]
 
