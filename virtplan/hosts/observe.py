@@ -8,7 +8,6 @@ carry this stack's mark, so a host with thousands of foreign VMs stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import json
@@ -159,17 +158,12 @@ def _mine(xml: str, stack_name: str) -> bool:
         return False
     if _written_as_is(stack_name) and stack_name not in xml:
         return False
-    start, end = xml.find("<metadata>"), xml.find("</metadata>")
-    root = None
-    if 0 <= start < end:
-        with contextlib.suppress(ET.ParseError):
-            root = ET.fromstring("<domain>" + xml[start : end + len("</metadata>")] + "</domain>")
-    if root is None:
+    owner = _metadata_owner(xml)  # libvirt writes the namespace on <metadata> itself
+    if owner is None:
         try:
-            root = ET.fromstring(xml)
+            owner = owner_of(ET.fromstring(xml))
         except ET.ParseError:
             return False  # no readable mark
-    owner = owner_of(root)
     return owner is not None and owner.stack == stack_name
 
 
