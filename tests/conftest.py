@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.figures import FIGURES
+from tests.figures import FIGURES_ENV, figures_dir
 from virtplan_lab.lab import Lab
 from virtplan_lab.probe import ProbeImage, build_probe
 from virtplan_lab.testbed import PrivateHost, missing_prereqs
@@ -49,20 +49,31 @@ HOST_FIXTURES = frozenset(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real private libvirt hosts (root, libvirtd, QEMU)")
+    # figures: one folder per run, made by the controller; its workers (and any pytest a test
+    # starts) inherit it through the environment
+    if not hasattr(config, "workerinput") and FIGURES_ENV not in os.environ:
+        os.environ[FIGURES_ENV] = tempfile.mkdtemp(prefix="virtplan-figures-")
+        config.stash[_FIGURES_OWNER] = True
+
+
+_FIGURES_OWNER = pytest.StashKey[bool]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_FIGURES_OWNER, False):  # the process that made the folder removes it
+        shutil.rmtree(os.environ.pop(FIGURES_ENV), ignore_errors=True)
 
 
 # -- figures: suites that count what they tried print it at the end of the run --------------
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # the controller (or a run without xdist)
-        shutil.rmtree(FIGURES, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
     import json
 
-    if hasattr(config, "workerinput") or not FIGURES.is_dir():
+    folder = figures_dir()
+    if hasattr(config, "workerinput") or not folder.is_dir():
         return
-    files = sorted(FIGURES.glob("*.json"))
+    files = sorted(folder.glob("*.json"))
     if not files:
         return
     write = terminalreporter.write_line  # type: ignore[attr-defined]

@@ -4,12 +4,20 @@ each suite records them here, and the run prints them all at its end (tests/conf
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
-FIGURES = Path(__file__).resolve().parent.parent / ".pytest_cache" / "virtplan-figures"
+#: The run's figures folder (made by the controlling pytest process, inherited by its workers).
+FIGURES_ENV = "VIRTPLAN_FIGURES"
+
+
+def figures_dir() -> Path:
+    return Path(os.environ.get(FIGURES_ENV) or Path(tempfile.gettempdir()) / "virtplan-figures")
 
 
 def record_figures(suite: str, figures: dict[str, object]) -> None:
     """Keep a suite's figures for the summary at the end of the run."""
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    (FIGURES / f"{suite}.json").write_text(json.dumps(figures))
+    folder = figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{suite}.json").write_text(json.dumps(figures))
