@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.figures import FIGURES_ENV, figures_dir
 from virtplan_lab.lab import Lab
 from virtplan_lab.probe import ProbeImage, build_probe
 from virtplan_lab.testbed import PrivateHost, missing_prereqs
@@ -48,9 +49,47 @@ HOST_FIXTURES = frozenset(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: needs real private libvirt hosts (root, libvirtd, QEMU)")
+    # figures: one folder per run, made by the controller; its workers (and any pytest a test
+    # starts) inherit it through the environment
+    if not hasattr(config, "workerinput") and FIGURES_ENV not in os.environ:
+        os.environ[FIGURES_ENV] = tempfile.mkdtemp(prefix="virtplan-figures-")
+        config.stash[_FIGURES_OWNER] = True
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+_FIGURES_OWNER = pytest.StashKey[bool]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(_FIGURES_OWNER, False):  # the process that made the folder removes it
+        shutil.rmtree(os.environ.pop(FIGURES_ENV), ignore_errors=True)
+
+
+# -- figures: suites that count what they tried print it at the end of the run --------------
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Figures of two kinds: files the suites write (hostile input) and properties tests record."""
+    _figures_from_files(terminalreporter, config)
+    _figures_from_reports(terminalreporter)
+
+
+def _figures_from_files(terminalreporter: object, config: pytest.Config) -> None:
+    import json
+
+    folder = figures_dir()
+    if hasattr(config, "workerinput") or not folder.is_dir():
+        return
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        return
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    terminalreporter.section("virtplan figures")  # type: ignore[attr-defined]
+    for path in files:
+        figures = json.loads(path.read_text())
+        write(f"{path.stem}: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+
+
+def _figures_from_reports(terminalreporter: pytest.TerminalReporter) -> None:
     """The figures tests record with `record_property("virtplan-figures", row)` (the fault
     suite, tests/faults), as one table per kind of test, after the run (xdist workers too)."""
     rows: list[dict[str, object]] = []

@@ -8,8 +8,9 @@ per host) and closed by `close()` or the context manager.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
 from virtplan.model import VM, Network, Stack
+from virtplan.model.secrets import PROCESS_KEY, keyed_digest
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
@@ -103,9 +105,13 @@ class Engine:
     def observe(self) -> Observation:
         """Read every host of the stack (in parallel) and build the renderer for them."""
         hosts = self.stack.hosts
+        keys: dict[str, bytes] = {}
 
         def read(host_name: str) -> HostState:
             host = self.stack.host(host_name)
+            key = self.host_records.secret_key(host.uri)
+            if key is not None:
+                keys[host_name] = key
             state = observe_host(
                 self.connection(host_name),
                 host_name,
@@ -114,6 +120,7 @@ class Engine:
                 self.stack.name,
                 cache=self.cache,
                 hidden_pools=frozenset({host.records_pool}),
+                secret_digest=functools.partial(keyed_digest, key or PROCESS_KEY),
             )
             observe_snapshots(self.connection(host_name), state, self.stack, self.store)
             return state
@@ -124,9 +131,13 @@ class Engine:
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 states = list(pool.map(read, [h.name for h in hosts]))
         observed = {s.name: s for s in states}
-        return Observation(observed, self.renderer_for(observed))
+        renderer = self.renderer_for(observed, keys)
+        _recognise_legacy_seeds(self.stack, observed, renderer)
+        return Observation(observed, renderer)
 
-    def renderer_for(self, observed: dict[str, HostState]) -> Renderer:
+    def renderer_for(self, observed: dict[str, HostState], keys: dict[str, bytes] | None = None) -> Renderer:
+        """The renderer for the observed hosts: the identities existing objects keep, and the
+        keys of the stack's keyed digests (a host without one yet gets this process's key)."""
         identities: dict[str, Identity] = {}
         for host in observed.values():
             for obj in host.objects.values():
@@ -138,7 +149,17 @@ class Engine:
                 old = f"{r.host.name}/{r.kind}/{r.renamed_from}"
                 if old in identities:
                     identities[r.address] = identities[old]
-        return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
+        return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities, keys)
+
+    def ensure_keys(self, renderer: Renderer, hosts: Iterable[str]) -> None:
+        """Make sure each of `hosts` has the stack's key of keyed digests (made by the first
+        apply that needs one), and render with it from now on. Under the stack's lock."""
+        for name in sorted(set(hosts)):
+            if name in renderer.keys:
+                continue
+            key = self.host_records.secret_key(self.stack.host(name).uri, create=True)
+            if key is not None:
+                renderer.keys[name] = key
 
     # -- plan and apply -------------------------------------------------------------------
     @contextlib.contextmanager
@@ -185,6 +206,9 @@ class Engine:
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
+        unable = self._host_problems(observation) if not destroy else []
+        if unable:
+            raise PlanError(unable)
         plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy,
                          replace=replace, targets=targets)  # fmt: skip
         if only is not None:
@@ -193,6 +217,17 @@ class Engine:
         if protected:
             raise PlanError(protected)
         return plan, observation
+
+    def _host_problems(self, observation: Observation) -> list[FieldError]:
+        """What the stack declares that its hosts cannot do (UEFI firmware),
+        found now rather than halfway through an apply."""
+        from virtplan.hosts.judge import host_problems
+
+        return [
+            problem
+            for name, state in observation.hosts.items()
+            for problem in host_problems(self.connection(name), self.stack, name, state.facts)
+        ]
 
     def _namesakes(self, observation: Observation) -> list[FieldError]:
         """Another stack with this stack's name on one of its hosts (another project, or
@@ -256,6 +291,7 @@ class Engine:
         caller stop the apply (`Control.interrupt`, the CLI's Ctrl-C)."""
         report = ApplyReport()
         if plan.changes:
+            self.ensure_keys(observation.renderer, _hosts_with_secrets(self.stack, plan))
             conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
             report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress,
                                 control)  # fmt: skip
@@ -372,6 +408,38 @@ def require_allowed(plan: Plan, allow_destroy: bool, fix: str) -> None:
     if risky and not allow_destroy:
         names = "\n".join(f"  - {c.action.value} {c.address}: {c.destructive}" for c in risky)
         raise ConfirmationRequired(f"the plan has destructive changes; nothing was applied:\n{names}\n{fix}")
+
+
+def _hosts_with_secrets(stack: Stack, plan: Plan) -> set[str]:
+    """Hosts where the plan creates or changes a VM whose definition holds a digest of a secret."""
+    declared = stack.by_address()
+    hosts = set()
+    for change in plan.changes:
+        vm = declared.get(change.address)
+        if isinstance(vm, VM) and (
+            (vm.cloud_init is not None and vm.cloud_init.has_secret)
+            or (vm.graphics is not None and vm.graphics.password is not None)
+        ):
+            hosts.add(change.host)
+    return hosts
+
+
+def _recognise_legacy_seeds(stack: Stack, observed: dict[str, HostState], renderer: Renderer) -> None:
+    """A seed virtplan 0.1 wrote carries its unkeyed digest in the domain's metadata: when it
+    is the digest of the seed the stack declares now, it is that seed (no restart for the
+    change of digest); the next redefinition writes the keyed one."""
+    for vm in stack.vms:
+        if vm.cloud_init is None or vm.host is None or not vm.cloud_init.has_secret:
+            continue
+        host = observed.get(vm.host.name)
+        obj = host.get("vm", vm.name) if host is not None else None
+        if obj is None or not obj.spec.get("cloud_init"):
+            continue
+        try:
+            if obj.spec["cloud_init"] == renderer.seed_digest(vm, legacy=True):
+                obj.spec["cloud_init"] = renderer.seed_digest(vm)
+        except ValueError:
+            continue  # reported by the planner
 
 
 def _origin(stack: Stack) -> str:

@@ -34,14 +34,15 @@ data = Volume("data.raw", pool=pool, size="16MiB" if STEP == 1 else "24MiB", for
 image = Volume("image.raw", pool=pool, source="IMAGE", format="raw")
 VM("rv-web", memory="128MiB" if STEP == 1 else "160MiB", max_memory="256MiB", max_vcpus=2,
    disks=[web_root], nics=[NIC(net, ip="10.91.0.10")], description=f"web {STEP}",
-   cloud_init=CloudInit(user_data="#cloud-config\\nrole: web\\n"), shutdown_timeout=1)
+   cloud_init=CloudInit(user_data="#cloud-config\\nrole: web\\n", sensitive=False), shutdown_timeout=1)
 db_disks = [db_root, data] + ([Volume("extra.qcow2", pool=pool, size="16MiB")] if STEP == 2 else [])
 VM("rv-db", memory="128MiB", max_memory="128MiB" if STEP == 1 else "192MiB", disks=db_disks, nics=[NIC(net)],
-   cloud_init=CloudInit(hostname="db", user_data=f"#cloud-config\\nrole: db {STEP}\\n"), shutdown_timeout=1)
+   cloud_init=CloudInit(hostname="db", user_data=f"#cloud-config\\nrole: db {STEP}\\n", sensitive=False),
+   shutdown_timeout=1)
 if STEP == 1:
     old_root = Volume("old.qcow2", pool=pool, size="16MiB")
     VM("rv-old", memory="96MiB", disks=[old_root, image], nics=[NIC(net, ip="10.91.0.30")],
-       cloud_init=CloudInit(user_data="#cloud-config\\nrole: old\\n"), shutdown_timeout=1)
+       cloud_init=CloudInit(user_data="#cloud-config\\nrole: old\\n", sensitive=False), shutdown_timeout=1)
 VM("rv-spare", memory="64MiB", autostart=True, state="stopped" if STEP == 1 else "running", shutdown_timeout=1)
 """
 VOLATILE = re.compile(r"-console\.log$")

@@ -26,7 +26,7 @@ with deploy({name}) as registered:
         memory={memory!r},
         disks=[Volume("d", pool=pool, size="1GiB")],
         nics=[NIC(net)],
-        cloud_init=CloudInit(user_data=f"#cloud-config\\nkey: {{text(key)}}\\n", ssh_keys=[text(key)],
+        cloud_init=CloudInit(meta_data=f"instance-id: {{text(key)}}\\n", user="ops", ssh_keys=[text(key)],
                              password=text(password)),
         graphics=Graphics("vnc", password=text(password)),
     )
@@ -54,7 +54,7 @@ def test_deploy_registers_the_block_and_text_puts_outputs_in(program: Any, check
         vm = run.one(DYNAMIC + "VM", "h/vm")
         assert (vm.plain["project"], vm.plain["stack"]) == ("virtplan", "dev")  # the Pulumi project and stack
         ci = vm.plain["cloudInit"]
-        assert ci["userData"] == "#cloud-config\nkey: ssh-ed25519 AAAAkey ops@x\n"  # inside an f-string
+        assert ci["metaData"] == "instance-id: ssh-ed25519 AAAAkey ops@x\n"  # inside an f-string
         assert ci["sshKeys"] == ["ssh-ed25519 AAAAkey ops@x"] and ci["password"] == "pw-123"
         assert vm.plain["graphics"]["password"] == "pw-123"
         assert "\x00" not in repr(vm.plain)  # no stand-in left anywhere
@@ -77,6 +77,6 @@ def test_deploy_names_the_stack_and_adds_the_implicit_host(program: Any, checks:
 @pulumi.runtime.test
 def test_deploy_validates_the_whole_block_first(program: Any, tmp_path: Path) -> None:
     with pytest.raises(
-        pulumi.RunError, match=r"virtplan: stack is invalid \(2 errors\)(.|\n)*h/vm/vm: memory: cannot read size"
+        pulumi.RunError, match=r"virtplan: stack is invalid \(1 error\)(.|\n)*h/vm/vm: memory: cannot read size"
     ):
         program({}, stack="dev", main=main_file(tmp_path, memory="lots"))

@@ -28,7 +28,7 @@ def lab(edited: bool = False, password: str = PASSWORD) -> Stack:
     with declare("lab") as stack:
         Host("kvm1", URI, domain_type="qemu")
         net = Network("lab-net", cidr="10.20.0.0/24", domain="lab.test")
-        Network("back|net", mode="isolated", cidr="10.30.0.0/24" if not edited else "10.31.0.0/24", dhcp=False)
+        Network("back-net", mode="isolated", cidr="10.30.0.0/24" if not edited else "10.31.0.0/24", dhcp=False)
         pool = Pool("lab-pool", path="/var/lib/virtplan/lab")
         base = Volume("base.qcow2", pool=pool, size="1GiB")
         web_root = Volume("web1.qcow2", pool=pool, backing=base)

@@ -143,3 +143,15 @@ def test_unreadable_and_foreign_files(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({"format": FORMAT, "format_version": 1, "virtplan_version": "0.0.1"}))
     with pytest.raises(StalePlan, match="made by virtplan 0.0.1"):
         read_plan(tmp_path / "old.json")
+
+
+def test_secret_changes_on_a_host_without_a_key_are_listed_as_unbound(tmp_path):
+    """A host the stack was never applied to has no key yet: its secret digests die with the
+    planning process, so the saved plan cannot bind them (and says so) instead of holding a
+    hash anyone could test guesses against."""
+    stack, plan, observed, store, _renderer = scenario(tmp_path, "create")
+    doc = plan_document(plan, stack, observed, store, unbound_hosts={"kvm1"})
+    assert doc["secrets"]["unbound"] == ["kvm1/vm/web1"] and "kvm1/vm/web1" not in doc["secrets"]["hashes"]
+    other = lab(password="another-password")
+    replan = make_plan(other, renderer_for(other, observed["kvm1"]), observed, store)
+    check_current(doc, replan, other, observed, store)  # not bound: the stack file's hash binds the stack

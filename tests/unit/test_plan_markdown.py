@@ -46,7 +46,7 @@ def test_reviewer_sees_what_matters(tmp_path):
     assert out.index("Changes outside virtplan") < out.index("<summary><strong>Host kvm1")
     assert "```mermaid\nflowchart LR" in out and "class n" in out
     assert "<summary>Equivalent virsh commands</summary>" in out and "virsh setmem web1" in out
-    assert "| `-/+` | network `back\\|net` | replace | cidr, gateway changed" in out
+    assert "| `-/+` | network `back-net` | replace | cidr, gateway changed" in out
 
 
 def test_no_secrets(tmp_path):

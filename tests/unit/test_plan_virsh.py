@@ -3,6 +3,7 @@ replays them on a real host), and that no secret is printed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 from plan_review_fixtures import PASSWORD, URI, VNC_PASSWORD, scenario
@@ -29,10 +30,10 @@ def commands(tmp_path, kind):
 def test_create(tmp_path):
     plan, cmds = commands(tmp_path, "create")
     net = cmds["kvm1/network/lab-net"]
-    assert net[0].startswith("cat > network-lab-net.xml <<'EOF'\n<network>") and net[1:] == [
+    assert re.match(r"cat > network-lab-net.xml <<'EOF_[0-9a-f]{16}'\n<network>", net[0]) and net[1:] == [
         "virsh net-define network-lab-net.xml", "virsh net-autostart lab-net", "virsh net-start lab-net"]  # fmt: skip
-    assert "virsh net-define 'network-back_net.xml'" not in "\n".join(cmds["kvm1/network/back|net"])
-    assert "virsh net-start 'back|net'" in cmds["kvm1/network/back|net"]
+    assert "virsh net-define network-back-net.xml" in "\n".join(cmds["kvm1/network/back-net"])
+    assert "virsh net-start back-net" in cmds["kvm1/network/back-net"]
     assert cmds["kvm1/volume/lab-pool/web1.qcow2"][0] == (
         "virsh vol-create-as lab-pool web1.qcow2 1073741824 --format qcow2"
         " --backing-vol /var/lib/virtplan/lab/base.qcow2 --backing-vol-format qcow2"
@@ -75,15 +76,18 @@ def test_changes(tmp_path):
         "virsh net-update lab-net add-last ip-dhcp-host "
         '\'<host mac="52:54:00:aa:00:04" name="cache" ip="10.20.0.40"/>\' --config --live'
     ]
-    replace = cmds["kvm1/network/back|net"]
-    assert replace[:2] == ["virsh net-destroy 'back|net'", "virsh net-undefine 'back|net'"]
+    replace = cmds["kvm1/network/back-net"]
+    assert replace[:2] == ["virsh net-destroy back-net", "virsh net-undefine back-net"]
     assert "<uuid>" not in replace[2]  # a replacement is a new network
 
 
 def test_helpers(tmp_path):
     ctx = scenario(tmp_path, "none")
     context = Context(ctx[0], ctx[4], ctx[2]["kvm1"], ctx[3], ctx[0].by_address())
-    assert heredoc("f.xml", "EOF\nx") == "cat > f.xml <<'EOF_'\nEOF\nx\nEOF_"
+    doc = heredoc("f.xml", "EOF\nx\n")
+    marker = re.search(r"<<'(EOF_[0-9a-f]{16})'", doc)
+    assert marker and doc == f"cat > f.xml <<'{marker[1]}'\nEOF\nx\n{marker[1]}"  # the marker is no line of it
+    assert heredoc("f.txt", "no newline at the end") == "printf '%s' 'no newline at the end' > f.txt"
     assert GracefulStop("a b", 0).shell(context) == ["virsh destroy 'a b'"]
     assert GracefulStop("vm", 2.5).shell(context)[1].startswith("timeout 2.5 sh -c ")
 
@@ -98,7 +102,7 @@ def test_every_change_the_planner_makes_has_a_step():
 def test_a_replacement_is_printed_as_new_and_the_renderer_kept(tmp_path):
     stack, plan, observed, store, renderer = scenario(tmp_path, "change")
     before = dict(renderer.identities)
-    replace = plan_commands(plan, stack, renderer, observed, store)["kvm1/network/back|net"]
+    replace = plan_commands(plan, stack, renderer, observed, store)["kvm1/network/back-net"]
     assert "<uuid>" not in "\n".join(replace)
     assert renderer.identities == before
 

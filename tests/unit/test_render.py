@@ -51,7 +51,7 @@ def lab_stack():
         VM("uefi-box", memory="256MiB", firmware="uefi", machine="q35", nics=[NIC(bridge="br0", mac="52:54:00:aa:00:02")],
            graphics="spice", serial=False, state="stopped")  # fmt: skip
     validate(stack)
-    return stack, Renderer(stack, {"kvm1": QEMU_FACTS})
+    return stack, Renderer(stack, {"kvm1": QEMU_FACTS}, keys={"kvm1": b"a fixed key, for golden files"})
 
 
 def documents():

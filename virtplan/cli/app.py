@@ -83,7 +83,8 @@ def plan(
             from virtplan.plan.planfile import plan_document
 
             doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
-                                drift=report.to_list(), commands=cmds)  # fmt: skip
+                                drift=report.to_list(), commands=cmds,
+                                unbound_hosts=set(the_plan.hosts) - set(observation.renderer.keys))  # fmt: skip
     if out is not None and doc is not None:
         from virtplan.plan.planfile import write_plan
 
@@ -311,8 +312,11 @@ def main() -> None:
 
 def _fail(message: str, exc: BaseException, code: int = 1) -> None:
     """One readable message (libvirt's text exactly as it is: printed, never read as
-    markup), the traceback only with --debug."""
+    markup, control characters escaped), the traceback only with --debug."""
+    from virtplan.model.fields import escape_controls
+
     if Settings.debug:
         traceback.print_exception(exc)
-    print(f"error: {message}", file=sys.stderr)
+    # text from stacks and hosts can hold control characters: never a raw terminal escape
+    print(f"error: {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
     sys.exit(code)

@@ -6,6 +6,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 
+class HostCannot(ValueError):
+    """A declared value the host cannot run: `field` names it ("arch", "machine", ...)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class GuestArch:
     """One architecture a host can run: its emulator, machine aliases and domain types."""
@@ -30,7 +38,7 @@ class HostFacts:
         if wanted not in self.guests:
             if arch is None and self.guests:
                 return next(iter(self.guests.values()))
-            raise ValueError(f"host cannot run arch {wanted!r}; it offers {', '.join(self.guests) or 'none'}")
+            raise HostCannot("arch", f"host cannot run arch {wanted!r}; it offers {', '.join(self.guests) or 'none'}")
         return self.guests[wanted]
 
     def domain_type(self, declared: str | None, arch: str | None = None) -> str:
@@ -40,7 +48,9 @@ class HostFacts:
             return "test"  # libvirt's in-process test driver stands in for any hypervisor
         if declared:
             if declared not in offered:
-                raise ValueError(f"host does not offer domain type {declared!r} (it offers {', '.join(offered)})")
+                raise HostCannot(
+                    "domain_type", f"host does not offer domain type {declared!r} (it offers {', '.join(offered)})"
+                )
             return declared
         for preferred in ("kvm", "qemu"):
             if preferred in offered:
@@ -54,6 +64,11 @@ class HostFacts:
             return guest.default_machine or (guest.machines[0] if guest.machines else "pc")
         if declared in guest.aliases:
             return guest.aliases[declared]
+        if guest.machines and declared not in guest.machines:
+            known = ", ".join(sorted(guest.machines)[:12]) + (", ..." if len(guest.machines) > 12 else "")
+            raise HostCannot(
+                "machine", f"host does not offer machine type {declared!r} for {guest.arch} (it offers {known})"
+            )
         return declared
 
 

@@ -30,8 +30,13 @@ def _device_key(el: ET.Element, nth: dict[str, int]) -> tuple[str, ...]:
 
 
 def keep_device_addresses(new_xml: str, old_xml: str) -> str:
-    """`new_xml` with each device's <address> taken from the matching device of `old_xml`."""
-    new, old = ET.fromstring(new_xml), ET.fromstring(old_xml)
+    """`new_xml` with each device's <address> taken from the matching device of `old_xml`
+    (as it is when `old_xml` does not parse: libvirt can store such a definition)."""
+    try:
+        old = ET.fromstring(old_xml)
+    except ET.ParseError:
+        return new_xml
+    new = ET.fromstring(new_xml)
     old_devices = old.find("devices")
     new_devices = new.find("devices")
     if old_devices is None or new_devices is None:

@@ -16,7 +16,8 @@ import jinja2
 
 from virtplan.documents.capabilities import HostFacts
 from virtplan.model import VM, Network, Pool, Stack, Volume
-from virtplan.model.secrets import Secret
+from virtplan.model.resources import RAW_DOCUMENTS
+from virtplan.model.secrets import PROCESS_KEY, Secret, keyed_digest
 
 NAMESPACE = "https://virtplan.dev/xmlns/owner/1"
 #: The built-in templates: the repository's `templates/` folder (a wheel ships it as
@@ -164,6 +165,8 @@ class Renderer:
 
     `identities` maps VM and network addresses to what existing objects keep (UUID, MACs),
     so updates preserve them; new objects get derived MACs and libvirt-assigned UUIDs.
+    `keys` maps host names to the key of the stack's keyed digests of secrets on that host
+    (see `virtplan.model.secrets`); a host without one gets this process's key.
     """
 
     def __init__(
@@ -171,11 +174,18 @@ class Renderer:
         stack: Stack,
         facts: dict[str, HostFacts],
         identities: dict[str, Identity] | None = None,
+        keys: dict[str, bytes] | None = None,
     ):
         self.stack = stack
         self.facts = facts
         self.identities = identities or {}
+        self.keys: dict[str, bytes] = dict(keys or {})
         self.env = environment(stack.template_dir)
+
+    def secret_digest(self, vm: VM, value: str) -> str:
+        """The keyed digest of a secret of `vm` under its host's key."""
+        host = vm.host.name if vm.host is not None else ""
+        return keyed_digest(self.keys.get(host, PROCESS_KEY), value)
 
     # -- identities -------------------------------------------------------------------
     def macs(self, vm: VM) -> list[str]:
@@ -277,40 +287,57 @@ class Renderer:
             seed_digest=seed_digest,
             seed_volume=f"{seed.pool}/{seed.volume}" if seed else None,
             graphics_password=_reveal(password, reveal_secrets),
-            graphics_password_digest=password.digest() if isinstance(password, Secret) else None,
+            graphics_password_digest=self.secret_digest(vm, password.reveal())
+            if isinstance(password, Secret)
+            else None,
             kernel=volume_path(vm.kernel) if vm.kernel is not None else None,
             initrd=volume_path(vm.initrd) if vm.initrd is not None else None,
             console_log=console_log_path(vm),
         )
 
     # -- cloud-init -------------------------------------------------------------------
-    def seed_files(self, vm: VM, reveal_secrets: bool = True) -> dict[str, str]:
-        """The NoCloud files; with reveal_secrets=False passwords are replaced by a digest."""
+    def seed_files(self, vm: VM, reveal_secrets: bool = True, legacy: bool = False) -> dict[str, str]:
+        """The NoCloud files; with reveal_secrets=False each secret (a password, a sensitive
+        raw document) is replaced by "(sensitive:<its keyed digest>)". `legacy` masks as
+        virtplan 0.1 did (unkeyed digests, raw documents in clear): only to recognise its seeds."""
         ci = vm.cloud_init
         assert ci is not None
         hostname = ci.hostname or vm.name
         instance_id = ci.instance_id or f"iid-{vm.name}"
+
+        def show(value: Secret) -> str:
+            if reveal_secrets or (legacy and value is not ci.password):
+                return value.reveal()
+            digest = value.digest() if legacy else self.secret_digest(vm, value.reveal())
+            return f"(sensitive:{digest[:16]})"
+
         password = ci.password if isinstance(ci.password, Secret) else None
-        shown = (password.reveal() if reveal_secrets else f"(sensitive:{password.digest()[:16]})") if password else None
-        context = {"ci": ci, "vm": vm, "hostname": hostname, "instance_id": instance_id, "password": shown}
+        context = {"ci": ci, "vm": vm, "hostname": hostname, "instance_id": instance_id,
+                   "password": show(password) if password else None}  # fmt: skip
+        raw = {n: (show(v) if isinstance(v := getattr(ci, n), Secret) else v) for n in RAW_DOCUMENTS}
         files = {
-            "meta-data": ci.meta_data
-            if ci.meta_data is not None
+            "meta-data": raw["meta_data"] if raw["meta_data"] is not None
             else self._render("cloud-init/meta-data.j2", **context),
-            "user-data": ci.user_data
-            if ci.user_data is not None
+            "user-data": raw["user_data"] if raw["user_data"] is not None
             else self._render("cloud-init/user-data.j2", **context),
-        }
-        if ci.network_config is not None:
-            files["network-config"] = ci.network_config
+        }  # fmt: skip
+        if raw["network_config"] is not None:
+            files["network-config"] = raw["network_config"]
         return files
 
-    def seed_digest(self, vm: VM) -> str:
-        """sha256 over the seed files with secrets replaced by their salted digests."""
-        h = hashlib.sha256()
-        for name, content in sorted(self.seed_files(vm, reveal_secrets=False).items()):
-            h.update(name.encode() + b"\0" + content.encode() + b"\0")
-        return h.hexdigest()
+    def seed_digest(self, vm: VM, legacy: bool = False) -> str:
+        """A digest of the seed files: plain sha256 when they hold no secret; keyed (under the
+        host's key, over the files with each secret masked by its keyed digest) when they do,
+        so the digest confirms no guess. `legacy`: the digest virtplan 0.1 wrote."""
+        ci = vm.cloud_init
+        assert ci is not None
+        blob = b"".join(
+            name.encode() + b"\0" + content.encode() + b"\0"
+            for name, content in sorted(self.seed_files(vm, reveal_secrets=False, legacy=legacy).items())
+        )
+        if ci.has_secret and not legacy:
+            return self.secret_digest(vm, blob.decode())
+        return hashlib.sha256(blob).hexdigest()
 
 
 def _reveal(value: object, reveal: bool) -> str | None:

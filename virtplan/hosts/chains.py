@@ -8,7 +8,9 @@ tell apply and the guards which files are frozen and who builds on them.
 from __future__ import annotations
 
 import contextlib
+import html
 import posixpath
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
@@ -57,8 +59,13 @@ def writable_disks(conn: Any, domain_xml: str) -> list[DiskInfo]:
 
 
 def disk_files(domain_xml: str) -> set[str]:
-    """Every file a domain's disks name: their sources and those of their backing chains."""
-    root = ET.fromstring(domain_xml)
+    """Every file a domain's disks name: their sources and those of their backing chains.
+    For a definition that does not parse (libvirt can store one), every file attribute in
+    it: more rather than fewer, as this guards base images."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError:
+        return {html.unescape(m[1]) for m in re.finditer(r"""\sfile=['"]([^'"]*)['"]""", domain_xml)}
     return {f for disk in root.iterfind("devices/disk") for el in disk.iter("source") if (f := el.get("file"))}
 
 

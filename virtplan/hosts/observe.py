@@ -8,7 +8,6 @@ carry this stack's mark, so a host with thousands of foreign VMs stays cheap.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import json
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 from virtplan.documents.capabilities import HostFacts, parse_capabilities
 from virtplan.documents.parse import Owner, owner_of, parse_domain, parse_network, parse_pool, parse_volume
 from virtplan.documents.render import NAMESPACE
-from virtplan.documents.specs import Spec, VMSpec, generic
+from virtplan.documents.specs import GraphicsSpec, Spec, VMSpec, generic
 from virtplan.hosts.speccache import SpecCache, xml_key
 
 
@@ -37,6 +36,11 @@ class ObservedObject:
     xml: str
     spec: Spec  # a `virtplan.documents.specs` spec of `kind`, runtime fields included
     owner: Owner | None = None
+    #: Why the definition could not be read (it does not parse), naming the element; the
+    #: spec then holds the runtime fields only.
+    problem: str | None = None
+    #: The model field the problem is in ("graphics", "description", ...; "definition" if unknown).
+    problem_field: str = "definition"
 
     @property
     def fingerprint(self) -> str:
@@ -75,14 +79,17 @@ def observe_host(
     facts: HostFacts | None = None,
     cache: SpecCache | None = None,
     hidden_pools: frozenset[str] = frozenset(),
+    secret_digest: Callable[[str], str] | None = None,
 ) -> HostState:
     """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
     remembers parsed domain specs by XML hash; `hidden_pools` (virtplan's records pool) are
-    not part of any stack's view."""
+    not part of any stack's view. With `secret_digest`, a domain's console password is read
+    from libvirt (the secure XML) and kept only as that digest, so a password changed
+    outside virtplan is seen; the password itself is removed from the XML kept."""
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    running_nics = _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache)
+    running_nics = _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache, secret_digest)
     _read_networks(conn, libvirt, state)
     _read_links(conn, libvirt, state, running_nics)
     if wanted.get("bridge"):
@@ -160,17 +167,71 @@ def _mine(xml: str, stack_name: str) -> bool:
         return False
     if _written_as_is(stack_name) and stack_name not in xml:
         return False
-    start, end = xml.find("<metadata>"), xml.find("</metadata>")
-    root = None
-    if 0 <= start < end:
-        with contextlib.suppress(ET.ParseError):
-            root = ET.fromstring("<domain>" + xml[start : end + len("</metadata>")] + "</domain>")
-    owner = owner_of(root if root is not None else ET.fromstring(xml))
+    owner = _metadata_owner(xml)  # libvirt writes the namespace on <metadata> itself
+    if owner is None:
+        try:
+            owner = owner_of(ET.fromstring(xml))
+        except ET.ParseError:
+            return False  # no readable mark
     return owner is not None and owner.stack == stack_name
 
 
+_PASSWD = re.compile(r"""\s(passwd)=(['"])([^'"]*)\2""")
+
+
+def strip_passwords(xml: str) -> tuple[str, str | None]:
+    """The XML without its console password attribute, and that password (unescaped), if any.
+    libvirt writes attribute values escaped, so a quote never occurs inside one."""
+    found: list[str] = []
+
+    def drop(m: re.Match[str]) -> str:
+        found.append(html.unescape(m.group(3)))
+        return ""
+
+    return _PASSWD.sub(drop, xml), (found[0] if found else None)
+
+
+#: libvirt element -> the model field it holds, to name where a definition is broken.
+_FIELDS = {"graphics": "graphics", "listen": "graphics", "description": "description", "title": "description",
+           "cmdline": "cmdline", "kernel": "kernel", "initrd": "initrd", "disk": "disks", "source": "disks",
+           "interface": "nics", "mac": "nics", "name": "name", "type": "machine", "domain": "domain",
+           "ip": "cidr", "range": "dhcp_range", "host": "reservations", "bridge": "bridge", "path": "path"}  # fmt: skip
+
+
+def unreadable(xml: str, exc: ET.ParseError) -> tuple[str, str]:
+    """(field, message) for a definition libvirt returned that does not parse: the element
+    the error is in, and the offending line (control characters escaped)."""
+    line_no, _col = getattr(exc, "position", (0, 0))
+    lines = xml.splitlines()
+    line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+    tags = re.findall(r"<([A-Za-z][\w:-]*)", line)  # the line's own element comes first (a value may hold "<x")
+    tag = next((t for t in tags if t in _FIELDS), tags[0] if tags else "")
+    field = _FIELDS.get(tag, "definition")
+    shown = line.strip()[:160].encode("unicode_escape").decode()
+    where = f"in its <{tag}> element" if tag else f"at line {line_no}"
+    return field, f"libvirt returned a definition that does not parse ({exc}) {where}: {shown}"
+
+
+def _metadata_owner(xml: str) -> Owner | None:
+    """The owner mark of a definition that does not parse as a whole, from its <metadata> alone."""
+    start = re.search(r"<metadata[\s>/]", xml)
+    end = xml.find("</metadata>")
+    if start is None or not start.start() < end:
+        return None
+    try:
+        return owner_of(ET.fromstring("<domain>" + xml[start.start() : end + len("</metadata>")] + "</domain>"))
+    except ET.ParseError:
+        return None
+
+
 def _read_domains(
-    conn: Any, libvirt: Any, state: HostState, wanted: set[str], stack_name: str, cache: SpecCache | None
+    conn: Any,
+    libvirt: Any,
+    state: HostState,
+    wanted: set[str],
+    stack_name: str,
+    cache: SpecCache | None,
+    secret_digest: Callable[[str], str] | None = None,
 ) -> Counter[str]:
     """Read the domains of interest into `state`; returns how many NICs of running domains
     (all of them, foreign ones too) each libvirt network should have ports for."""
@@ -178,8 +239,9 @@ def _read_domains(
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     domains = conn.listAllDomains(flags)
+    xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secret_digest else 0)
     # Only the round trips run in threads; parsing there would just fight over the GIL.
-    xmls = fetch_all(domains, lambda d: _inactive_xml(d, libvirt.VIR_DOMAIN_XML_INACTIVE))
+    xmls = fetch_all(domains, lambda d: _inactive_xml(d, xml_flags))
     running_nics: Counter[str] = Counter()
     for dom, xml in zip(domains, xmls, strict=True):
         name = dom.name()
@@ -187,6 +249,7 @@ def _read_domains(
             continue
         if dom.UUIDString() in active:
             running_nics.update(html.unescape(n) for n in _NETWORK_SOURCE.findall(xml))
+        xml, password = strip_passwords(xml) if secret_digest else (xml, None)
         if name not in wanted and not _mine(xml, stack_name):
             state.foreign[name] = xml  # none of this stack's business, unless it uses what the stack deletes
             continue
@@ -196,10 +259,23 @@ def _read_domains(
         if hit is not None:
             spec, owner = hit
         else:
-            root = ET.fromstring(xml)
+            try:
+                root = ET.fromstring(xml)
+            except ET.ParseError as exc:  # libvirt stored something it cannot give back as XML
+                uuid = dom.UUIDString()
+                field, problem = unreadable(xml, exc)
+                runtime = {"state": "running" if uuid in active else "stopped", "autostart": uuid in autostart}
+                state.objects[("vm", name)] = ObservedObject(
+                    "vm", name, uuid, xml, runtime, _metadata_owner(xml), problem, field
+                )
+                continue
             spec, owner = parse_domain(root), owner_of(root)
             if cache is not None:
                 cache.put(key, spec, owner)  # a copy: the runtime fields below are not cached
+        graphics = spec.get("graphics")
+        if secret_digest is not None and graphics is not None:
+            digest = secret_digest(password) if password is not None else None
+            spec["graphics"] = GraphicsSpec(type=graphics["type"], listen=graphics["listen"], password=digest)
         uuid = dom.UUIDString()
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart
@@ -304,8 +380,15 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
         xml = _inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
         if xml is None:
             continue
-        root = ET.fromstring(xml)
         uuid = net.UUIDString()
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as exc:
+            field, problem = unreadable(xml, exc)
+            runtime = {"active": uuid in active, "autostart": uuid in autostart}
+            obj = ObservedObject("network", net.name(), uuid, xml, runtime, _metadata_owner(xml), problem, field)
+            state.objects[("network", net.name())] = obj
+            continue
         spec = parse_network(root)
         spec["active"] = uuid in active
         spec["autostart"] = uuid in autostart

@@ -11,11 +11,18 @@ The API is keyed by host URI and object address, as the planner and apply use it
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, Record
+from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, Record, file_key
+
+#: Bytes of the key of the stack's keyed digests of secrets (see `HostRecords.secret_key`).
+KEY_BYTES = 32
+#: Seconds a key being written by another process may take before it counts as abandoned.
+KEY_WAIT = 10.0
 
 
 class Records(Protocol):
@@ -68,6 +75,29 @@ class HostRecords:
         with self._lock:
             ledgers = list(self._ledgers.values())
         return any(ledger.deltas() >= COMPACT_AFTER or not ledger.records() for ledger in ledgers)
+
+    def secret_key(self, uri: str, create: bool = False) -> bytes | None:
+        """The key of this stack's keyed digests of secrets on the host at `uri` (see
+        `virtplan.model.secrets`): random, made once (with `create`, by the first apply that
+        needs it), kept beside the stack's ledger in virtplan's records pool and never
+        printed, so digests in plans confirm no guess. None if there is none yet (or, without
+        `create`, while another process is still writing it)."""
+        store = self.ledger(uri).store
+        name = f"{file_key(self.stack_key)}.secret-key"
+        data = store.read(name)
+        if not create:
+            return data if data is not None and len(data) == KEY_BYTES else None
+        deadline = time.monotonic() + KEY_WAIT
+        while data is None or len(data) != KEY_BYTES:
+            if data is None:
+                store.create(name, secrets.token_bytes(KEY_BYTES))  # False: another process made it meanwhile
+            elif time.monotonic() > deadline:  # a writer that died before the bytes were in: start again
+                store.delete(name)
+                deadline = time.monotonic() + KEY_WAIT
+            else:
+                time.sleep(0.05)  # another process is writing it right now
+            data = store.read(name)
+        return data
 
     def neighbours(self, uri: str) -> set[str]:
         """The other stacks that keep records on the host at `uri`."""

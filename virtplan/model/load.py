@@ -13,7 +13,8 @@ import traceback
 from pathlib import Path
 
 from virtplan.errors import StackLoadError
-from virtplan.model.identity import project_of
+from virtplan.model.fields import escape_controls
+from virtplan.model.identity import check_identity_part, project_of
 from virtplan.model.registry import _current, collecting
 from virtplan.model.resources import Host
 from virtplan.model.stack import Stack
@@ -57,12 +58,29 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
             runpy.run_path(str(file), run_name=f"virtplan_stack_{file.stem}")
     except StackLoadError:
         raise
+    except SystemExit as exc:  # never a silent success: the stack was not declared to its end
+        where = _innermost_frame_in(exc, file)
+        raise StackLoadError(
+            f"stack {file} called sys.exit({exc.code!r}) at {where or 'load time'}, before it was fully declared; "
+            "a stack program declares resources and returns (raise an exception to stop with an error). "
+            "Nothing was changed"
+        ) from None
     except Exception as exc:
         where = _innermost_frame_in(exc, file)
-        raise StackLoadError(f"error while running stack {file}{where}: {type(exc).__name__}: {exc}") from exc
+        hint = _suggestion(exc)
+        message = escape_controls(f"{type(exc).__name__}: {exc}{hint}")
+        raise StackLoadError(f"error while running stack {file}{' at ' + where if where else ''}: {message}") from exc
     finally:
         if added_path:
             sys.path.remove(folder)
+    if not stack.declared_name:
+        try:
+            check_identity_part(stack.name, "stack name")
+        except StackLoadError as exc:
+            raise StackLoadError(
+                f"{exc}; it comes from the file name {escape_controls(file.name)!r}: rename the file, or declare the "
+                "name in the program with name_stack('...')"
+            ) from None
     if not stack.declared_project:
         stack.project = project_of(file.resolve())
     apply_host_overrides(stack, host_uris or {})
@@ -88,7 +106,7 @@ def apply_host_overrides(stack: Stack, host_uris: dict[str, str]) -> None:
     env_uri = os.environ.get(DEFAULT_URI_ENV)
     if env_uri:
         stack.hosts[0].uri = env_uri
-    names = {h.name for h in stack.hosts}
+    names = {h.name for h in stack.hosts if isinstance(h.name, str)}
     for name, uri in host_uris.items():
         if name not in names:
             known = ", ".join(sorted(names))
@@ -97,5 +115,26 @@ def apply_host_overrides(stack: Stack, host_uris: dict[str, str]) -> None:
 
 
 def _innermost_frame_in(exc: BaseException, file: Path) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == file.resolve()]
-    return f" (line {frames[-1].lineno})" if frames else ""
+    """ "file:line" of the last frame of the stack file in the exception's traceback, or ""."""
+    target = file.resolve()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == target]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def _suggestion(exc: BaseException) -> str:
+    """ "; did you mean 'x'?" for a misspelled name or attribute, as Python's own traceback says."""
+    import builtins
+    import difflib
+
+    candidates: list[str] = []
+    name = getattr(exc, "name", None)
+    if isinstance(exc, NameError) and isinstance(name, str):
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            candidates = [*tb.tb_frame.f_locals, *tb.tb_frame.f_globals, *dir(builtins)]
+    elif isinstance(exc, AttributeError) and isinstance(name, str):
+        candidates = [a for a in dir(getattr(exc, "obj", None)) if not a.startswith("_")]
+    close = difflib.get_close_matches(name, candidates, n=1) if isinstance(name, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+from virtplan.model.fields import lenient, normalise_newlines
 from virtplan.model.registry import register
 from virtplan.model.secrets import Secret, secret
 from virtplan.units import parse_size
@@ -61,7 +63,7 @@ class Resource:
 
     @property
     def address(self) -> str:
-        host = self.host.name if self.host is not None else "?"
+        host = self.host.name if isinstance(self.host, Host) else "?"
         return f"{host}/{self.kind}/{self.key}"
 
     def dependencies(self) -> list[Resource]:
@@ -83,6 +85,7 @@ class Host(Resource):
 
     kind: ClassVar[str] = "host"
 
+    @lenient
     def __init__(
         self,
         name: str,
@@ -111,10 +114,16 @@ def _derive_bridge(name: str) -> str:
 
 
 class Network(Resource):
-    """A libvirt virtual network (NAT, routed, isolated, or attached to a host bridge)."""
+    """A libvirt virtual network (NAT, routed, isolated, or attached to a host bridge).
+
+    With `existing=True` it is a network the stack does not manage, referred to by name (for
+    example libvirt's `default`): VMs attach to it, plan checks that it exists on the host,
+    and virtplan never creates, changes or deletes it; give no other field then.
+    """
 
     kind: ClassVar[str] = "network"
 
+    @lenient
     def __init__(
         self,
         name: str,
@@ -129,12 +138,20 @@ class Network(Resource):
         autostart: bool = True,
         bridge: str | None = None,
         renamed_from: str | None = None,
+        existing: bool = False,
     ):
         self.name, self._host, self.mode, self.cidr = name, host, mode, cidr
         self.renamed_from = renamed_from
         self.gateway, self.dhcp, self.dhcp_range, self.domain = gateway, dhcp, dhcp_range, domain
-        self.autostart, self.bridge = autostart, bridge
+        self.autostart, self.bridge, self.existing = autostart, bridge, existing
         self._register()
+
+    @classmethod
+    def existing_network(cls, name: str, *, host: Host | None = None) -> Network:
+        """A network this stack does not manage (libvirt's `default`, one made by hand),
+        referred to by name: VMs attach to it; virtplan reads it, never creates, changes
+        or deletes it. The same as Network(name, existing=True)."""
+        return cls(name, host=host, existing=True)
 
     @property
     def ip_network(self) -> ipaddress.IPv4Network:
@@ -177,6 +194,7 @@ class Pool(Resource):
 
     kind: ClassVar[str] = "pool"
 
+    @lenient
     def __init__(
         self,
         name: str,
@@ -204,6 +222,7 @@ class Volume(Resource):
 
     kind: ClassVar[str] = "volume"
 
+    @lenient
     def __init__(
         self,
         name: str,
@@ -221,14 +240,14 @@ class Volume(Resource):
         self.renamed_from = renamed_from  # the old name in the same pool
         self.name, self.size, self.format = name, size, format
         self.backing = backing
-        self.source = os.fspath(source) if source is not None else None
+        self.source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
         self.backing_format, self.copy_of = backing_format, copy_of
         self._register()
 
     @property
     def host(self) -> Host | None:
         """A volume lives on its pool's host."""
-        return self.pool.host if self.pool is not None else None
+        return self.pool.host if isinstance(self.pool, Pool) else None
 
     @host.setter
     def host(self, value: Host | None) -> None:
@@ -236,11 +255,11 @@ class Volume(Resource):
 
     @property
     def key(self) -> str:
-        pool = self.pool.name if self.pool is not None else "?"
+        pool = self.pool.name if isinstance(self.pool, Pool) else "?"
         return f"{pool}/{self.name}"
 
     def dependencies(self) -> list[Resource]:
-        deps: list[Resource] = [self.pool] if self.pool is not None else []
+        deps: list[Resource] = [self.pool] if isinstance(self.pool, Pool) else []
         if isinstance(self.backing, Volume):
             deps.append(self.backing)
         return deps
@@ -293,25 +312,53 @@ class NIC:
 @dataclass(eq=False)
 class CloudInit:
     """Cloud-init NoCloud seed: raw documents, or a few high-level fields rendered by
-    templates/cloud-init/*.j2. Raw `user_data` wins over the high-level fields."""
+    templates/cloud-init/*.j2.
 
-    user_data: str | None = None
-    meta_data: str | None = None
-    network_config: str | None = None
+    Raw `user_data`, `meta_data` and `network_config` may hold anything (passwords, keys), so
+    they are secrets unless `sensitive=False`: masked in plans, commands and `render` (but
+    `render --show-secrets`), and only written into the seed itself. With raw `user_data`,
+    `user`, `password`, `ssh_keys` and `packages` cannot be given (they would be lost).
+    `password` and `ssh_keys` without `user` are for the image's default user."""
+
+    user_data: Secret | str | None = None
+    meta_data: Secret | str | None = None
+    network_config: Secret | str | None = None
     hostname: str | None = None
     user: str | None = None
     password: Secret | str | None = None
     ssh_keys: list[str] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
     instance_id: str | None = None
+    sensitive: bool = True
 
     def __post_init__(self) -> None:
         self.password = secret(self.password)
+        for name in RAW_DOCUMENTS:
+            value = normalise_newlines(getattr(self, name))
+            if self.sensitive is not False:
+                value = secret(value)  # type: ignore[arg-type]
+            elif isinstance(value, Secret):
+                value = value.reveal()
+            setattr(self, name, value)
+
+    def document(self, name: str) -> str | None:
+        """A raw document's text ("user_data", "meta_data", "network_config"), or None."""
+        value = getattr(self, name)
+        return value.reveal() if isinstance(value, Secret) else value
+
+    @property
+    def has_secret(self) -> bool:
+        """Whether the seed holds a secret: a password, or sensitive raw documents."""
+        raw = any(isinstance(getattr(self, n), Secret) for n in RAW_DOCUMENTS)
+        return raw or self.password is not None
+
+
+RAW_DOCUMENTS = ("user_data", "meta_data", "network_config")
 
 
 @dataclass(eq=False)
 class Graphics:
-    """A VNC or SPICE console, on 127.0.0.1 unless told otherwise."""
+    """A VNC or SPICE console, on 127.0.0.1 unless told otherwise (`listen` is an IP address)."""
 
     type: str = "vnc"
     listen: str = "127.0.0.1"
@@ -319,6 +366,10 @@ class Graphics:
 
     def __post_init__(self) -> None:
         self.password = secret(self.password)
+
+
+for _part in (Disk, NIC, CloudInit, Graphics):
+    _part.__init__ = lenient(_part.__init__)  # type: ignore[method-assign]
 
 
 class VM(Resource):
@@ -336,6 +387,7 @@ class VM(Resource):
 
     kind: ClassVar[str] = "vm"
 
+    @lenient
     def __init__(
         self,
         name: str,
@@ -369,19 +421,25 @@ class VM(Resource):
         self.kernel, self.initrd, self.cmdline, self.console_log = kernel, initrd, cmdline, console_log
         self.max_vcpus, self.max_memory, self.machine, self.arch = max_vcpus, max_memory, machine, arch
         self.firmware = firmware
-        self.disks = [d if isinstance(d, Disk) else Disk(d) for d in (disks or [])]
-        self.nics = [n if isinstance(n, NIC) else NIC(network=n) for n in (nics or [])]
+        # Lists of the right shape are normalised (a Volume is a Disk on it, a Network a NIC
+        # on it); anything else is kept as given, for validation to report.
+        self.disks: list[Disk] = _items(disks, Disk, Volume, lambda v: Disk(v))
+        self.nics: list[NIC] = _items(nics, NIC, Network, lambda n: NIC(network=n))
         self.cloud_init = cloud_init
         self.graphics = Graphics(graphics) if isinstance(graphics, str) else graphics
         self.serial, self.autostart, self.state = serial, autostart, state
-        self.description, self.shutdown_timeout = description, shutdown_timeout
-        self.shutdown_on_delete = shutdown_on_delete
+        self.description: str = normalise_newlines(description)  # type: ignore[assignment]
+        self.shutdown_timeout, self.shutdown_on_delete = shutdown_timeout, shutdown_on_delete
         self._register()
 
     def dependencies(self) -> list[Resource]:
-        deps: list[Resource] = [d.volume for d in self.disks]
-        deps += [v for v in (self.kernel, self.initrd) if v is not None]
-        deps += [n.network for n in self.nics if n.network is not None]
+        """The resources this VM uses (only well-formed references; validation reports the rest)."""
+        deps: list[Resource] = []
+        if isinstance(self.disks, list):
+            deps += [d.volume for d in self.disks if isinstance(d, Disk) and isinstance(d.volume, Resource)]
+        deps += [v for v in (self.kernel, self.initrd) if isinstance(v, Resource)]
+        if isinstance(self.nics, list):
+            deps += [n.network for n in self.nics if isinstance(n, NIC) and isinstance(n.network, Resource)]
         return deps
 
     @property
@@ -399,7 +457,11 @@ class VM(Resource):
     @property
     def seed_pool(self) -> Pool | None:
         """Where the cloud-init seed volume lives: the pool of the first disk."""
-        return self.disks[0].volume.pool if self.disks else None
+        first = self.disks[0] if isinstance(self.disks, list) and self.disks else None
+        if not isinstance(first, Disk) or not isinstance(first.volume, Volume):
+            return None
+        pool = first.volume.pool
+        return pool if isinstance(pool, Pool) else None
 
     @property
     def seed_volume_name(self) -> str:
@@ -421,3 +483,13 @@ class VM(Resource):
         if self.arch:
             fields.add("arch")
         return fields
+
+
+def _items(value: object, part: type, plain: type, wrap: Callable[[Any], Any]) -> Any:
+    """`value` as a list of `part`: items that are `plain` wrapped, others kept as given;
+    None is an empty list; anything but a list or tuple is kept as given."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        return value
+    return [wrap(item) if isinstance(item, plain) else item for item in value]

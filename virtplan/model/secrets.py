@@ -1,10 +1,30 @@
-"""Secret values: compared by value, never printed."""
+"""Secret values: compared by value, never printed.
+
+Where virtplan must tell a changed secret from an unchanged one without holding it (the
+digest in a domain's metadata, in a plan's field diff, in `render` output), it uses a
+*keyed* digest: HMAC-SHA256 with a random key that virtplan keeps in the stack's records on
+each host (`virtplan.hosts.records`) and never prints. Without the key a digest confirms
+no guess, so plans posted where anyone can read them are no guessing oracle. Where no
+host key is known (rendering in tests, a host the stack was never applied to) a key made
+for this process is used, and forgotten with it.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets as _random
 
 MASK = "(sensitive)"
+#: The key of keyed digests for which no host key is known: new in every process, never kept.
+PROCESS_KEY = _random.token_bytes(32)
+
+
+def keyed_digest(key: bytes, value: str | bytes) -> str:
+    """HMAC-SHA256 of `value` under `key`, hex: equal values, equal digests; without the key,
+    a digest says nothing about the value."""
+    data = value.encode() if isinstance(value, str) else value
+    return hmac.new(key, b"virtplan-secret\0" + data, hashlib.sha256).hexdigest()
 
 
 class Secret:
@@ -26,8 +46,12 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
-    def digest(self) -> str:
-        """A salted hash that proves equality without exposing short passwords."""
+    def digest(self, key: bytes | None = None) -> str:
+        """The keyed digest of the value under `key` (see the module docstring). Without a
+        key: the unkeyed hash virtplan 0.1 wrote, kept only to recognise what it wrote (and
+        for tests that prove it is printed nowhere)."""
+        if key is not None:
+            return keyed_digest(key, self._value)
         return hashlib.sha256(b"virtplan-secret\0" + self._value.encode()).hexdigest()
 
     def __eq__(self, other: object) -> bool:
@@ -46,7 +70,8 @@ class Secret:
 
 
 def secret(value: str | Secret | None) -> Secret | None:
-    """Wrap a plain string as a Secret; None stays None."""
-    if value is None or isinstance(value, Secret):
-        return value
-    return Secret(value)
+    """Wrap a plain string as a Secret; None, a Secret and values of other types (which
+    validation reports) stay as they are."""
+    if isinstance(value, str):
+        return Secret(value)
+    return value

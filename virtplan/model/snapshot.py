@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from virtplan.model.fields import got, lenient, normalise_newlines, text_problem
 from virtplan.model.resources import VM, Resource
 
 if TYPE_CHECKING:
@@ -29,8 +30,10 @@ class Snapshot(Resource):
 
     kind: ClassVar[str] = "snapshot"
 
+    @lenient
     def __init__(self, name: str, *, vm: VM, memory: bool = False, description: str = ""):
-        self.name, self.vm, self.memory, self.description = name, vm, memory, description
+        self.name, self.vm, self.memory = name, vm, memory
+        self.description = normalise_newlines(description)
         # snapshots of one VM are taken one after the other, in the order they are declared
         self._after = _last_snapshot_of(vm)
         self._register()
@@ -70,13 +73,17 @@ def _last_snapshot_of(vm: VM) -> Snapshot | None:
 def check_snapshot(snap: Snapshot, add: Any) -> None:
     """Report problems of one snapshot through add(resource, field, message)."""
     if not isinstance(snap.vm, VM):
-        add(snap, "vm", "must be a VM of this stack (Snapshot(name, vm=<a VM>))")
+        add(snap, "vm", f"must be a VM of this stack (Snapshot(name, vm=<a VM>)), {got(snap.vm)}")
         return
     if not isinstance(snap.memory, bool):
         add(snap, "memory", f"must be True or False, got {snap.memory!r}")
         return
     if not isinstance(snap.description, str):
-        add(snap, "description", "must be a string")
+        add(snap, "description", f"must be a string, {got(snap.description)}")
+    elif text_problem(snap.description):
+        add(snap, "description", text_problem(snap.description))
+    if not isinstance(snap.vm.disks, list):
+        return  # reported on the VM
     if not snap.memory:
         if not snap.vm.disks:
             add(snap, "vm", f"{snap.vm.address} has no disks; a disk-only snapshot needs at least one")

@@ -58,8 +58,13 @@ class Stack:
         return self.of_kind(VM)
 
     def managed(self) -> list[Resource]:
-        """Every resource except hosts, in declaration order."""
-        return [r for r in self.resources if not isinstance(r, Host)]
+        """Every resource virtplan manages, in declaration order: all but hosts and the
+        networks the stack only refers to (`Network(name, existing=True)`)."""
+        return [r for r in self.resources if not isinstance(r, Host) and getattr(r, "existing", False) is not True]
+
+    def existing_networks(self) -> list[Network]:
+        """The networks the stack refers to by name without managing them."""
+        return [n for n in self.networks if n.existing is True]
 
     def host(self, name: str) -> Host:
         for host in self.hosts:

@@ -116,6 +116,11 @@ def detect(
                     continue  # the pool's own drift says why its volumes cannot be read
                 report.drifted.append(Drift(address, host.name, kind, key, "missing"))
                 continue
+            if obj.problem is not None:  # libvirt returns a definition that does not parse
+                shown = (applied or {}).get(obj.problem_field)
+                fields = [FieldDrift(obj.problem_field, shown, obj.problem)]
+                report.drifted.append(Drift(address, host.name, kind, key, "changed", fields))
+                continue
             if applied is None:
                 report.untracked.append(address)
                 continue

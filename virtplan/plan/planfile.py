@@ -22,6 +22,7 @@ import json
 import os
 import secrets as _secrets
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,22 +92,38 @@ def _has_secret(resource: Any, field: str) -> bool:
     if not isinstance(resource, VM):
         return True  # unknown: treat as secret
     if field == "cloud_init":
-        return resource.cloud_init is not None and resource.cloud_init.password is not None
+        return resource.cloud_init is not None and resource.cloud_init.has_secret
     if field == "graphics":
         return resource.graphics is not None and resource.graphics.password is not None
     return True
 
 
-def secret_hashes(plan: Plan, stack: Stack, salt: str) -> dict[str, dict[str, str]]:
-    """address -> field -> hash of the real (unmasked) after-value of each masked field."""
+def secret_hashes(plan: Plan, stack: Stack, salt: str, unbound: Iterable[str] = ()) -> dict[str, dict[str, str]]:
+    """address -> field -> hash of the real (unmasked) after-value of each masked field;
+    not for changes on the `unbound` hosts (see `unbound_changes`)."""
     declared = stack.by_address()
+    skip = set(unbound)
     out: dict[str, dict[str, str]] = {}
     for change in plan.changes:
+        if change.host in skip:
+            continue
         for fc in change.changes:
             if mask(change.kind, fc.field, fc.after) != fc.after:
                 slow = _has_secret(declared.get(change.address), fc.field)
                 out.setdefault(change.address, {})[fc.field] = _secret_hash(salt, fc.after, slow)
     return out
+
+
+def unbound_changes(plan: Plan, unbound: Iterable[str]) -> list[str]:
+    """Changes with secret-derived values on hosts where the stack has no key yet (it was
+    never applied there): their values are digests under a key that dies with the planning
+    process, so they cannot be bound by hash; the stack file's hash still binds the stack."""
+    skip = set(unbound)
+    return sorted(
+        c.address
+        for c in plan.changes
+        if c.host in skip and any(mask(c.kind, fc.field, fc.after) != fc.after for fc in c.changes)
+    )
 
 
 # -- fingerprints ---------------------------------------------------------------------
@@ -174,8 +191,10 @@ def plan_document(
     drift: list[dict[str, Any]] | None = None,
     commands: dict[str, list[str]] | None = None,
     destroy: bool = False,
+    unbound_hosts: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The plan as a JSON-ready dict, secrets masked (see the module docstring)."""
+    """The plan as a JSON-ready dict, secrets masked (see the module docstring).
+    `unbound_hosts`: hosts where the stack has no key of keyed digests yet."""
     fingerprints = observed_fingerprints(stack, hosts, store)
     salt = _secrets.token_hex(16)
     changes = []
@@ -202,7 +221,11 @@ def plan_document(
         "changes": changes,
         "drift": drift or [],
         "observed": fingerprints,
-        "secrets": {"salt": salt, "hashes": secret_hashes(plan, stack, salt)},
+        "secrets": {
+            "salt": salt,
+            "hashes": secret_hashes(plan, stack, salt, unbound_hosts),
+            "unbound": unbound_changes(plan, unbound_hosts),
+        },
     }
 
 
@@ -348,6 +371,8 @@ def check_current(doc: dict[str, Any], plan: Plan, stack: Stack, hosts: dict[str
     salt = secret_info.get("salt", "")
     expected = secret_info.get("hashes", {})
     actual = secret_hashes(plan, stack, salt) if salt else {}
+    for address in secret_info.get("unbound", []):
+        actual.pop(address, None)
     for address in sorted(set(expected) | set(actual)):
         if expected.get(address) != actual.get(address):
             then_, now_ = expected.get(address, {}), actual.get(address, {})

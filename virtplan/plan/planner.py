@@ -132,8 +132,8 @@ class _Planner:
     def plan_resource(self, resource: Resource) -> None:
         try:
             self._plan_resource(resource)
-        except ValueError as exc:  # what the host cannot do (arch, domain type)
-            self.errors.append(FieldError(resource.address, "host", str(exc)))
+        except ValueError as exc:  # what the host cannot do (arch, machine, domain type)
+            self.errors.append(FieldError(resource.address, getattr(exc, "field", "host"), str(exc)))
         if resource.address in self.changes:
             self.check_bridges(resource)
 
@@ -164,6 +164,7 @@ class _Planner:
         deps = [d.address for d in resource.dependencies() if d.address in self.changes]
         if isinstance(resource, VM):
             self.check_seed(resource, host)
+            self.check_existing_networks(resource, host)
         if obj is None and resource.renamed_from:
             old = self.rename_source(resource, host)
             if old is not None:
@@ -179,6 +180,9 @@ class _Planner:
                 self.clash(resource, obj, host, resource.kind, resource.key)
             return
         desired = desired_spec(resource, self.renderer)
+        if obj.problem is not None:
+            self.redefine_unreadable(resource, obj, desired, deps)
+            return
         record = self.store.get(host.uri, resource.address) if resource.kind == "volume" else None
         if record is not None and record.get("pending") and record.get("stage") == "upload":
             # ours, recovered from an interrupted apply, but its bytes may be incomplete
@@ -288,6 +292,25 @@ class _Planner:
         )
         self.moved.add(old_address)
 
+    def redefine_unreadable(self, resource: Resource, obj: ObservedObject, desired: Spec, deps: list[str]) -> None:
+        """An object of ours whose definition libvirt returns as XML that does not parse (it
+        stored a value it cannot write back, e.g. a VNC listen that is not an address): a VM
+        is defined again from the stack, which repairs it; other kinds are left as they are
+        (drift reports them)."""
+        if not isinstance(resource, VM):
+            return
+        field = obj.problem_field
+        diffs = [FieldChange(field, obj.problem, desired.get(field, "(rendered from the stack)"), Policy.RESTART.value)]
+        for name in ("state", "autostart"):
+            before = obj.spec.get(name)
+            if name in desired and before != desired[name]:
+                policy = field_policy("vm", name, before, desired[name]).value
+                diffs.append(FieldChange(name, before, desired[name], policy))
+        running = obj.spec.get("state") == "running" and desired.get("state") == "running"
+        action, reason = (Action.RESTART, Reason.NEEDS_RESTART) if running else (Action.UPDATE, Reason.FIELDS_CHANGED)
+        change = self.add(resource, action, reason, [field], diffs, deps, obj)
+        change.destructive = change_risk("vm", action, obj.spec, [])
+
     def imported(self, resource: Resource, obj: ObservedObject, host: HostState) -> bool:
         """An object `virtplan import` declared for this stack, not adopted yet: virtplan
         changes nothing on it, so it must match the stack exactly (then the plan is empty)."""
@@ -312,6 +335,25 @@ class _Planner:
         obj = host.get("volume", key)
         if obj is not None and not self.owned(obj, address, host):
             self.clash(address, obj, host, "volume", key)
+
+    def check_existing_networks(self, vm: VM, host: HostState) -> None:
+        """A NIC on a network the stack does not manage: the network must be on the host
+        (and active, for a running VM); virtplan never creates or starts it."""
+        for i, nic in enumerate(vm.nics):
+            net = nic.network
+            if net is None or net.existing is not True:
+                continue
+            found = host.get("network", net.name)
+            if found is None:
+                self.errors.append(FieldError(vm.address, f"nics[{i}].network", (
+                    f"network {net.name!r} does not exist on host {host.name!r}; Network({net.name!r}, existing=True) "
+                    "refers to a network virtplan does not manage: create it there, or drop existing=True to let "
+                    "the stack manage it")))  # fmt: skip
+            elif vm.state == "running" and not found.spec.get("active"):
+                self.errors.append(FieldError(vm.address, f"nics[{i}].network", (
+                    f"network {net.name!r} on host {host.name!r} is not active, so the VM could not start; "
+                    f"start it (virsh net-start {net.name}): virtplan never changes a network it does not manage"
+                )))  # fmt: skip
 
     def add(
         self,

@@ -92,7 +92,8 @@ def _vm_problems(vm: VM) -> list[str]:
         found.append(f"{where}: console_log (no serial log file; set console_log=False for this backend)")
     ci = vm.cloud_init
     if ci is not None:
-        texts = [ci.user_data, ci.meta_data, ci.network_config, ci.hostname, ci.user, *ci.ssh_keys, *ci.packages]
+        texts = [ci.document("user_data"), ci.document("meta_data"), ci.document("network_config"), ci.hostname,
+                 ci.user, *ci.ssh_keys, *ci.packages]  # fmt: skip
         texts.append(ci.password.reveal() if isinstance(ci.password, Secret) else ci.password)
         if has_placeholder(texts):
             found.append(f"{where}: cloud_init with text() values (this backend renders seeds before they are known)")

@@ -100,6 +100,7 @@ def _network(net: Network) -> Inputs:
         "domain": net.domain,
         "autostart": net.autostart,
         "bridge": net.bridge,
+        **({"existing": True} if net.existing is True else {}),  # referred to by name, not managed
     }
 
 
@@ -168,9 +169,10 @@ def _vm(vm: VM) -> Inputs:
         "cloudInit": None
         if ci is None
         else {
-            "userData": ci.user_data,
-            "metaData": ci.meta_data,
-            "networkConfig": ci.network_config,
+            "userData": ci.document("user_data"),
+            "metaData": ci.document("meta_data"),
+            "networkConfig": ci.document("network_config"),
+            "sensitive": ci.sensitive,
             "hostname": ci.hostname,
             "user": ci.user,
             "password": _reveal(ci.password),
@@ -283,6 +285,7 @@ class _Builder:
                 name, host=self.host, mode=d.get("mode") or "nat", cidr=d.get("cidr"), gateway=d.get("gateway"),
                 dhcp=bool(d.get("dhcp", True)), dhcp_range=(rng[0], rng[1]) if rng else None,
                 domain=d.get("domain"), autostart=bool(d.get("autostart", True)), bridge=d.get("bridge"),
+                existing=bool(d.get("existing", False)),
             )  # fmt: skip
         return self.networks[name]
 
@@ -305,7 +308,7 @@ class _Builder:
                 user_data=ci.get("userData"), meta_data=ci.get("metaData"), network_config=ci.get("networkConfig"),
                 hostname=ci.get("hostname"), user=ci.get("user"), password=ci.get("password"),
                 ssh_keys=list(ci.get("sshKeys") or []), packages=list(ci.get("packages") or []),
-                instance_id=ci.get("instanceId"),
+                instance_id=ci.get("instanceId"), sensitive=ci.get("sensitive", True),
             )  # fmt: skip
         gfx = d.get("graphics")
         graphics = (

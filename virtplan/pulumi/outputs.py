@@ -20,12 +20,13 @@ are planned from the stack itself and must be plain values.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pulumi
 
-_PLACEHOLDER = re.compile("\x00po(\\d+)\x00")
+from virtplan.model.fields import PLACEHOLDER
+
+_PLACEHOLDER = PLACEHOLDER  # "\x00po<N>\x00"; the model's validation knows it too
 _values: list[pulumi.Output[Any]] = []
 
 

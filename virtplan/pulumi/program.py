@@ -91,7 +91,7 @@ def register_native(stack: Stack) -> Registered:
     for resource in ordered(stack.managed()):
         inputs, secret_outputs = secret_inputs(resolve(describe(resource, stack)))
         opts = pulumi.ResourceOptions(
-            depends_on=[resources[d.address] for d in resource.dependencies()],
+            depends_on=[resources[d.address] for d in resource.dependencies() if d.address in resources],
             delete_before_replace=True,
             additional_secret_outputs=secret_outputs,
         )
@@ -109,7 +109,9 @@ def native_outputs(stack: Stack, resources: dict[str, pulumi.Resource]) -> dict[
 
     return {
         "vms": {pulumi_name(vm): out(vm, "uuid", "macAddresses", "ipAddresses") for vm in stack.vms},
-        "networks": {pulumi_name(net): out(net, "uuid", "bridgeName") for net in stack.networks},
+        "networks": {
+            pulumi_name(net): out(net, "uuid", "bridgeName") for net in stack.networks if net.address in resources
+        },
         "pools": {pulumi_name(pool): {**out(pool, "uuid"), "path": str(pool.path)} for pool in stack.pools},
         "volumes": {pulumi_name(vol): out(vol, "volumePath") for vol in stack.volumes},
     }

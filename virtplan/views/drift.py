@@ -27,6 +27,8 @@ def drift_lines(report: DriftReport, hosts: dict[str, str]) -> list[str]:
             lines.append(f"    [yellow]! {d.kind} {escape(d.key)}[/yellow]")
             for f in d.fields:
                 before, after = escape(shown(d.kind, f.field, f.applied)), escape(shown(d.kind, f.field, f.actual))
+                if before == after:  # what differs is masked: a password
+                    after += " (password changed)"
                 lines.append(f"        {f.field}: {before} -> {after}  [dim](applied -> now)[/dim]")
     lines.append("")
     return lines

@@ -28,8 +28,10 @@ def value(field: str, v: Any) -> str:
         return "(none)"
     if field in SIZE_FIELDS and isinstance(v, int) and not isinstance(v, bool):  # a snapshot's memory is a flag
         return format_size(v)
+    if isinstance(v, str) and field in ("disks", "nics", "reservations", "graphics"):
+        return repr(v)  # not the field's value: what virtplan could not read in its place
     if field == "cloud_init":
-        return f"seed sha256:{v[:12]}"
+        return f"seed digest {v[:12]}"
     if field == "disks":
         return "[" + ", ".join(_disk(d) for d in v) + "]" if v else "[]"
     if field == "nics":
@@ -82,6 +84,8 @@ def field_line(fc: FieldChange, action: Action) -> str:
     before, after = escape(value(fc.field, fc.before)), escape(value(fc.field, fc.after))
     if before == after and isinstance(fc.before, int) and isinstance(fc.after, int):
         before, after = f"{fc.before} B", f"{fc.after} B"  # a difference below the display precision
+    elif before == after and fc.field == "graphics":
+        after += " (password changed)"  # the digests differ; neither is shown
     return f"{fc.field}: {before} -> {after}  [dim]({fc.policy})[/dim]"
 
 

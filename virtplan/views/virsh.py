@@ -15,7 +15,7 @@ printed: "(sensitive)" marks where a password goes.
 from __future__ import annotations
 
 from virtplan.apply.steps import Context, shell_commands
-from virtplan.apply.steps.shell import q
+from virtplan.apply.steps.shell import comment, q
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
@@ -45,8 +45,8 @@ def script(plan: Plan, commands: dict[str, list[str]]) -> str:
 
     lines = [
         "#!/bin/sh",
-        f"# virsh commands equivalent to `virtplan apply` of stack {plan.stack!r}.",
-        f"# {summary(plan)}",
+        comment(f"virsh commands equivalent to `virtplan apply` of stack {plan.stack!r}."),
+        comment(summary(plan)),
         "# Run in an empty folder: XML files and seed images are written there.",
         "set -eu",
         "",
@@ -57,11 +57,11 @@ def script(plan: Plan, commands: dict[str, list[str]]) -> str:
         changes = plan.for_host(host)
         if not changes:
             continue
-        lines += [f"# --- host {host} ---", f"export LIBVIRT_DEFAULT_URI={q(uri)}", ""]
+        lines += [comment(f"--- host {host} ---"), f"export LIBVIRT_DEFAULT_URI={q(uri)}", ""]
         for change in changes:
-            lines.append(f"# {change.symbol} {change.kind} {change.key}  ({change.action.value}: {change.why})")
+            lines.append(comment(f"{change.symbol} {change.kind} {change.key}  ({change.action.value}: {change.why})"))
             if change.destructive:
-                lines.append(f"# ! destructive: {change.destructive}")
+                lines.append(comment(f"! destructive: {change.destructive}"))
             lines += commands.get(change.address, [])
             lines.append("")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from typing import Any
 
 from virtplan.apply.claims import AppearedMeanwhile, confirm_volume, fresh_uuid, volume_identity
 from virtplan.apply.steps.base import Context, Operation, Runtime
+from virtplan.apply.steps.shell import comment
 from virtplan.plan.changes import ResourceChange
 
 
@@ -106,9 +107,9 @@ class Recorded(Operation):
         if self.change.kind not in ("pool", "volume"):
             return []  # domains and networks carry virtplan's mark in their XML
         return [
-            f"# (virtplan records {self.change.address} as owned by stack {ctx.stack.key!r} in its records on "
-            f"the host; libvirt cannot tag {self.change.kind}s)"
-        ]
+            comment(f"(virtplan records {self.change.address} as owned by stack {ctx.stack.key!r} in its records on "
+                    f"the host; libvirt cannot tag {self.change.kind}s)")
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)

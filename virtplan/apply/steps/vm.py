@@ -58,7 +58,7 @@ class DefineDomain(Operation):
             out.append(f"# {SENSITIVE} in {path} stands for the console password: put the real one there")
             xml, n = _DIGEST_ATTR["graphics-password"].subn(rf"\1{SENSITIVE}\2", xml)
             masked += ["graphics-password"] if n else []
-        if self.vm.cloud_init is not None and self.vm.cloud_init.password is not None:
+        if self.vm.cloud_init is not None and self.vm.cloud_init.has_secret:
             xml, n = _DIGEST_ATTR["cloud-init"].subn(rf"\1{SENSITIVE}\2", xml)
             masked += ["cloud-init"] if n else []
         if masked:

@@ -14,7 +14,8 @@ from virtplan.documents import fragments
 from virtplan.documents.render import console_log_path
 from virtplan.documents.seed import build_seed_iso
 from virtplan.hosts.pools import refresh_pool
-from virtplan.model import VM
+from virtplan.model import VM, Secret
+from virtplan.model.resources import RAW_DOCUMENTS
 
 _SEED_SECRET = re.compile(r"\(sensitive:[0-9a-f]+\)")
 
@@ -71,8 +72,14 @@ class WriteSeed(Operation):
         iso = vm.seed_volume_name
         files = ctx.renderer.seed_files(vm, reveal_secrets=False)
         out = [f"mkdir -p {q(folder)}"]
-        if vm.cloud_init is not None and vm.cloud_init.password is not None:
+        ci = vm.cloud_init
+        if ci is not None and ci.password is not None:
             out.append(f"# {SENSITIVE} in {folder}/user-data stands for the password: put the real one there")
+        if ci is not None:
+            for doc in (n for n in RAW_DOCUMENTS if isinstance(getattr(ci, n), Secret)):
+                name = doc.replace("_", "-")
+                out.append(f"# {SENSITIVE} in {folder}/{name} stands for the stack's raw {name} (a secret): "
+                           "put the real one there")  # fmt: skip
         for name, content in sorted(files.items()):
             out.append(heredoc(f"{folder}/{name}", _SEED_SECRET.sub(SENSITIVE, content)))
         paths = " ".join(q(f"{folder}/{n}") for n in sorted(files))
