@@ -59,10 +59,13 @@ class _Errors:
             return None
 
 
-def validate(stack: Stack) -> None:
-    """Raise ValidationError listing every problem; return quietly if the stack is sound."""
+def validate(stack: Stack) -> Stack:
+    """Raise ValidationError listing every problem; return the concrete stack if it is
+    sound: the stack itself, or for a stack that declares objects on several hosts or
+    places VMs, one object per host (`virtplan.model.placement`), checked as a whole."""
     errors = _Errors()
     _assign_hosts(stack, errors)
+    stack = _concrete(stack, errors)
     for resource in stack.resources:
         _check_name(resource, errors)
     _check_unique_names(stack, errors)
@@ -79,12 +82,31 @@ def validate(stack: Stack) -> None:
     _check_snapshots(stack, errors)
     if errors.items:
         raise ValidationError(errors.items)
+    return stack
+
+
+def _concrete(stack: Stack, errors: _Errors) -> Stack:
+    """Place the stack's VMs and give each host its own objects; placement problems (a VM
+    that fits nowhere, a candidate without capacity) are errors like any other."""
+    from virtplan.model import placement
+
+    if not placement.spans_hosts(stack):
+        return stack
+    layout = placement.check_layout(stack)
+    errors.items += layout
+    if layout:
+        return stack
+    concrete, problems = placement.concrete(stack)
+    errors.items += problems
+    return concrete
 
 
 def _assign_hosts(stack: Stack, errors: _Errors) -> None:
     hosts = stack.hosts
     for resource in stack.managed():
-        if isinstance(resource, Volume):
+        if isinstance(resource, Volume) or resource.replicas is not None:
+            continue
+        if isinstance(resource, VM) and resource.placement is not None:
             continue
         if resource.host is None:
             if len(hosts) == 1:
