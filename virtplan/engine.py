@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +37,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class Observation:
-    """Observed hosts plus the renderer that knows their facts and kept identities."""
+    """Observed hosts plus the renderer that knows their facts and kept identities.
+
+    `unreachable` (host name -> one line naming the host, its URI and the cause) is filled
+    only by `observe(keep_going=True)`: those hosts are missing from `hosts`."""
 
     hosts: dict[str, HostState]
     renderer: Renderer
+    unreachable: dict[str, str] = field(default_factory=dict)
+    #: Placed VMs that fit nowhere now that their hosts were read (refused when planning).
+    placement_errors: list[FieldError] = field(default_factory=list)
 
 
 class Engine:
@@ -55,6 +61,7 @@ class Engine:
             self.store = Overlay(self.host_records, legacy_records(self.legacy))
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
         self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
 
@@ -73,10 +80,20 @@ class Engine:
         self._conns.clear()
 
     def connection(self, host: str) -> Any:
+        """The host's connection, opened on first use. Hosts connect in parallel (a lock per
+        host): over qemu+ssh each connection costs a few hundred milliseconds."""
         with self._lock:
-            if host not in self._conns:
-                self._conns[host] = connect(self.stack.host(host).uri, host)
-            return self._conns[host]
+            if host in self._conns:
+                return self._conns[host]
+            lock = self._host_locks.setdefault(host, threading.Lock())
+        with lock:
+            with self._lock:
+                if host in self._conns:
+                    return self._conns[host]
+            conn = connect(self.stack.host(host).uri, host)
+            with self._lock:
+                self._conns[host] = conn
+            return conn
 
     def _ledger(self, uri: str) -> HostLedger:
         """This stack's ledger on the host at `uri` (see virtplan.hosts.ledger)."""
@@ -95,11 +112,24 @@ class Engine:
             wanted.setdefault(record.get("kind", kind), set()).add(key)
         return wanted
 
-    def observe(self) -> Observation:
-        """Read every host of the stack (in parallel) and build the renderer for them."""
-        hosts = self.stack.hosts
+    def observe(self, keep_going: bool = False) -> Observation:
+        """Read every host of the stack (in parallel) and build the renderer for them.
 
-        def read(host_name: str) -> HostState:
+        With `keep_going`, a host that cannot be reached (or fails while being read) is
+        left out and named in `Observation.unreachable` instead of failing the whole read."""
+        hosts = self.stack.hosts
+        unreachable: dict[str, str] = {}
+
+        def read(host_name: str) -> HostState | None:
+            if not keep_going:
+                return read_host(host_name)
+            try:
+                return read_host(host_name)
+            except Exception as exc:  # one line per host; the others are still read
+                unreachable[host_name] = _unreachable_line(self.stack.host(host_name), exc)
+                return None
+
+        def read_host(host_name: str) -> HostState:
             host = self.stack.host(host_name)
             state = observe_host(
                 self.connection(host_name),
@@ -118,8 +148,35 @@ class Engine:
         else:
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 states = list(pool.map(read, [h.name for h in hosts]))
-        observed = {s.name: s for s in states}
-        return Observation(observed, self.renderer_for(observed))
+        observed = {s.name: s for s in states if s is not None}
+        problems = self._place(observed)
+        return Observation(observed, self.renderer_for(observed), dict(sorted(unreachable.items())), problems)
+
+    def _place(self, observed: dict[str, HostState]) -> list[FieldError]:
+        """Place the stack's VMs again now that the hosts are known: a placed VM stays on
+        the host where this stack's VM of its name is (`virtplan.model.placement`). The
+        engine's stack becomes that concrete stack."""
+        from virtplan.model.placement import concrete
+
+        declared = self.stack.as_written
+        if declared is self.stack:
+            return []  # nothing declared on several hosts
+        stack, problems = concrete(declared, self._found(observed))
+        if not problems:
+            self.stack = stack
+        return problems
+
+    def _found(self, observed: dict[str, HostState]) -> dict[str, str]:
+        """VM name -> the host where this stack's VM of that name is (in host order)."""
+        from virtplan.plan.ownership import mark_key
+
+        found: dict[str, str] = {}
+        for host in self.stack.hosts:
+            state = observed.get(host.name)
+            for obj in state.of_kind("vm") if state is not None else []:
+                if obj.owner is not None and mark_key(obj.owner) == self.stack.key:
+                    found.setdefault(obj.key, host.name)
+        return found
 
     def renderer_for(self, observed: dict[str, HostState]) -> Renderer:
         identities: dict[str, Identity] = {}
@@ -128,6 +185,15 @@ class Engine:
                 if obj.kind in ("vm", "network") and obj.owner is not None and obj.owner.stack == self.stack.name:
                     macs = [n["mac"] for n in obj.spec.get("nics", [])]
                     identities[f"{host.name}/{obj.kind}/{obj.key}"] = Identity(obj.uuid, macs)
+        declared = self.stack.by_address()
+        for vm in self.stack.vms:  # a VM that moves keeps its UUID and MACs on its new host
+            if vm.address in identities or vm.host is None or vm.host.name not in observed:
+                continue
+            for host in observed.values():
+                moved = f"{host.name}/vm/{vm.name}"
+                if moved in identities and moved not in declared:
+                    identities[vm.address] = identities[moved]
+                    break
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities)
 
     # -- plan and apply -------------------------------------------------------------------
@@ -168,16 +234,29 @@ class Engine:
         `scope` plans a part of the stack (its resources, with this stack's renderer);
         `only` keeps the changes of one address. The guards run on what is kept."""
         observation = observation or self.observe()
+        if observation.placement_errors:
+            raise PlanError(observation.placement_errors)
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
-        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy)
+        unknown = self._unknown_places(observation)
+        plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy,
+                         unknown_vms=unknown)  # fmt: skip
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
         protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
         if protected:
             raise PlanError(protected)
         return plan, observation
+
+    def _unknown_places(self, observation: Observation) -> set[str]:
+        """Placed VMs one of whose hosts was not read: where they are cannot be known."""
+        if not observation.unreachable:
+            return set()
+        return {
+            vm.name for vm in self.stack.as_written.vms
+            if vm.placement is not None and set(vm.placement.names) & set(observation.unreachable)
+        }  # fmt: skip
 
     def _namesakes(self, observation: Observation) -> list[FieldError]:
         """Another stack with this stack's name on one of its hosts (another project, or
@@ -216,15 +295,21 @@ class Engine:
         progress: ProgressFn | None = None,
         *,
         bookkeeping: bool = True,
+        limit: int | None = None,
     ) -> ApplyReport:
-        """Apply `plan` (raises ApplyError with the report on failure). After a complete
-        apply of the whole stack (`bookkeeping`), records what was applied: the baseline
-        drift compares against, and forgets objects deleted outside virtplan that the stack
-        no longer declares. An empty plan only does that bookkeeping."""
+        """Apply `plan` (raises ApplyError with the report on failure), at most `limit`
+        changes at once over all hosts (default: `virtplan.apply.executor.default_limit()`)
+        and each host's `workers` on it. After a complete apply of the whole stack
+        (`bookkeeping`), records what was applied: the baseline drift compares against, and
+        forgets objects deleted outside virtplan that the stack no longer declares. An empty
+        plan only does that bookkeeping."""
         report = ApplyReport()
         if plan.changes:
-            conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
-            report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
+            names = {c.host for c in plan.changes} | {c.move["source"] for c in plan.changes if c.move}
+            conns = {name: self.connection(name) for name in sorted(names)}
+            report = apply_plan(
+                plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress, limit
+            )
         if self._locks is not None:
             self._locks.check()
         if bookkeeping:
@@ -338,6 +423,16 @@ def require_allowed(plan: Plan, allow_destroy: bool, fix: str) -> None:
     if risky and not allow_destroy:
         names = "\n".join(f"  - {c.action.value} {c.address}: {c.destructive}" for c in risky)
         raise ConfirmationRequired(f"the plan has destructive changes; nothing was applied:\n{names}\n{fix}")
+
+
+def _unreachable_line(host: Any, exc: BaseException) -> str:
+    """One line naming the host, its URI and what went wrong."""
+    from virtplan.errors import ConnectionFailed
+
+    if isinstance(exc, ConnectionFailed):
+        return str(exc)  # already "cannot connect to host 'h' at URI: cause: detail"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"cannot read host {host.name!r} at {host.uri}: {text}"
 
 
 def _origin(stack: Stack) -> str:

@@ -161,6 +161,8 @@ def change_dict(change: ResourceChange) -> dict[str, Any]:
         "changes": [fc.__dict__.copy() for fc in _masked_fields(change)],
         "destructive": change.destructive,
         "depends_on": list(change.depends_on),
+        **({"placement": change.placement} if change.placement else {}),
+        **({"move": change.move} if change.move else {}),
     }
 
 
@@ -280,6 +282,8 @@ def plan_from_document(doc: dict[str, Any]) -> Plan:
             list(c.get("depends_on", [])),
             c.get("fingerprint"),
             list(c.get("reason_fields", [])),
+            c.get("placement"),
+            c.get("move"),
         )
         for c in doc["changes"]
     ]
