@@ -10,19 +10,22 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from virtplan.cli.options import (
     DebugOpt,
     HostOpt,
+    KeepGoingOpt,
     LockTimeoutOpt,
+    ParallelOpt,
     Settings,
     StackArg,
     check_format,
     open_engine,
     set_debug,
+    unreachable,
 )
 from virtplan.cli.output import applied, apply_with_progress, confirm, console, print_notes, print_plan
 from virtplan.errors import StackLoadError, VirtplanError
@@ -50,13 +53,18 @@ def plan(
     detailed_exitcode: Annotated[
         bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
     ] = False,
+    keep_going: KeepGoingOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show what apply would change, and why. Changes nothing."""
     set_debug(debug)
     check_format(format, PLAN_FORMATS)
     with open_engine(stack, host) as engine:
-        the_plan, observation = engine.plan()
+        the_plan, observation = engine.plan(observation=engine.observe(keep_going=keep_going))
+        missing = observation.unreachable
+        unsaved = bool(missing and out is not None)
+        if unsaved:
+            out = None  # a plan without some hosts is for reading, never for applying
         report = engine.drift(observation)
         cmds = None
         if commands:
@@ -69,6 +77,8 @@ def plan(
 
             doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
                                 drift=report.to_list(), commands=cmds)  # fmt: skip
+            if missing:
+                doc["unreachable"] = dict(missing)  # these hosts' changes are not in it
     if out is not None and doc is not None:
         from virtplan.plan.planfile import write_plan
 
@@ -92,6 +102,13 @@ def plan(
     if out is not None:
         where = sys.stdout if format == "text" else sys.stderr
         print(f"Saved the plan to {out}; `virtplan apply {out}` applies exactly it.", file=where)
+    if missing:
+        unreachable(missing)
+        n = len(missing)
+        print(f"error: {n} host{'s' if n > 1 else ''} could not be read and {'are' if n > 1 else 'is'} not planned "
+              "(nor VMs that may be placed there); the plan shown is the other hosts'"
+              + ("; it was not saved" if unsaved else ""), file=sys.stderr)  # fmt: skip
+        raise typer.Exit(1)
     if detailed_exitcode and not the_plan.empty:
         raise typer.Exit(2)
 
@@ -105,6 +122,7 @@ def apply(
         bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes or a saved plan.")
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    parallel: ParallelOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Plan, confirm, then apply through libvirt; or apply a saved plan exactly."""
@@ -114,9 +132,9 @@ def apply(
     if stack.suffix == ".json" or looks_like_plan_file(stack):
         if host:
             raise StackLoadError("--host cannot change a saved plan: it is applied to the hosts it was made for")
-        _apply_saved(stack, allow_destroy, lock_timeout)
+        _apply_saved(stack, allow_destroy, lock_timeout, parallel)
         return
-    _converge(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout)
+    _converge(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout, parallel=parallel)
 
 
 @app.command()
@@ -128,29 +146,30 @@ def destroy(
         bool, typer.Option("--allow-destroy", help="Allow destructive changes with --yes.")
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    parallel: ParallelOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Delete everything this stack owns (and nothing else)."""
     set_debug(debug)
-    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout)
+    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout, parallel=parallel)
 
 
 def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool,
-              lock_timeout: float) -> None:  # fmt: skip
+              lock_timeout: float, parallel: int | None = None) -> None:  # fmt: skip
     with open_engine(stack, host) as engine, engine.locked(lock_timeout) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan(destroy=destroy)
         print_plan(the_plan, None if destroy else engine.drift(observation))
         if not the_plan.empty:
             confirm(the_plan, yes, allow_destroy)
-            report = apply_with_progress(engine, the_plan, observation)
+            report = apply_with_progress(engine, the_plan, observation, parallel)
         else:
             engine.apply(the_plan, observation)  # bookkeeping only
     if not the_plan.empty:
         applied(report)
 
 
-def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
+def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float, parallel: int | None = None) -> None:
     """Apply a saved plan: refuse if stale, else apply exactly its changes (no prompt:
     the plan was reviewed; destructive changes still need --allow-destroy)."""
     from virtplan.engine import load_saved_plan, require_allowed
@@ -163,7 +182,7 @@ def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
         print_plan(the_plan)
         if not the_plan.empty:
             require_allowed(the_plan, allow_destroy, "Re-run with --allow-destroy.")
-        report = apply_with_progress(engine, the_plan, observation) if the_plan.changes else None
+        report = apply_with_progress(engine, the_plan, observation, parallel) if the_plan.changes else None
         if report is None:
             engine.apply(the_plan, observation)  # bookkeeping only
     if report is not None:
@@ -175,15 +194,24 @@ def show(
     stack: StackArg,
     host: HostOpt = None,
     format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    keep_going: KeepGoingOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """What is deployed: per host, each owned object, its state, MACs and IPs."""
-    from virtplan.units import format_size
-
     set_debug(debug)
     check_format(format, ("text", "json"))
     with open_engine(stack, host) as engine:
-        rows = engine.inventory()
+        observation = engine.observe(keep_going=keep_going)
+        rows = engine.inventory(observation)
+    _show(rows, format)
+    if observation.unreachable:
+        unreachable(observation.unreachable)
+        raise typer.Exit(1)
+
+
+def _show(rows: list[dict[str, Any]], format: str) -> None:
+    from virtplan.units import format_size
+
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return

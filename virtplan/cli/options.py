@@ -23,6 +23,22 @@ HostOpt = Annotated[
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+KeepGoingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-going",
+        help="Hosts that cannot be read get one error line each; the others are still shown (exit code 1).",
+    ),
+]
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel",
+        help="Changes applied at once over all hosts (default: $VIRTPLAN_PARALLEL, else 32); "
+        "each host also keeps to its own workers.",
+        min=1,
+    ),
+]
 LockTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -63,6 +79,14 @@ def pairs(items: list[str] | None, option: str, example: str) -> dict[str, str]:
 def host_overrides(hosts: list[str] | None) -> dict[str, str]:
     """--host NAME=URI items as {name: uri}."""
     return pairs(hosts, "--host", "NAME=URI, e.g. --host local=qemu:///system")
+
+
+def unreachable(lines: dict[str, str]) -> None:
+    """One error line per host that could not be read (`--keep-going`), on stderr."""
+    import sys
+
+    for line in lines.values():
+        print(f"error: {line}", file=sys.stderr)
 
 
 def open_engine(stack_file: Path, hosts: list[str] | None) -> Engine:

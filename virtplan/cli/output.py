@@ -59,8 +59,9 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
         raise ConfirmationRequired("not confirmed; nothing was applied.")
 
 
-def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
-    """engine.apply with a progress bar and a line per finished change."""
+def apply_with_progress(engine: Any, the_plan: Any, observation: Any, limit: int | None = None) -> Any:
+    """engine.apply with a progress bar and a line per finished change; `limit` bounds the
+    changes in flight over all hosts (`--parallel`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from virtplan.views.text import escape
@@ -81,7 +82,7 @@ def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
             else:
                 bar.console.print(f"  [red]failed[/red] {what}: {escape(error or '')}")
 
-        return engine.apply(the_plan, observation, progress)
+        return engine.apply(the_plan, observation, progress, limit=limit)
 
 
 def applied(report: Any) -> None:
