@@ -252,9 +252,9 @@ class _Load:
 
     def free(self, host: str) -> str:
         cap_mem, cap_cpu = self.capacity.get(host, (0, 0))
+        cpus = max(cap_cpu - self.vcpus.get(host, 0), 0)
         return (
-            f"{format_size(max(cap_mem - self.memory.get(host, 0), 0))} and "
-            f"{max(cap_cpu - self.vcpus.get(host, 0), 0)} vCPUs free"
+            f"{format_size(max(cap_mem - self.memory.get(host, 0), 0))} and {cpus} vCPU{'' if cpus == 1 else 's'} free"
         )
 
 
