@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.apply.executor import ApplyReport, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
@@ -32,6 +31,7 @@ from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
 if TYPE_CHECKING:
+    from virtplan.apply.executor import ApplyReport, ProgressFn
     from virtplan.plan.drift import DriftReport
 
 
@@ -303,6 +303,8 @@ class Engine:
         (`bookkeeping`), records what was applied: the baseline drift compares against, and
         forgets objects deleted outside virtplan that the stack no longer declares. An empty
         plan only does that bookkeeping."""
+        from virtplan.apply.executor import ApplyReport, apply_plan  # not needed to plan: imported here
+
         report = ApplyReport()
         if plan.changes:
             names = {c.host for c in plan.changes} | {c.move["source"] for c in plan.changes if c.move}
