@@ -319,3 +319,26 @@ def test_hosts_not_read_are_not_planned_nor_vms_that_may_be_there(tmp_path: Path
     planned = {c.address for c in plan.changes}
     assert "kvm1/vm/pinned" in planned
     assert not [a for a in planned if a.startswith("kvm3/") or "anywhere" in a]
+
+
+def test_a_saved_move_stays_current_while_the_guest_writes_to_its_disk(tmp_path: Path) -> None:
+    from virtplan.plan.planfile import StalePlan, check_current, plan_document
+
+    store = StateStore(tmp_path / "state.json", "fleet")
+    observed = deploy(pinned("kvm1", state="running"), store, running=True)
+    moved = pinned("kvm2", state="running")
+    plan = make_plan(moved, renderer_after_move(moved, observed), observed, store)
+    doc = plan_document(plan, moved, observed, store)
+    assert [c["move"]["source"] for c in doc["changes"] if c["action"] == "migrate"] == ["kvm1"]
+    disk = observed["kvm1"].objects[("volume", "fleet-pool/mover.qcow2")]
+    disk.xml = f"<volume><allocation>{9 * 1024 * 1024}</allocation></volume>"  # the guest wrote meanwhile
+    again = make_plan(moved, renderer_after_move(moved, observed), observed, store)
+    assert (
+        again.changes[-1].move is not None
+        and again.changes[-1].move["copy_bytes"] != plan.changes[-1].move["copy_bytes"]
+    )
+    check_current(doc, again, moved, observed, store)
+    observed["kvm1"].objects[("vm", "mover")].spec["state"] = "stopped"  # a real change: stale
+    with pytest.raises(StalePlan):
+        check_current(doc, make_plan(moved, renderer_after_move(moved, observed), observed, store), moved, observed,
+                      store)  # fmt: skip

@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import secrets as _secrets
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
@@ -361,5 +362,11 @@ def _comparable(change: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(change)
     out.pop("fingerprint", None)
     out.pop("commands", None)
+    move = out.get("move")
+    if isinstance(move, dict):  # a running guest's disks grow as it writes: the bytes are an estimate
+        move.pop("copy_bytes", None)
+        for disk in move.get("disks") or []:
+            disk.pop("bytes", None)
+        out["reason"] = re.sub(r", copying [^(]* of disk", "", str(out.get("reason", "")))
     normal: dict[str, Any] = json.loads(json.dumps(out, sort_keys=True, default=str))
     return normal
