@@ -11,11 +11,12 @@ no disks), then for H = 1, 2, 4, 8 times, best of a few runs, each as a whole pr
 - `virtplan plan STACK --detailed-exitcode` for the same H hosts (exit 0: no changes),
   which also reads networks, pools, its records on each host and the hosts' capabilities.
 
+Floor and plan run in turns, best of a few runs each (the machine may be shared).
 Prints the table and the ratio plan/floor per H (goal: at most 1.3 at every H, and nearly
 flat in H). Each qemu+ssh connection costs a few hundred milliseconds here (ssh, then
 virt-ssh-helper on the host); both sides pay it once per host.
 
-    .venv/bin/python bench/fleet.py [--vms 100] [--runs 5]
+    .venv/bin/python bench/fleet.py [--vms 100] [--runs 7]
 """
 
 from __future__ import annotations
@@ -64,21 +65,29 @@ with ThreadPoolExecutor(len(uris)) as pool:
 """
 
 
-def best(command: list[str], env: dict[str, str], runs: int, expect: str | None = None) -> float:
-    times = []
+def timed(command: list[str], env: dict[str, str], expect: str) -> float:
+    began = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - began
+    if proc.returncode != 0 or expect not in proc.stdout:
+        raise SystemExit(f"{' '.join(command[:4])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return took
+
+
+def best_pair(floor: list[str], plan: list[str], env: dict[str, str], runs: int, vms: int) -> tuple[float, float]:
+    """The best of `runs` of each, run in turns (floor, plan, floor, ...), so that both see
+    the same machine: on a shared machine, load comes and goes."""
+    floors, plans = [], []
     for _ in range(runs):
-        began = time.perf_counter()
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        times.append(time.perf_counter() - began)
-        if proc.returncode != 0 or (expect is not None and expect not in proc.stdout):
-            raise SystemExit(f"{' '.join(command[:4])} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return min(times)
+        floors.append(timed(floor, env, str(vms)))
+        plans.append(timed(plan, env, "No changes."))
+    return min(floors), min(plans)
 
 
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--vms", type=int, default=100, help="VMs per host")
-    args.add_argument("--runs", type=int, default=5, help="runs per figure (the best is kept)")
+    args.add_argument("--runs", type=int, default=7, help="runs per figure, in turns (the best is kept)")
     opts = args.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vp-fleet-", dir="/var/tmp"))
     stack_file = work / "fleetbench.py"
@@ -118,9 +127,9 @@ def measure(stack_file: Path, work: Path, opts: argparse.Namespace) -> list[tupl
         rows = []
         for count in HOST_COUNTS:
             run_env = {**env, "FLEET_HOSTS": str(count)}
-            floor = best([sys.executable, "-c", FLOOR, *uris[:count]], run_env, opts.runs, str(count * opts.vms))
             cli = [sys.executable, "-m", "virtplan.cli", "plan", str(stack_file), "--detailed-exitcode"]
-            plan_s = best(cli, run_env, opts.runs, "No changes.")
+            floor_cmd = [sys.executable, "-c", FLOOR, *uris[:count]]
+            floor, plan_s = best_pair(floor_cmd, cli, run_env, opts.runs, count * opts.vms)
             rows.append((count, floor, plan_s))
         with Engine(load_stack(stack_file)) as engine:  # leave the hosts empty
             plan, observation = engine.plan(destroy=True)

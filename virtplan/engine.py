@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
-from virtplan.hosts.connection import connect
+from virtplan.hosts.connection import Opening, connect
 from virtplan.hosts.ledger import HostLedger, store_for
 from virtplan.hosts.locks import HostLocks
 from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate
@@ -52,8 +52,9 @@ class Observation:
 class Engine:
     """Runs one stack against its hosts."""
 
-    def __init__(self, stack: Stack, store: Records | None = None):
+    def __init__(self, stack: Stack, store: Records | None = None, opening: Opening | None = None):
         self.stack = stack
+        self._opening = opening  # connections already being opened (see virtplan.hosts.connection.Opening)
         self.host_records = HostRecords(stack.key, self._ledger)
         self.store: Records = store if store is not None else self.host_records
         self.legacy = legacy_file(stack) if store is None else None
@@ -74,6 +75,8 @@ class Engine:
     def close(self) -> None:
         with contextlib.suppress(OSError):  # the cache is disposable; never fail on it
             self.cache.save()
+        if self._opening is not None:
+            self._opening.close()
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 conn.close()
@@ -90,7 +93,10 @@ class Engine:
             with self._lock:
                 if host in self._conns:
                     return self._conns[host]
-            conn = connect(self.stack.host(host).uri, host)
+            uri = self.stack.host(host).uri
+            conn = self._opening.take(host, uri) if self._opening is not None else None
+            if conn is None:
+                conn = connect(uri, host)
             with self._lock:
                 self._conns[host] = conn
             return conn

@@ -59,7 +59,7 @@ def plan(
     """Show what apply would change, and why. Changes nothing."""
     set_debug(debug)
     check_format(format, PLAN_FORMATS)
-    with open_engine(stack, host) as engine:
+    with open_engine(stack, host, connect_early=True) as engine:
         the_plan, observation = engine.plan(observation=engine.observe(keep_going=keep_going))
         missing = observation.unreachable
         unsaved = bool(missing and out is not None)
@@ -156,7 +156,7 @@ def destroy(
 
 def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool,
               lock_timeout: float, parallel: int | None = None) -> None:  # fmt: skip
-    with open_engine(stack, host) as engine, engine.locked(lock_timeout) as notes:
+    with open_engine(stack, host, connect_early=True) as engine, engine.locked(lock_timeout) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan(destroy=destroy)
         print_plan(the_plan, None if destroy else engine.drift(observation))
@@ -200,7 +200,7 @@ def show(
     """What is deployed: per host, each owned object, its state, MACs and IPs."""
     set_debug(debug)
     check_format(format, ("text", "json"))
-    with open_engine(stack, host) as engine:
+    with open_engine(stack, host, connect_early=True) as engine:
         observation = engine.observe(keep_going=keep_going)
         rows = engine.inventory(observation)
     _show(rows, format)

@@ -89,9 +89,19 @@ def unreachable(lines: dict[str, str]) -> None:
         print(f"error: {line}", file=sys.stderr)
 
 
-def open_engine(stack_file: Path, hosts: list[str] | None) -> Engine:
-    """Load and validate the stack (no host is contacted before it is valid), then its engine."""
-    from virtplan.engine import Engine
+def open_engine(stack_file: Path, hosts: list[str] | None, connect_early: bool = False) -> Engine:
+    """Load and validate the stack (no host is contacted before it is valid), then its engine.
+
+    With `connect_early` (commands that read every host), the hosts' connections start
+    opening as soon as the stack is valid, while the rest of virtplan is imported."""
     from virtplan.model import load_stack
 
-    return Engine(load_stack(stack_file, host_overrides(hosts)))
+    stack = load_stack(stack_file, host_overrides(hosts))
+    opening = None
+    if connect_early:
+        from virtplan.hosts.connection import Opening
+
+        opening = Opening([(h.name, h.uri) for h in stack.hosts])
+    from virtplan.engine import Engine
+
+    return Engine(stack, opening=opening)

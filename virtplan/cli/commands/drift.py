@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         set_debug(debug)
         if format not in ("text", "json"):
             raise StackLoadError(f"--format {format!r}: use text or json")
-        with open_engine(stack, host) as engine:
+        with open_engine(stack, host, connect_early=True) as engine:
             observation = engine.observe(keep_going=keep_going)
             report = engine.drift(observation, pending=True)
             hosts = {h.name: h.uri for h in engine.stack.hosts}
