@@ -162,15 +162,26 @@ class Engine:
         """Place the stack's VMs again now that the hosts are known: a placed VM stays on
         the host where this stack's VM of its name is (`virtplan.model.placement`). The
         engine's stack becomes that concrete stack."""
+        from virtplan.errors import ValidationError
         from virtplan.model.placement import concrete
+        from virtplan.model.validate import validate
 
         declared = self.stack.as_written
-        if declared is self.stack:
-            return []  # nothing declared on several hosts
+        if declared is self.stack or not any(vm.placement is not None for vm in declared.vms):
+            return []  # nothing placed: the stack is the same whatever the hosts hold
         stack, problems = concrete(declared, self._found(observed))
-        if not problems:
-            self.stack = stack
-        return problems
+        if problems:
+            return problems
+        now = {vm.name: vm.host.name if vm.host else None for vm in self.stack.vms}
+        if all(now.get(vm.name) == (vm.host.name if vm.host else None) for vm in stack.vms):
+            self.stack = stack  # the same places: already validated, only the reasons differ
+            return []
+        try:
+            validate(stack)  # VMs placed as they are now, checked as a whole (fixed IPs per network, ...)
+        except ValidationError as exc:
+            return exc.errors
+        self.stack = stack
+        return []
 
     def _found(self, observed: dict[str, HostState]) -> dict[str, str]:
         """VM name -> the host where this stack's VM of that name is (in host order)."""

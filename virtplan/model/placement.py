@@ -422,7 +422,7 @@ def _vm_on(vm: VM, host: Host, on: On, reason: str | None) -> VM:
                 else n for n in vm.nics]  # fmt: skip
     out.kernel = _volume(on(vm.kernel, host)) if isinstance(vm.kernel, Volume) else vm.kernel
     out.initrd = _volume(on(vm.initrd, host)) if isinstance(vm.initrd, Volume) else vm.initrd
-    out.placed = reason
+    out.placement, out.placed = None, reason  # placed: the stack as written keeps the placement
     return out
 
 
