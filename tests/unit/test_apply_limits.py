@@ -136,3 +136,31 @@ def test_the_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
         executor.default_limit()
     monkeypatch.delenv("VIRTPLAN_PARALLEL")
     assert executor.default_limit() == executor.DEFAULT_LIMIT == 32
+
+
+def test_connections_opened_early_are_handed_over_once_or_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Opening` (commands that read every host): each host's connection is taken once, for
+    its URI; one opened for another URI (a --host override) or never taken is closed."""
+    from virtplan.hosts import connection
+
+    opened: list[Any] = []
+
+    class Conn:
+        def __init__(self, uri: str) -> None:
+            self.uri, self.closed = uri, False
+            opened.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(connection, "connect", lambda uri, host="": Conn(uri))
+    early = connection.Opening([("a", "test:///a"), ("b", "test:///b"), ("c", "test:///c")])
+    conn = early.take("a", "test:///a")
+    assert isinstance(conn, Conn) and conn.uri == "test:///a"
+    assert early.take("a", "test:///a") is None  # handed over once
+    assert early.take("b", "test:///other") is None  # opened for another URI: not this one
+    early.close()
+    deadline = time.monotonic() + 5
+    while not all(c.closed for c in opened if c.uri != "test:///a") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted((c.uri, c.closed) for c in opened) == [("test:///a", False), ("test:///b", True), ("test:///c", True)]
