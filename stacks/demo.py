@@ -9,8 +9,11 @@ inside each guest that the network and the seed work. `VIRTPLAN_URI` (or
 
 import os
 
-from virtplan import NIC, VM, CloudInit, Host, Network, Pool, Volume
+from virtplan import NIC, VM, CloudInit, Host, Network, Pool, Volume, name_stack
 from virtplan_lab.probe import build_probe
+
+# The stack's identity on its hosts: "virtplan/demo" (the project comes from Pulumi.yaml).
+name_stack("demo")
 
 # VIRTPLAN_DEMO_GUESTS=none declares the VMs without a guest OS or seed (blank disks only),
 # for libvirt's in-process test driver, which can neither upload images nor boot anything.

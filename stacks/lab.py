@@ -12,7 +12,10 @@ Point the hosts somewhere else without editing: --host kvm1=URI --host kvm2=URI.
 import os
 from pathlib import Path
 
-from virtplan import NIC, VM, CloudInit, Disk, Host, Network, Pool, Volume
+from virtplan import NIC, VM, CloudInit, Disk, Host, Network, Pool, Volume, name_stack
+
+# The stack's identity on its hosts: "virtplan/lab" (the project comes from Pulumi.yaml).
+name_stack("lab")
 
 IMAGE = Path(os.environ.get("VIRTPLAN_LAB_IMAGE", Path(__file__).parent / "images" / "base.qcow2"))
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn0s7+0lBtqv0HkzX6BnnRy3L4nq1m3lBjw3Yx2vOps ops@lab"

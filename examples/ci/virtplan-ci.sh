@@ -13,10 +13,10 @@
 #       Applies every OUT/*.plan.json exactly as reviewed. A plan is refused if the stack
 #       file or the hosts changed since it was made ("stale plan ...; run plan again").
 #
-# Environment: VIRTPLAN, the command to run (default: virtplan); VIRTPLAN_STATE_DIR, a
-# persistent folder shared by the plan and apply jobs (virtplan's record of the pools and
-# volumes it owns); VIRTPLAN_LOCK_TIMEOUT, seconds apply waits for a concurrent apply
-# (default 600). Run it from the repository root: plans name their stack files relative to it.
+# Environment: VIRTPLAN, the command to run (default: virtplan); VIRTPLAN_LOCK_TIMEOUT,
+# seconds apply waits for a concurrent apply (default 600). Nothing else has to survive
+# between the jobs but OUT: virtplan keeps its records and locks on the hosts. Run it from
+# the repository root: plans name their stack files relative to it.
 set -uo pipefail
 
 VIRTPLAN=${VIRTPLAN:-virtplan}

@@ -87,9 +87,14 @@ def test_workflows_run_these_commands():
     steps = {job: "\n".join(s.get("run", "") for s in spec["steps"]) for job, spec in github["jobs"].items()}
     assert "examples/ci/virtplan-ci.sh plan out stacks/*.py" in steps["plan"]
     assert "gh pr comment" in steps["plan"] and "out/plan.md" in steps["plan"]
-    assert 'examples/ci/virtplan-ci.sh apply "$PLANS/pr-' in steps["apply"]
+    assert 'examples/ci/virtplan-ci.sh apply "$PLANS"' in steps["apply"] and "gh run download" in steps["apply"]
     assert github["jobs"]["apply"]["concurrency"] == "virtplan-apply"
+    # any runner: nothing but the plan artifact travels between the jobs
+    assert all(spec["runs-on"] == "ubuntu-latest" for spec in github["jobs"].values())
+    assert "VIRTPLAN_STATE_DIR" not in (REPO / "examples" / "ci" / "github-actions.yml").read_text()
     gitlab = yaml.safe_load((REPO / "examples" / "ci" / "gitlab-ci.yml").read_text())
     assert any("virtplan-ci.sh plan out stacks/*.py" in line for line in gitlab["virtplan-plan"]["script"])
-    assert any("virtplan-ci.sh apply" in line for line in gitlab["virtplan-apply"]["script"])
+    assert any("virtplan-ci.sh apply reviewed/out" in str(line) for line in gitlab["virtplan-apply"]["script"])
+    assert any("jobs/artifacts" in str(line) for line in gitlab["virtplan-apply"]["script"])
+    assert "tags" not in gitlab["virtplan-plan"] and "VIRTPLAN_STATE_DIR" not in str(gitlab)
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)

@@ -49,7 +49,7 @@ def stack_outputs() -> dict[str, Any]:
 @pulumi.runtime.test
 def test_demo_registers_one_dynamic_resource_per_declared_resource(program: Any, checks: Any) -> pulumi.Output:
     config = demo_config()
-    hosts = dict(item.split("=", 1) for item in config["virtplan:hosts"])
+    hosts = {"local": "qemu:///system"}  # the stack file's (no override configured)
     expected = load_stack(REPO / "stacks" / "demo.py", hosts)
     run = program(config, stack="demo")
 
@@ -63,7 +63,7 @@ def test_demo_registers_one_dynamic_resource_per_declared_resource(program: Any,
             reg = run.one(DYNAMIC + TYPES[r.kind], f"{r.host.name}/{r.key}")  # type: ignore[union-attr]
             deps = {run.urn(DYNAMIC + TYPES[d.kind], f"{d.host.name}/{d.key}") for d in r.dependencies()}  # type: ignore[union-attr]
             assert set(reg.dependencies) == deps, r.address
-            assert reg.plain["stack"] == "demo"
+            assert (reg.plain["project"], reg.plain["stack"]) == ("virtplan", "demo")
             assert reg.plain["host"] == {"name": "local", "uri": hosts["local"], "domainType": "qemu", "workers": 4.0}
 
     return checks.on(run.settled(check), lambda _: None, "registrations")
@@ -234,6 +234,34 @@ def test_invalid_stack_registers_nothing(program: Any, tmp_path: Path) -> None:
     )
     with pytest.raises(pulumi.RunError, match=r"(?s)h/vm/x: memory: .*h/vm/y: vcpus"):
         program({"virtplan:program": str(bad)}, stack="dev")
+
+
+@pytest.mark.parametrize(
+    ("env_uri", "configured", "expected"),
+    [
+        (None, None, "qemu:///system"),  # the stack file's URI
+        ("qemu:///session", None, "qemu:///session"),  # VIRTPLAN_URI overrides the stack's default host
+        ("qemu:///session", "local=test:///default", "test:///default"),  # virtplan:hosts overrides both
+    ],
+)
+@pulumi.runtime.test
+def test_host_uri_precedence(
+    program: Any, checks: Any, monkeypatch: pytest.MonkeyPatch, env_uri: str | None, configured: str | None,
+    expected: str,
+) -> pulumi.Output:  # fmt: skip
+    if env_uri is None:
+        monkeypatch.delenv("VIRTPLAN_URI", raising=False)
+    else:
+        monkeypatch.setenv("VIRTPLAN_URI", env_uri)
+    config = demo_config()
+    if configured is not None:
+        config["virtplan:hosts"] = [configured]
+    run = program(config, stack="demo")
+
+    def check() -> None:
+        assert {r.plain["host"]["uri"] for r in run.all(DYNAMIC)} == {expected}
+
+    return checks.on(run.settled(check), lambda _: None, "host uri")
 
 
 def test_placed_vms_are_refused_and_objects_on_several_hosts_registered_per_host(tmp_path: Path) -> None:

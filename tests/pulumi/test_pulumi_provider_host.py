@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,7 @@ from virtplan.pulumi.session import ProviderError
 from virtplan_lab.testbed import PrivateHost
 
 MiB = 1024**2
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Lab:
@@ -326,4 +329,58 @@ def test_a_volume_others_back_onto_is_protected_from_pulumi_too(
         assert pool.storageVolLookupByName("t7-1.qcow2").info()[1] == 64 * MiB  # neither grown nor deleted
     finally:
         lab.virsh("vol-delete", "--pool", "t7-pool", overlay.name)
+        lab.delete_all()
+
+
+ELSEWHERE = """
+import base64, json, sys
+import dill
+from pulumi.dynamic.dynamic import serialize_provider
+from virtplan.pulumi.provider import VirtplanProvider
+args = json.loads(sys.stdin.read())
+provider = dill.loads(base64.b64decode(serialize_provider(VirtplanProvider(args["kind"]))))
+if args["call"] == "read":
+    result = provider.read(args["id"], args["props"])
+    print(json.dumps({"id": result.id, "outs": result.outs}))
+elif args["call"] == "diff":
+    result = provider.diff(args["id"], args["props"], args["news"])
+    print(json.dumps({"changes": result.changes}))
+else:
+    print(json.dumps({"outs": provider.update(args["id"], args["props"], args["news"]).outs}))
+"""
+
+
+def elsewhere(tmp_path: Path, who: str, **args: Any) -> dict[str, Any]:
+    """A provider call from another machine's process: its own HOME and working folder."""
+    home = tmp_path / f"home-{who}"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", ELSEWHERE], input=json.dumps(args), capture_output=True, text=True,
+                          env=env, cwd=home, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_two_pulumi_processes_on_two_machines_see_the_same_ownership(
+    private_host: PrivateHost, tmp_path: Path, conn: Any
+) -> None:
+    """Two teammates sharing a Pulumi backend: providers carry no local path, so a provider
+    process anywhere reads ownership and baselines from the host."""
+    lab = Lab(private_host, tmp_path, "t8", 128)
+    lab.create()
+    try:
+        vm_id, vm = lab.addresses["vm"], lab.outs["vm"]
+        seen = elsewhere(tmp_path, "bob", kind="vm", call="read", id=vm_id, props=vm)
+        assert seen["id"] == vm_id and seen["outs"]["uuid"] == vm["uuid"]  # bob's refresh keeps it
+        assert elsewhere(tmp_path, "bob", kind="vm", call="diff", id=vm_id, props=vm, news=lab.inputs["vm"]) == {
+            "changes": False
+        }
+        news = lab.changed("vm", memory="96MiB")
+        outs = elsewhere(tmp_path, "bob", kind="vm", call="update", id=vm_id, props=vm, news=news)["outs"]
+        assert outs["observed"]["memory"] == 96 * MiB
+        # alice, in her own process, sees bob's change as the applied state, not as drift
+        mine = lab.providers["vm"].read(vm_id, outs)
+        assert mine.id == vm_id and mine.outs["observed"]["memory"] == 96 * MiB  # type: ignore[index]
+        assert lab.providers["vm"].diff(vm_id, outs, news).changes is False
+        lab.outs["vm"] = outs
+    finally:
         lab.delete_all()
