@@ -14,6 +14,7 @@ from virtplan.model import (
     Graphics,
     Host,
     Network,
+    Placement,
     Pool,
     Secret,
     Snapshot,
@@ -26,6 +27,6 @@ from virtplan.model import (
 )
 
 __all__ = [
-    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",
+    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Placement", "Pool", "Secret", "Snapshot", "Stack",
     "Volume", "__version__", "current_stack", "load_stack", "name_stack", "use_templates",
 ]  # fmt: skip

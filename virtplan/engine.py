@@ -12,15 +12,14 @@ import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtplan.apply.executor import ApplyReport, Control, ProgressFn, apply_plan
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
-from virtplan.hosts.connection import connect
+from virtplan.hosts.connection import Opening, connect
 from virtplan.hosts.ledger import HostLedger, store_for
 from virtplan.hosts.locks import HostLocks
 from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate
@@ -34,22 +33,30 @@ from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
 if TYPE_CHECKING:
+    from virtplan.apply.executor import ApplyReport, Control, ProgressFn
     from virtplan.plan.drift import DriftReport
 
 
 @dataclass
 class Observation:
-    """Observed hosts plus the renderer that knows their facts and kept identities."""
+    """Observed hosts plus the renderer that knows their facts and kept identities.
+
+    `unreachable` (host name -> one line naming the host, its URI and the cause) is filled
+    only by `observe(keep_going=True)`: those hosts are missing from `hosts`."""
 
     hosts: dict[str, HostState]
     renderer: Renderer
+    unreachable: dict[str, str] = field(default_factory=dict)
+    #: Placed VMs that fit nowhere now that their hosts were read (refused when planning).
+    placement_errors: list[FieldError] = field(default_factory=list)
 
 
 class Engine:
     """Runs one stack against its hosts."""
 
-    def __init__(self, stack: Stack, store: Records | None = None):
+    def __init__(self, stack: Stack, store: Records | None = None, opening: Opening | None = None):
         self.stack = stack
+        self._opening = opening  # connections already being opened (see virtplan.hosts.connection.Opening)
         self.host_records = HostRecords(stack.key, self._ledger)
         self.store: Records = store if store is not None else self.host_records
         self.legacy = legacy_file(stack) if store is None else None
@@ -57,6 +64,7 @@ class Engine:
             self.store = Overlay(self.host_records, legacy_records(self.legacy))
         self._conns: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
         self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
 
@@ -69,16 +77,31 @@ class Engine:
     def close(self) -> None:
         with contextlib.suppress(OSError):  # the cache is disposable; never fail on it
             self.cache.save()
+        if self._opening is not None:
+            self._opening.close()
         for conn in self._conns.values():
             with contextlib.suppress(Exception):
                 conn.close()
         self._conns.clear()
 
     def connection(self, host: str) -> Any:
+        """The host's connection, opened on first use. Hosts connect in parallel (a lock per
+        host): over qemu+ssh each connection costs a few hundred milliseconds."""
         with self._lock:
-            if host not in self._conns:
-                self._conns[host] = connect(self.stack.host(host).uri, host)
-            return self._conns[host]
+            if host in self._conns:
+                return self._conns[host]
+            lock = self._host_locks.setdefault(host, threading.Lock())
+        with lock:
+            with self._lock:
+                if host in self._conns:
+                    return self._conns[host]
+            uri = self.stack.host(host).uri
+            conn = self._opening.take(host, uri) if self._opening is not None else None
+            if conn is None:
+                conn = connect(uri, host)
+            with self._lock:
+                self._conns[host] = conn
+            return conn
 
     def _ledger(self, uri: str) -> HostLedger:
         """This stack's ledger on the host at `uri` (see virtplan.hosts.ledger)."""
@@ -102,12 +125,25 @@ class Engine:
             wanted.setdefault(record.get("kind", kind), set()).add(key)
         return wanted
 
-    def observe(self) -> Observation:
-        """Read every host of the stack (in parallel) and build the renderer for them."""
+    def observe(self, keep_going: bool = False) -> Observation:
+        """Read every host of the stack (in parallel) and build the renderer for them.
+
+        With `keep_going`, a host that cannot be reached (or fails while being read) is
+        left out and named in `Observation.unreachable` instead of failing the whole read."""
         hosts = self.stack.hosts
         keys: dict[str, bytes] = {}
+        unreachable: dict[str, str] = {}
 
-        def read(host_name: str) -> HostState:
+        def read(host_name: str) -> HostState | None:
+            if not keep_going:
+                return read_host(host_name)
+            try:
+                return read_host(host_name)
+            except Exception as exc:  # one line per host; the others are still read
+                unreachable[host_name] = _unreachable_line(self.stack.host(host_name), exc)
+                return None
+
+        def read_host(host_name: str) -> HostState:
             host = self.stack.host(host_name)
             key = self.host_records.secret_key(host.uri)
             if key is not None:
@@ -130,10 +166,48 @@ class Engine:
         else:
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 states = list(pool.map(read, [h.name for h in hosts]))
-        observed = {s.name: s for s in states}
+        observed = {s.name: s for s in states if s is not None}
+        problems = self._place(observed)
         renderer = self.renderer_for(observed, keys)
         _recognise_legacy_seeds(self.stack, observed, renderer)
-        return Observation(observed, renderer)
+        return Observation(observed, renderer, dict(sorted(unreachable.items())), problems)
+
+    def _place(self, observed: dict[str, HostState]) -> list[FieldError]:
+        """Place the stack's VMs again now that the hosts are known: a placed VM stays on
+        the host where this stack's VM of its name is (`virtplan.model.placement`). The
+        engine's stack becomes that concrete stack."""
+        from virtplan.errors import ValidationError
+        from virtplan.model.placement import concrete
+        from virtplan.model.validate import validate
+
+        declared = self.stack.as_written
+        if declared is self.stack or not any(vm.placement is not None for vm in declared.vms):
+            return []  # nothing placed: the stack is the same whatever the hosts hold
+        stack, problems = concrete(declared, self._found(observed))
+        if problems:
+            return problems
+        now = {vm.name: vm.host.name if vm.host else None for vm in self.stack.vms}
+        if all(now.get(vm.name) == (vm.host.name if vm.host else None) for vm in stack.vms):
+            self.stack = stack  # the same places: already validated, only the reasons differ
+            return []
+        try:
+            validate(stack)  # VMs placed as they are now, checked as a whole (fixed IPs per network, ...)
+        except ValidationError as exc:
+            return exc.errors
+        self.stack = stack
+        return []
+
+    def _found(self, observed: dict[str, HostState]) -> dict[str, str]:
+        """VM name -> the host where this stack's VM of that name is (in host order)."""
+        from virtplan.plan.ownership import mark_key
+
+        found: dict[str, str] = {}
+        for host in self.stack.hosts:
+            state = observed.get(host.name)
+            for obj in state.of_kind("vm") if state is not None else []:
+                if obj.owner is not None and mark_key(obj.owner) == self.stack.key:
+                    found.setdefault(obj.key, host.name)
+        return found
 
     def renderer_for(self, observed: dict[str, HostState], keys: dict[str, bytes] | None = None) -> Renderer:
         """The renderer for the observed hosts: the identities existing objects keep, and the
@@ -149,6 +223,15 @@ class Engine:
                 old = f"{r.host.name}/{r.kind}/{r.renamed_from}"
                 if old in identities:
                     identities[r.address] = identities[old]
+        declared = self.stack.by_address()
+        for vm in self.stack.vms:  # a VM that moves keeps its UUID and MACs on its new host
+            if vm.address in identities or vm.host is None or vm.host.name not in observed:
+                continue
+            for host in observed.values():
+                moved = f"{host.name}/vm/{vm.name}"
+                if moved in identities and moved not in declared:
+                    identities[vm.address] = identities[moved]
+                    break
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities, keys)
 
     def ensure_keys(self, renderer: Renderer, hosts: Iterable[str]) -> None:
@@ -203,14 +286,17 @@ class Engine:
         addresses and what they wait for; `replace` (`--replace`) replaces those objects.
         The guards run on what is kept."""
         observation = observation or self.observe()
+        if observation.placement_errors:
+            raise PlanError(observation.placement_errors)
         namesakes = self._namesakes(observation)
         if namesakes:
             raise PlanError(namesakes)
         unable = self._host_problems(observation) if not destroy else []
         if unable:
             raise PlanError(unable)
+        unknown = self._unknown_places(observation)
         plan = make_plan(scope or self.stack, observation.renderer, observation.hosts, self.store, destroy=destroy,
-                         replace=replace, targets=targets)  # fmt: skip
+                         replace=replace, targets=targets, unknown_vms=unknown)  # fmt: skip
         if only is not None:
             plan.changes = [c for c in plan.changes if c.address == only]
         protected = check_plan(plan, observation.hosts, self.connection)  # base images others build on
@@ -228,6 +314,15 @@ class Engine:
             for name, state in observation.hosts.items()
             for problem in host_problems(self.connection(name), self.stack, name, state.facts)
         ]
+
+    def _unknown_places(self, observation: Observation) -> set[str]:
+        """Placed VMs one of whose hosts was not read: where they are cannot be known."""
+        if not observation.unreachable:
+            return set()
+        return {
+            vm.name for vm in self.stack.as_written.vms
+            if vm.placement is not None and set(vm.placement.names) & set(observation.unreachable)
+        }  # fmt: skip
 
     def _namesakes(self, observation: Observation) -> list[FieldError]:
         """Another stack with this stack's name on one of its hosts (another project, or
@@ -283,18 +378,24 @@ class Engine:
         *,
         bookkeeping: bool = True,
         control: Control | None = None,
+        limit: int | None = None,
     ) -> ApplyReport:
-        """Apply `plan` (raises ApplyError with the report on failure). After a complete
-        apply of the whole stack (`bookkeeping`), records what was applied: the baseline
-        drift compares against, and forgets objects deleted outside virtplan that the stack
-        no longer declares. An empty plan only does that bookkeeping. `control` lets the
-        caller stop the apply (`Control.interrupt`, the CLI's Ctrl-C)."""
+        """Apply `plan` (raises ApplyError with the report on failure), at most `limit`
+        changes at once over all hosts (default: `virtplan.apply.executor.default_limit()`)
+        and each host's `workers` on it. After a complete apply of the whole stack
+        (`bookkeeping`), records what was applied: the baseline drift compares against, and
+        forgets objects deleted outside virtplan that the stack no longer declares. An empty
+        plan only does that bookkeeping. `control` lets the caller stop the apply
+        (`Control.interrupt`, the CLI's Ctrl-C)."""
+        from virtplan.apply.executor import ApplyReport, apply_plan  # not needed to plan: imported here
+
         report = ApplyReport()
         if plan.changes:
             self.ensure_keys(observation.renderer, _hosts_with_secrets(self.stack, plan))
-            conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
+            names = {c.host for c in plan.changes} | {c.move["source"] for c in plan.changes if c.move}
+            conns = {name: self.connection(name) for name in sorted(names)}
             report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress,
-                                control)  # fmt: skip
+                                control, limit)  # fmt: skip
         if self._locks is not None:
             self._locks.check()
         if bookkeeping and not plan.targets:  # a targeted apply leaves the rest as it is
@@ -440,6 +541,16 @@ def _recognise_legacy_seeds(stack: Stack, observed: dict[str, HostState], render
                 obj.spec["cloud_init"] = renderer.seed_digest(vm)
         except ValueError:
             continue  # reported by the planner
+
+
+def _unreachable_line(host: Any, exc: BaseException) -> str:
+    """One line naming the host, its URI and what went wrong."""
+    from virtplan.errors import ConnectionFailed
+
+    if isinstance(exc, ConnectionFailed):
+        return str(exc)  # already "cannot connect to host 'h' at URI: cause: detail"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"cannot read host {host.name!r} at {host.uri}: {text}"
 
 
 def _origin(stack: Stack) -> str:

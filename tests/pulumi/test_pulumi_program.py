@@ -262,3 +262,24 @@ def test_host_uri_precedence(
         assert {r.plain["host"]["uri"] for r in run.all(DYNAMIC)} == {expected}
 
     return checks.on(run.settled(check), lambda _: None, "host uri")
+
+
+def test_placed_vms_are_refused_and_objects_on_several_hosts_registered_per_host(tmp_path: Path) -> None:
+    from virtplan.errors import VirtplanError
+    from virtplan.pulumi.program import refuse_placement
+
+    program = tmp_path / "spread.py"
+    program.write_text(
+        "from virtplan import VM, Host, Network\n"
+        "hosts = [Host(f'h{i}', uri='test:///default', memory='1GiB', vcpus=2) for i in (1, 2)]\n"
+        "net = Network('n', host=hosts, cidr='10.9.0.0/24')\n"
+        "VM('pinned', host=hosts[1], nics=[net])\n"
+    )
+    stack = load_stack(program)
+    refuse_placement(stack)  # replicas are plain per-host objects to Pulumi
+    assert [r.address for r in stack.managed()] == ["h1/network/n", "h2/network/n", "h2/vm/pinned"]
+    program.write_text(program.read_text() + "VM('anywhere', host=hosts)\n")
+    with pytest.raises(
+        VirtplanError, match=r"VM anywhere: placement \(host=\[\.\.\.\]\) is not supported under Pulumi"
+    ):
+        refuse_placement(load_stack(program))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import virtplan
 
 PUBLIC = [
-    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Pool", "Secret", "Snapshot", "Stack",
+    "NIC", "VM", "CloudInit", "Disk", "Graphics", "Host", "Network", "Placement", "Pool", "Secret", "Snapshot", "Stack",
     "Volume", "__version__", "current_stack", "load_stack", "name_stack", "use_templates",
 ]  # fmt: skip
 

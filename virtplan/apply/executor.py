@@ -1,11 +1,14 @@
 """Execute a plan through libvirt.
 
-Hosts are applied in parallel, each with a bounded pool of workers; a change starts once
-the changes it depends on are done, and is carried out by running the operations of its
-step (`virtplan.apply.steps`, which `plan --commands` prints). At most `workers` changes
-of a host are started at a time, so that a stop is immediate: after the first failure (on
-any host), an interrupt (`Control.interrupt`, Ctrl-C in the CLI) or a lost connection,
-the changes in flight finish and nothing new starts. The report has one outcome per
+Hosts are applied in parallel, each with a bounded pool of workers (`Host(workers=)`),
+and at most `limit` changes run at once over all hosts (the global limit: `apply
+--parallel`, default `DEFAULT_LIMIT`). A change starts once the changes it depends on are
+done, on its host or on another (a pool emptied by a migration waits for it), and is
+carried out by running the operations of its step (`virtplan.apply.steps`, which
+`plan --commands` prints). At most `workers` changes of a host are started at a time, so
+that a stop is immediate: after the first failure (on any host), an interrupt
+(`Control.interrupt`, Ctrl-C in the CLI) or a lost connection, the changes in flight
+finish and nothing new starts. The report has one outcome per
 planned change: done, failed or not started. Every step is idempotent with respect to a
 fresh plan: after a crash, planning again sees what exists (pools and volumes are
 recorded before they are created) and converges.
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,26 @@ ProgressFn = Callable[[str, ResourceChange, str | None], None]
 DONE, FAILED, NOT_STARTED = "done", "failed", "not started"
 #: How often a scheduler looks at the stop flag while changes are in flight.
 _TICK = 0.1
+
+
+#: Changes in flight over all hosts at once unless told otherwise: each host is bounded by
+#: its own workers; this bounds what one apply asks of this machine and its connections.
+DEFAULT_LIMIT = 32
+LIMIT_ENV = "VIRTPLAN_PARALLEL"
+
+
+def default_limit() -> int:
+    """$VIRTPLAN_PARALLEL if set (a positive whole number), else DEFAULT_LIMIT."""
+    import os
+
+    from virtplan.errors import VirtplanError
+
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or int(text) < 1:
+        raise VirtplanError(f"{LIMIT_ENV}={text!r}: write a whole number of changes, 1 or more")
+    return int(text)
 
 
 def what(change: ResourceChange) -> str:
@@ -115,11 +138,54 @@ class Control:
             self.in_flight.pop(change.address, None)
 
 
+class Board:
+    """What the host appliers share to schedule: the changes finished or given up on every
+    host (so a change can wait for one on another host) and the global limit on changes in
+    flight."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.slots = threading.BoundedSemaphore(limit)
+        self.changed = threading.Condition()
+        self.done: set[str] = set()
+        self.given_up: set[str] = set()  # failed, or not started
+        self.in_flight = 0
+        self.most_in_flight = 0  # the largest number of changes that ran at once
+
+    def finished(self, address: str, ok: bool) -> None:
+        with self.changed:
+            (self.done if ok else self.given_up).add(address)
+            self.changed.notify_all()
+
+    def gave_up(self, addresses: list[str]) -> None:
+        with self.changed:
+            self.given_up.update(addresses)
+            self.changed.notify_all()
+
+    def wait(self, seconds: float) -> None:
+        with self.changed:
+            self.changed.wait(seconds)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of the global limit's slots, held while a change runs."""
+        with self.slots:
+            with self.changed:
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                yield
+            finally:
+                with self.changed:
+                    self.in_flight -= 1
+
+
 @dataclass
 class ApplyReport:
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
     lost: list[LostHost] = field(default_factory=list)
+    most_in_flight: int = 0  # the most changes that ran at once, over all hosts
 
     @property
     def ok(self) -> bool:
@@ -151,28 +217,34 @@ def apply_plan(
     connections: dict[str, Any],
     progress: ProgressFn | None = None,
     control: Control | None = None,
+    limit: int | None = None,
 ) -> ApplyReport:
-    """Apply every change of `plan`; raise ApplyError (with the report) unless all are done:
-    ApplyInterrupted after `control.interrupt()`, HostLost when a connection broke."""
+    """Apply every change of `plan`, at most `limit` at once over all hosts (default:
+    `default_limit()`); raise ApplyError (with the report) unless all are done:
+    ApplyInterrupted after `control.interrupt()`, HostLost when a connection broke.
+    `connections` holds every host a change runs on or moves a VM from."""
     control = control or Control()
     control.total = len(plan.changes)
     report = ApplyReport()
     lock = threading.Lock()
     hosts = [h for h in stack.hosts if plan.for_host(h.name)]
+    board = Board(limit if limit is not None else default_limit())
+    everywhere = {c.address for c in plan.changes}
 
     def run_host(name: str, uri: str, workers: int) -> None:
         changes = plan.for_host(name)
         applier: HostApplier | None = None
         try:
-            context = Context.at(stack, renderer, observed[name], store, plan)
-            applier = HostApplier(connections[name], context, control)
-            outcomes = applier.run(changes, workers, progress)
+            context = Context.at(stack, renderer, observed[name], store, plan, observed)
+            applier = HostApplier(connections[name], context, control, board, connections)
+            outcomes = applier.run(changes, workers, progress, everywhere)
         except BaseException as exc:  # a bug or a dead connection outside any change: no outcome may be lost
             control.stop("failed")
             message = _error_text(exc)
             outcomes = list(applier.outcomes) if applier is not None else []
             seen = {o.address for o in outcomes}
             outcomes += [Outcome(c.address, c.action.value, FAILED, message) for c in changes if c.address not in seen]
+            board.gave_up([c.address for c in changes])  # never leave the other hosts waiting for this one
         with lock:
             report.outcomes.extend(outcomes)
 
@@ -188,6 +260,7 @@ def apply_plan(
     order = {c.address: i for i, c in enumerate(plan.changes)}
     report.outcomes.sort(key=lambda o: order.get(o.address, len(order)))
     report.interrupted, report.lost = control.interrupted, list(control.lost)
+    report.most_in_flight = board.most_in_flight
     if report.lost:
         raise HostLost(lost_message(report), report)
     if report.interrupted:
@@ -216,10 +289,19 @@ class HostApplier:
     """Applies the changes of one host over one libvirt connection, and keeps what the run
     learns across them (the specs applied, the host's backing map for the last guard)."""
 
-    def __init__(self, conn: Any, context: Context, control: Control | None = None):
+    def __init__(
+        self,
+        conn: Any,
+        context: Context,
+        control: Control | None = None,
+        board: Board | None = None,
+        peers: dict[str, Any] | None = None,
+    ):
         self.conn, self.context = conn, context
         self.host, self.store = context.host, context.store
         self.control = control or Control()
+        self.board = board if board is not None else Board(default_limit())
+        self.peers = peers or {}
         self.applied: dict[str, dict[str, Any]] = {}  # address -> {"applied": spec}, written by run()
         self._applied_lock = threading.Lock()
         self._written: set[str] = set()
@@ -228,28 +310,45 @@ class HostApplier:
         self.control._appliers.append(self)
 
     # -- scheduling -------------------------------------------------------------------
-    def run(self, changes: list[ResourceChange], workers: int, progress: ProgressFn | None) -> list[Outcome]:
-        """Start each change once its dependencies are done, at most `workers` at a time;
-        once the control says stop, only finish what is in flight."""
+    def run(
+        self,
+        changes: list[ResourceChange],
+        workers: int,
+        progress: ProgressFn | None,
+        in_plan: set[str] | None = None,
+    ) -> list[Outcome]:
+        """Start each of `changes` (this host's) once what it depends on in the plan
+        (`in_plan`: every host's addresses; by default this host's) is done on whichever
+        host, at most `workers` at a time; once the control says stop, only finish what is
+        in flight."""
         self._progress = progress
-        in_plan = {c.address for c in changes}
+        in_plan = in_plan if in_plan is not None else {c.address for c in changes}
+        board = self.board
         pending = list(changes)
-        done: set[str] = set()
         outcomes = self.outcomes
+
+        def ready(change: ResourceChange) -> bool:
+            return all(d in board.done for d in change.depends_on if d in in_plan)
+
+        def blocked(change: ResourceChange) -> bool:  # waits for a change that will never be done
+            return any(d in board.given_up for d in change.depends_on if d in in_plan)
+
         running: dict[Future[None], tuple[ResourceChange, float]] = {}
         workers = max(1, workers)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"apply-{self.host.name}")
         try:
             while pending or running:
                 if not self.control.stopping:
-                    ready = [c for c in pending if all(d in done for d in c.depends_on if d in in_plan)]
-                    for change in ready[: workers - len(running)]:
+                    for change in [c for c in pending if ready(c)][: workers - len(running)]:
                         pending.remove(change)
                         self.control._started(change)
                         self._tell("start", change, None)
                         running[pool.submit(self.execute, change)] = (change, time.monotonic())
                 if not running:
-                    break  # stopped, or what is left waits for changes that did not run
+                    if self.control.stopping or not pending or all(blocked(c) for c in pending):
+                        break  # stopped, or what is left waits for changes that did not run
+                    board.wait(_TICK)  # for a change on another host
+                    continue
                 finished, _ = wait(running, timeout=_TICK, return_when=FIRST_COMPLETED)
                 for future in finished:
                     change, started = running.pop(future)
@@ -257,19 +356,21 @@ class HostApplier:
                     error = future.exception()
                     if error is None:
                         self.control._finished(change)
-                        done.add(change.address)
+                        board.finished(change.address, True)
                         outcomes.append(Outcome(change.address, change.action.value, DONE, None, seconds))
                         self._tell("done", change, None)
                         continue
                     if self._connection_lost(error):
                         self._lost(error, [change, *(c for c, _ in running.values())])
                     self.control._finished(change)
+                    board.finished(change.address, False)
                     self.control.stop("failed")
                     message = _error_text(error)
                     outcomes.append(Outcome(change.address, change.action.value, FAILED, message, seconds))
                     self._tell("failed", change, message)
         finally:
             pool.shutdown(wait=True)
+            board.gave_up([c.address for c in pending])
             outcomes += [Outcome(c.address, c.action.value, NOT_STARTED) for c in pending]
             with contextlib.suppress(Exception):  # a lost connection is reported as such
                 self.write_records()
@@ -306,13 +407,18 @@ class HostApplier:
     def execute(self, change: ResourceChange) -> None:
         """Run the operations of the change's step (virtplan.apply.steps), one after the other."""
         rt = Runtime(self.context, self, say=lambda text: self.say(change, text))
-        try:
-            for op in operations(change, self.context):
-                op.run(rt)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the undo must not hide why the change failed
-                rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
-            raise
+        with self.board.slot():
+            try:
+                for op in operations(change, self.context):
+                    op.run(rt)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the undo must not hide why the change failed
+                    rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
+                raise
+
+    def peer(self, host: str) -> Any:
+        """The connection to another host of the plan (the source of a VM moved here)."""
+        return self.peers[host]
 
     def say(self, change: ResourceChange, text: str) -> None:
         """An operation says what it waits for (a guest's shutdown, ...)."""

@@ -11,14 +11,16 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from virtplan.cli.options import (
     DebugOpt,
     HostOpt,
+    KeepGoingOpt,
     LockTimeoutOpt,
+    ParallelOpt,
     ReplaceOpt,
     Settings,
     StackArg,
@@ -26,6 +28,7 @@ from virtplan.cli.options import (
     check_format,
     open_engine,
     set_debug,
+    unreachable,
 )
 from virtplan.cli.output import (
     applied,
@@ -65,13 +68,20 @@ def plan(
     ] = False,
     target: TargetOpt = None,
     replace: ReplaceOpt = None,
+    keep_going: KeepGoingOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show what apply would change, and why. Changes nothing."""
     set_debug(debug)
     check_format(format, PLAN_FORMATS)
-    with open_engine(stack, host) as engine:
-        the_plan, observation = engine.plan(targets=target, replace=replace)
+    with open_engine(stack, host, connect_early=True) as engine:
+        the_plan, observation = engine.plan(
+            observation=engine.observe(keep_going=keep_going), targets=target, replace=replace
+        )
+        missing = observation.unreachable
+        unsaved = bool(missing and out is not None)
+        if unsaved:
+            out = None  # a plan without some hosts is for reading, never for applying
         report = engine.drift(observation)
         cmds = None
         if commands:
@@ -85,6 +95,8 @@ def plan(
             doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
                                 drift=report.to_list(), commands=cmds,
                                 unbound_hosts=set(the_plan.hosts) - set(observation.renderer.keys))  # fmt: skip
+            if missing:
+                doc["unreachable"] = dict(missing)  # these hosts' changes are not in it
     if out is not None and doc is not None:
         from virtplan.plan.planfile import write_plan
 
@@ -108,6 +120,13 @@ def plan(
     if out is not None:
         where = sys.stdout if format == "text" else sys.stderr
         print(f"Saved the plan to {out}; `virtplan apply {out}` applies exactly it.", file=where)
+    if missing:
+        unreachable(missing)
+        n = len(missing)
+        print(f"error: {n} host{'s' if n > 1 else ''} could not be read and {'are' if n > 1 else 'is'} not planned "
+              "(nor VMs that may be placed there); the plan shown is the other hosts'"
+              + ("; it was not saved" if unsaved else ""), file=sys.stderr)  # fmt: skip
+        raise typer.Exit(1)
     if detailed_exitcode and not the_plan.empty:
         raise typer.Exit(2)
 
@@ -123,6 +142,7 @@ def apply(
     lock_timeout: LockTimeoutOpt = 0.0,
     target: TargetOpt = None,
     replace: ReplaceOpt = None,
+    parallel: ParallelOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Plan, confirm, then apply through libvirt; or apply a saved plan exactly."""
@@ -134,10 +154,10 @@ def apply(
             raise StackLoadError(
                 "--host, --target and --replace cannot change a saved plan: it is applied exactly as it was made"
             )
-        _apply_saved(stack, allow_destroy, lock_timeout)
+        _apply_saved(stack, allow_destroy, lock_timeout, parallel)
         return
     _converge(stack, host, yes, allow_destroy, destroy=False, lock_timeout=lock_timeout, targets=target,
-              replace=replace)  # fmt: skip
+              replace=replace, parallel=parallel)  # fmt: skip
 
 
 @app.command()
@@ -150,18 +170,20 @@ def destroy(
     ] = False,
     lock_timeout: LockTimeoutOpt = 0.0,
     target: TargetOpt = None,
+    parallel: ParallelOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Delete everything this stack owns (and nothing else); with --target, only those
     objects and what must go before them."""
     set_debug(debug)
-    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout, targets=target)
+    _converge(stack, host, yes, allow_destroy, destroy=True, lock_timeout=lock_timeout, targets=target,
+              parallel=parallel)  # fmt: skip
 
 
 def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: bool, destroy: bool,
               lock_timeout: float, targets: list[str] | None = None,
-              replace: list[str] | None = None) -> None:  # fmt: skip
-    with open_engine(stack, host) as engine, engine.locked(lock_timeout, say_waiting) as notes:
+              replace: list[str] | None = None, parallel: int | None = None) -> None:  # fmt: skip
+    with open_engine(stack, host, connect_early=True) as engine, engine.locked(lock_timeout, say_waiting) as notes:
         print_notes(notes)
         the_plan, observation = engine.plan(destroy=destroy, targets=targets, replace=replace)
         left = engine.not_owned(observation) if destroy and not targets else []
@@ -177,14 +199,14 @@ def _converge(stack: Path, host: list[str] | None, yes: bool, allow_destroy: boo
             print_notes([f"left alone, not owned by this stack ({adopt}): {', '.join(left)}"])
         if not the_plan.empty:
             confirm(the_plan, yes, allow_destroy)
-            report = apply_with_progress(engine, the_plan, observation)
+            report = apply_with_progress(engine, the_plan, observation, parallel)
         else:
             engine.apply(the_plan, observation)  # bookkeeping only
     if not the_plan.empty:
         applied(report)
 
 
-def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
+def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float, parallel: int | None = None) -> None:
     """Apply a saved plan: refuse if stale, else apply exactly its changes (no prompt:
     the plan was reviewed; destructive changes still need --allow-destroy)."""
     from virtplan.engine import load_saved_plan, require_allowed
@@ -197,7 +219,7 @@ def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float) -> None:
         print_plan(the_plan)
         if not the_plan.empty:
             require_allowed(the_plan, allow_destroy, "Re-run with --allow-destroy.")
-        report = apply_with_progress(engine, the_plan, observation) if the_plan.changes else None
+        report = apply_with_progress(engine, the_plan, observation, parallel) if the_plan.changes else None
         if report is None:
             engine.apply(the_plan, observation)  # bookkeeping only
     if report is not None:
@@ -209,15 +231,24 @@ def show(
     stack: StackArg,
     host: HostOpt = None,
     format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+    keep_going: KeepGoingOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """What is deployed: per host, each owned object, its state, MACs and IPs."""
-    from virtplan.units import format_size
-
     set_debug(debug)
     check_format(format, ("text", "json"))
-    with open_engine(stack, host) as engine:
-        rows = engine.inventory()
+    with open_engine(stack, host, connect_early=True) as engine:
+        observation = engine.observe(keep_going=keep_going)
+        rows = engine.inventory(observation)
+    _show(rows, format)
+    if observation.unreachable:
+        unreachable(observation.unreachable)
+        raise typer.Exit(1)
+
+
+def _show(rows: list[dict[str, Any]], format: str) -> None:
+    from virtplan.units import format_size
+
     if format == "json":
         typer.echo(json.dumps(rows, indent=2))
         return

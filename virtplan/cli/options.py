@@ -35,6 +35,22 @@ ReplaceOpt = Annotated[
     list[str] | None,
     typer.Option("--replace", help="Replace this declared object (host/kind/name) even if it matches (repeatable)."),
 ]
+KeepGoingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-going",
+        help="Hosts that cannot be read get one error line each; the others are still shown (exit code 1).",
+    ),
+]
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel",
+        help="Changes applied at once over all hosts (default: $VIRTPLAN_PARALLEL, else 32); "
+        "each host also keeps to its own workers.",
+        min=1,
+    ),
+]
 LockTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -77,9 +93,27 @@ def host_overrides(hosts: list[str] | None) -> dict[str, str]:
     return pairs(hosts, "--host", "NAME=URI, e.g. --host local=qemu:///system")
 
 
-def open_engine(stack_file: Path, hosts: list[str] | None) -> Engine:
-    """Load and validate the stack (no host is contacted before it is valid), then its engine."""
-    from virtplan.engine import Engine
+def unreachable(lines: dict[str, str]) -> None:
+    """One error line per host that could not be read (`--keep-going`), on stderr."""
+    import sys
+
+    for line in lines.values():
+        print(f"error: {line}", file=sys.stderr)
+
+
+def open_engine(stack_file: Path, hosts: list[str] | None, connect_early: bool = False) -> Engine:
+    """Load and validate the stack (no host is contacted before it is valid), then its engine.
+
+    With `connect_early` (commands that read every host), the hosts' connections start
+    opening as soon as the stack is valid, while the rest of virtplan is imported."""
     from virtplan.model import load_stack
 
-    return Engine(load_stack(stack_file, host_overrides(hosts)))
+    stack = load_stack(stack_file, host_overrides(hosts))
+    opening = None
+    if connect_early:
+        from virtplan.hosts.connection import Opening
+
+        opening = Opening([(h.name, h.uri) for h in stack.hosts])
+    from virtplan.engine import Engine
+
+    return Engine(stack, opening=opening)

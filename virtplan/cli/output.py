@@ -73,10 +73,11 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
         raise ConfirmationRequired("not confirmed; nothing was applied.")
 
 
-def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
+def apply_with_progress(engine: Any, the_plan: Any, observation: Any, limit: int | None = None) -> Any:
     """engine.apply with a progress bar, a line per finished change and per wait, and
     Ctrl-C handled (see `interrupts`). Lines carrying libvirt's text are rich `Text`:
-    printed exactly as libvirt wrote them, never read as markup."""
+    printed exactly as libvirt wrote them, never read as markup. `limit` bounds the changes
+    in flight over all hosts (`--parallel`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
@@ -102,7 +103,7 @@ def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
                 bar.console.print(Text.assemble("  ", ("failed", "red"), "   ", what, ": ", text or ""))
 
         with interrupts(control):
-            return engine.apply(the_plan, observation, progress, control=control)
+            return engine.apply(the_plan, observation, progress, control=control, limit=limit)
 
 
 @contextlib.contextmanager

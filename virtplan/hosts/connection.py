@@ -87,6 +87,49 @@ def connect(uri: str, host: str = "", timeout: float | None = None) -> Any:
         raise ConnectionFailed(f"cannot connect to {label}: {explain(str(exc))}") from exc
 
 
+class Opening:
+    """Connections to a stack's hosts, opened in the background from now on, one thread
+    each, so that their handshakes (a few hundred milliseconds over ssh) overlap with what
+    the caller does meanwhile, such as importing the planner. `take` hands each one over
+    (raising its ConnectionFailed); `close` closes those never taken."""
+
+    def __init__(self, hosts: list[tuple[str, str]]):  # (name, URI)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[str, Any]] = {}
+        if not hosts:
+            return
+        pool = ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="connect")
+        for name, uri in hosts:
+            self._pending[name] = (uri, pool.submit(connect, uri, name))
+        pool.shutdown(wait=False)
+
+    def take(self, name: str, uri: str) -> Any | None:
+        """The connection opened for host `name` (None if none was, or for another URI)."""
+        with self._lock:
+            item = self._pending.pop(name, None)
+        if item is None:
+            return None
+        opened_uri, future = item
+        if opened_uri != uri:
+            future.add_done_callback(_close_result)
+            return None
+        return future.result()
+
+    def close(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for _, future in pending.values():
+            future.add_done_callback(_close_result)
+
+
+def _close_result(future: Any) -> None:
+    if future.exception() is None:
+        with contextlib.suppress(Exception):
+            future.result().close()
+
+
 def _open_within(uri: str, timeout: float) -> Any:
     """``libvirt.open(uri)``, or TimeoutError after ``timeout`` seconds.
 

@@ -13,7 +13,8 @@ GUEST = "GUEST"
 GUEST_ERROR = "GUEST-ERROR"
 GUEST_MEM = "GUEST-MEM"
 GUEST_POWEROFF = "GUEST-POWEROFF"
-TAGS = frozenset({GUEST, GUEST_ERROR, GUEST_MEM, GUEST_POWEROFF})
+GUEST_TICK = "GUEST-TICK"  # the probe guest counting, when asked to (`probe_tick: S` in user-data)
+TAGS = frozenset({GUEST, GUEST_ERROR, GUEST_MEM, GUEST_POWEROFF, GUEST_TICK})
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str]] | None:
@@ -43,4 +44,6 @@ def parse_guest_line(text: str) -> dict[str, str] | None:
     return found
 
 
-__all__ = ["GUEST", "GUEST_ERROR", "GUEST_MEM", "GUEST_POWEROFF", "TAGS", "parse_guest_line", "parse_line"]
+__all__ = [
+    "GUEST", "GUEST_ERROR", "GUEST_MEM", "GUEST_POWEROFF", "GUEST_TICK", "TAGS", "parse_guest_line", "parse_line",
+]  # fmt: skip

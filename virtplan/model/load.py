@@ -85,8 +85,7 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
         stack.project = project_of(file.resolve())
     apply_host_overrides(stack, host_uris or {})
     _anchor_sources(stack, file.resolve().parent)
-    validate(stack)
-    return stack
+    return validate(stack)  # the concrete stack (see virtplan.model.placement)
 
 
 def _anchor_sources(stack: Stack, folder: Path) -> None:

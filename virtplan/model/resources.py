@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -43,6 +43,9 @@ class Resource:
     #: the plan renames the object on the host instead of deleting and creating it, as
     #: Terraform's `moved` blocks or Pulumi's aliases. Inert once no object has that name.
     renamed_from: str | None = None
+    #: Networks and pools declared on several hosts (`host=[kvm1, kvm2]`) exist on each of
+    #: them; validation turns them into one object per host (`virtplan.model.placement`).
+    replicas: list[Host] | None = None
 
     def _register(self) -> None:
         register(self)
@@ -63,8 +66,20 @@ class Resource:
 
     @property
     def address(self) -> str:
-        host = self.host.name if isinstance(self.host, Host) else "?"
-        return f"{host}/{self.kind}/{self.key}"
+        return f"{self._where()}/{self.kind}/{self.key}"
+
+    def _where(self) -> str:
+        """The host part of the address: the host's name; "{kvm1,kvm2}" for an object
+        declared on several hosts (until validation gives each host its own); else "?"
+        (no host, or something that is not a Host: validation reports it)."""
+        if isinstance(self.host, Host):
+            return self.host.name
+        replicas = self.replicas
+        if replicas is None and isinstance(getattr(self, "pool", None), Resource):
+            replicas = self.pool.replicas  # type: ignore[attr-defined]
+        if replicas:
+            return "{" + ",".join(getattr(h, "name", "?") for h in replicas) + "}"
+        return "?"
 
     def dependencies(self) -> list[Resource]:
         """Resources that must exist before this one."""
@@ -81,6 +96,11 @@ class Host(Resource):
     cannot run guest kernels use "qemu". None means "kvm if the host offers it, else qemu".
     `records_pool`/`records_path` name the `dir` storage pool where virtplan keeps its
     records on this host (created on the first apply; see `virtplan.hosts.ledger`).
+
+    For placement (`VM(host=[kvm1, kvm2])`), a host declares the share of it this stack
+    may use: `memory` and `vcpus`, times `memory_overcommit` and `cpu_overcommit`. For
+    live migration, `migration_uri` is how the *other* hosts reach this one (libvirt's
+    peer-to-peer migration connects from the source host); by default its `uri`.
     """
 
     kind: ClassVar[str] = "host"
@@ -95,15 +115,35 @@ class Host(Resource):
         workers: int = 4,
         records_pool: str = "virtplan",
         records_path: str = "/var/lib/libvirt/virtplan",
+        memory: int | str | None = None,
+        vcpus: int | None = None,
+        memory_overcommit: float = 1.0,
+        cpu_overcommit: float = 1.0,
+        migration_uri: str | None = None,
     ):
         self.name, self.uri, self.domain_type, self.workers = name, uri, domain_type, workers
         self.records_pool, self.records_path = records_pool, records_path
+        self.memory, self.vcpus = memory, vcpus
+        self.memory_overcommit, self.cpu_overcommit = memory_overcommit, cpu_overcommit
+        self.migration_uri = migration_uri
         self._host = self
         self._register()
 
     @property
+    def peer_uri(self) -> str:
+        """The URI other hosts use to reach this one (live migration)."""
+        return self.migration_uri or self.uri
+
+    @property
     def address(self) -> str:
         return self.name
+
+
+def _one_or_many(host: object) -> tuple[Host | None, list[Host] | None]:
+    """`host=` as given: one host, or several (a list or tuple: the object is on each)."""
+    if isinstance(host, (list, tuple)):
+        return None, list(host)
+    return host, None  # type: ignore[return-value]  # anything else is for validation to judge
 
 
 def _derive_bridge(name: str) -> str:
@@ -128,7 +168,7 @@ class Network(Resource):
         self,
         name: str,
         *,
-        host: Host | None = None,
+        host: Host | Sequence[Host] | None = None,
         mode: str = "nat",
         cidr: str | None = None,
         gateway: str | None = None,
@@ -140,7 +180,8 @@ class Network(Resource):
         renamed_from: str | None = None,
         existing: bool = False,
     ):
-        self.name, self._host, self.mode, self.cidr = name, host, mode, cidr
+        self.name, self.mode, self.cidr = name, mode, cidr
+        self._host, self.replicas = _one_or_many(host)
         self.renamed_from = renamed_from
         self.gateway, self.dhcp, self.dhcp_range, self.domain = gateway, dhcp, dhcp_range, domain
         self.autostart, self.bridge, self.existing = autostart, bridge, existing
@@ -200,11 +241,12 @@ class Pool(Resource):
         name: str,
         *,
         path: str,
-        host: Host | None = None,
+        host: Host | Sequence[Host] | None = None,
         type: str = "dir",
         autostart: bool = True,
     ):
-        self.name, self.path, self._host, self.type, self.autostart = name, path, host, type, autostart
+        self.name, self.path, self.type, self.autostart = name, path, type, autostart
+        self._host, self.replicas = _one_or_many(host)
         self._register()
 
 
@@ -368,6 +410,25 @@ class Graphics:
         self.password = secret(self.password)
 
 
+@dataclass(eq=False)
+class Placement:
+    """Where a VM may run: one of `hosts`, chosen by the planner (`virtplan.model.placement`).
+
+    The planner keeps a VM on the host where it is found; a new VM (or one that no longer
+    fits where it is) goes to the candidate with the most free declared capacity (each
+    host's `memory` and `vcpus`, times its overcommit ratios). VMs that share an
+    `anti_affinity` group are placed on different hosts. `VM(host=[kvm1, kvm2])` is
+    `VM(host=Placement([kvm1, kvm2]))`.
+    """
+
+    hosts: Sequence[Host]
+    anti_affinity: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [getattr(h, "name", "?") for h in self.hosts]
+
+
 for _part in (Disk, NIC, CloudInit, Graphics):
     _part.__init__ = lenient(_part.__init__)  # type: ignore[method-assign]
 
@@ -392,7 +453,7 @@ class VM(Resource):
         self,
         name: str,
         *,
-        host: Host | None = None,
+        host: Host | Sequence[Host] | Placement | None = None,
         vcpus: int = 1,
         memory: int | str = "512MiB",
         max_vcpus: int | None = None,
@@ -416,7 +477,15 @@ class VM(Resource):
         console_log: bool = True,
         renamed_from: str | None = None,
     ):
-        self.name, self._host, self.vcpus, self.memory = name, host, vcpus, memory
+        self.name, self.vcpus, self.memory = name, vcpus, memory
+        self.placement: Placement | None = None
+        if isinstance(host, (list, tuple)):
+            host = Placement(list(host))
+        if isinstance(host, Placement):
+            self.placement, host = host, None
+        self._host = host  # type: ignore[assignment]  # anything else is for validation to judge
+        #: Why the VM is on its host, when a placement chose it (set by `virtplan.model.placement`).
+        self.placed: str | None = None
         self.renamed_from = renamed_from
         self.kernel, self.initrd, self.cmdline, self.console_log = kernel, initrd, cmdline, console_log
         self.max_vcpus, self.max_memory, self.machine, self.arch = max_vcpus, max_memory, machine, arch
@@ -431,6 +500,11 @@ class VM(Resource):
         self.description: str = normalise_newlines(description)  # type: ignore[assignment]
         self.shutdown_timeout, self.shutdown_on_delete = shutdown_timeout, shutdown_on_delete
         self._register()
+
+    def _where(self) -> str:
+        if self.host is None and self.placement is not None:  # not placed yet
+            return "{" + ",".join(self.placement.names) + "}"
+        return super()._where()
 
     def dependencies(self) -> list[Resource]:
         """The resources this VM uses (only well-formed references; validation reports the rest)."""

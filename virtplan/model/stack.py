@@ -25,6 +25,13 @@ class Stack:
         self.resources: list[Resource] = []
         self.template_dir: Path | None = None
         self.source_hash = ""
+        #: The stack as written, when this one is its concrete form (see virtplan.model.placement).
+        self.declared: Stack | None = None
+
+    @property
+    def as_written(self) -> Stack:
+        """The stack as its program declared it (itself unless placement made this one)."""
+        return self.declared if self.declared is not None else self
 
     @property
     def key(self) -> str:

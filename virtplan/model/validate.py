@@ -81,10 +81,13 @@ class _Errors:
             self.add(resource, prefix + field, message)
 
 
-def validate(stack: Stack) -> None:
-    """Raise ValidationError listing every problem; return quietly if the stack is sound."""
+def validate(stack: Stack) -> Stack:
+    """Raise ValidationError listing every problem; return the concrete stack if it is
+    sound: the stack itself, or for a stack that declares objects on several hosts or
+    places VMs, one object per host (`virtplan.model.placement`), checked as a whole."""
     errors = _Errors()
     _assign_hosts(stack, errors)
+    stack = _concrete(stack, errors)
     for resource in stack.resources:
         errors.problems(resource, resource)
         _check_name(resource, errors)
@@ -103,6 +106,23 @@ def validate(stack: Stack) -> None:
     _check_snapshots(stack, errors)
     if errors.items:
         raise ValidationError(errors.items)
+    return stack
+
+
+def _concrete(stack: Stack, errors: _Errors) -> Stack:
+    """Place the stack's VMs and give each host its own objects; placement problems (a VM
+    that fits nowhere, a candidate without capacity) are errors like any other."""
+    from virtplan.model import placement
+
+    if not placement.spans_hosts(stack):
+        return stack
+    layout = placement.check_layout(stack)
+    errors.items += layout
+    if layout:
+        return stack
+    concrete, problems = placement.concrete(stack)
+    errors.items += problems
+    return concrete
 
 
 def _check_renames(stack: Stack, errors: _Errors) -> None:
@@ -139,8 +159,10 @@ def _check_renames(stack: Stack, errors: _Errors) -> None:
 def _assign_hosts(stack: Stack, errors: _Errors) -> None:
     hosts = stack.hosts
     for resource in stack.resources:
-        if isinstance(resource, (Host, Volume)) or resource.kind == "snapshot":
-            continue  # a volume lives on its pool's host, a snapshot on its VM's
+        if isinstance(resource, (Host, Volume)) or resource.kind == "snapshot" or resource.replicas is not None:
+            continue  # a volume lives on its pool's host, a snapshot on its VM's; replicas: see placement
+        if isinstance(resource, VM) and resource.placement is not None:
+            continue
         host = resource.host
         if host is None:
             if len(hosts) == 1:

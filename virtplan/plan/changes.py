@@ -21,14 +21,16 @@ class Action(StrEnum):
     RESTART = "restart"  # config changed; the running VM restarts gracefully
     REPLACE = "replace"
     DELETE = "delete"
+    MIGRATE = "migrate"  # a VM moves to another host (live when it can), with its disks
 
 
 class Reason(StrEnum):
     """Why a change is planned (as OpenTofu's ResourceInstanceChangeActionReason).
 
     Each action has its reasons: create MISSING; update FIELDS_CHANGED, REPLUG or RENAMED;
-    restart NEEDS_RESTART or RENAMED; replace FORCES_REPLACEMENT, INTERRUPTED or REPLACE_REQUESTED; delete
-    REMOVED_FROM_STACK or DESTROY_REQUESTED. A change's `reason_fields` name the fields that decided it."""
+    restart NEEDS_RESTART or RENAMED; replace FORCES_REPLACEMENT, INTERRUPTED or
+    REPLACE_REQUESTED; delete REMOVED_FROM_STACK or DESTROY_REQUESTED; migrate HOST_CHANGED.
+    A change's `reason_fields` name the fields that decided it."""
 
     MISSING = "missing"  # declared, not on the host
     FIELDS_CHANGED = "fields_changed"  # declared fields differ; all can change in place
@@ -40,6 +42,7 @@ class Reason(StrEnum):
     REPLUG = "replug"  # a running VM's NICs re-plugged after their network restarts (reason_fields: the networks)
     REMOVED_FROM_STACK = "removed_from_stack"  # owned by the stack, no longer declared
     DESTROY_REQUESTED = "destroy_requested"  # `virtplan destroy`
+    HOST_CHANGED = "host_changed"  # a VM's host changed (declared, or chosen by its placement)
 
 
 #: What a rename costs, by kind and action (libvirt renames only stopped domains, and no
@@ -62,6 +65,7 @@ SYMBOLS = {
     Action.RESTART: "~",
     Action.REPLACE: "-/+",
     Action.DELETE: "-",
+    Action.MIGRATE: "->",
 }
 
 
@@ -87,6 +91,11 @@ class ResourceChange:
     fingerprint: str | None = None
     reason_fields: list[str] = field(default_factory=list)
     moved_from: str | None = None  # a rename: the object's key on the host now (its old name)
+    #: Why a placed VM is on its host (`virtplan.model.placement`), for creates and moves.
+    placement: str | None = None
+    #: A migrate's details (`virtplan.plan.moves.Move.describe`): the source host, whether
+    #: it is live, the disks copied and their bytes, what is deleted on the source after.
+    move: dict[str, Any] | None = None
 
     @property
     def symbol(self) -> str:
@@ -125,8 +134,25 @@ def reason_text(change: ResourceChange) -> str:
             return "removed from the stack"
         case Reason.DESTROY_REQUESTED:
             return "destroy requested"
+        case Reason.HOST_CHANGED:
+            return _move_text(change)
         case unknown:
             assert_never(unknown)
+
+
+def _move_text(change: ResourceChange) -> str:
+    move = change.move or {}
+    how = "live" if move.get("live") else "stopped"
+    size = move.get("copy_bytes")
+    copied = f", copying {_size(size)} of disk" if isinstance(size, int) and move.get("disks") else ""
+    why = f" (placement: {change.placement})" if change.placement else ""
+    return f"host changed: moves {how} from {move.get('source', '?')} to {change.host}{copied}{why}"
+
+
+def _size(n: int) -> str:
+    from virtplan.units import format_size
+
+    return format_size(n)
 
 
 @dataclass

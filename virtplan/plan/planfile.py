@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import secrets as _secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -179,6 +180,8 @@ def change_dict(change: ResourceChange) -> dict[str, Any]:
         "destructive": change.destructive,
         "depends_on": list(change.depends_on),
         "moved_from": change.moved_from,
+        **({"placement": change.placement} if change.placement else {}),
+        **({"move": change.move} if change.move else {}),
     }
 
 
@@ -307,6 +310,8 @@ def plan_from_document(doc: dict[str, Any]) -> Plan:
             c.get("fingerprint"),
             list(c.get("reason_fields", [])),
             c.get("moved_from"),
+            c.get("placement"),
+            c.get("move"),
         )
         for c in doc["changes"]
     ]
@@ -387,5 +392,11 @@ def _comparable(change: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(change)
     out.pop("fingerprint", None)
     out.pop("commands", None)
+    move = out.get("move")
+    if isinstance(move, dict):  # a running guest's disks grow as it writes: the bytes are an estimate
+        move.pop("copy_bytes", None)
+        for disk in move.get("disks") or []:
+            disk.pop("bytes", None)
+        out["reason"] = re.sub(r", copying [^(]* of disk", "", str(out.get("reason", "")))
     normal: dict[str, Any] = json.loads(json.dumps(out, sort_keys=True, default=str))
     return normal

@@ -19,6 +19,7 @@ from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.plan.changes import Action, FieldChange, Plan, PlanError, Reason, ResourceChange
+from virtplan.plan.moves import Move, find_moves
 from virtplan.plan.ownership import owned_objects, owner_stack
 from virtplan.plan.policy import IMMUTABLE_HINTS, Policy, change_risk, choose_action, delete_risk, field_policy
 
@@ -111,6 +112,37 @@ class _Planner:
         self.changes: dict[str, ResourceChange] = {}
         self.moved: set[str] = set()  # old addresses of objects renamed (renamed_from): not deleted
         self.network_renames: dict[str, dict[str, str]] = {}  # host -> old network name -> new
+        self.moves: dict[str, Move] = {}  # VMs that change host, by their new address
+        self.moved_disks: dict[str, str] = {}  # a disk the move makes on the destination -> the VM's address
+        self.move_deps: dict[str, list[str]] = {}  # VM address -> changes its moved disks wait for
+        self.aliases: dict[str, str] = {}  # a source address a move takes care of -> the move's address
+        self.unknown_vms: set[str] = set()  # VMs that may be on a host that was not read
+
+    def unknown(self, resource: Resource) -> bool:
+        """A VM (or one of its disks) that may be on a host that was not read."""
+        if isinstance(resource, VM):
+            return resource.name in self.unknown_vms
+        return any(resource.key in keys for keys in self._unknown_disks().values())
+
+    def _unknown_disks(self) -> dict[str, set[str]]:
+        return {vm.name: {d.volume.key for d in vm.disks} for vm in self.stack.vms if vm.name in self.unknown_vms}
+
+    def find_moves(self) -> None:
+        self.moves, errors = find_moves(
+            self.stack,
+            self.renderer,
+            self.observed,
+            self.store,
+            lambda vm: desired_spec(vm, self.renderer),
+            self.unknown_vms,
+        )
+        self.errors += errors
+        for address, move in self.moves.items():
+            for disk in move.disks:
+                if disk.create:
+                    self.moved_disks[disk.dest_address] = address
+            for alias in move.aliases:
+                self.aliases[alias] = address
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
         return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
@@ -159,12 +191,20 @@ class _Planner:
 
     def _plan_resource(self, resource: Resource) -> None:
         assert resource.host is not None
+        if resource.host.name not in self.observed or self.unknown(resource):
+            return  # its host (or one it may be on) was not read: `plan --keep-going`
         host = self.observed[resource.host.name]
         obj = host.get(resource.kind, resource.key)
         deps = [d.address for d in resource.dependencies() if d.address in self.changes]
+        if resource.address in self.moved_disks and obj is None:  # made by its VM's move
+            self.move_deps.setdefault(self.moved_disks[resource.address], []).extend(deps)
+            return
         if isinstance(resource, VM):
             self.check_seed(resource, host)
             self.check_existing_networks(resource, host)
+        if isinstance(resource, VM) and resource.address in self.moves:
+            self.add_move(resource, self.moves[resource.address], deps)
+            return
         if obj is None and resource.renamed_from:
             old = self.rename_source(resource, host)
             if old is not None:
@@ -370,6 +410,8 @@ class _Planner:
             resource.address, resource.host.name, resource.kind, resource.key, action, reason, diffs,
             depends_on=deps, fingerprint=obj.fingerprint if obj else None, reason_fields=deciding,
         )  # fmt: skip
+        if isinstance(resource, VM) and action in (Action.CREATE, Action.MIGRATE):
+            change.placement = resource.placed
         self.changes[resource.address] = change
         return change
 
@@ -388,6 +430,8 @@ class _Planner:
         for resource in self.stack.managed():
             if not isinstance(resource, VM) or resource.state != "running" or resource.host is None:
                 continue
+            if resource.host.name not in self.observed or resource.address in self.moves:
+                continue  # not read (`--keep-going`), or migrated: plugged afresh on its new host
             host = self.observed[resource.host.name]
             obj = host.get("vm", resource.key)
             change = self.changes.get(resource.address)
@@ -414,6 +458,22 @@ class _Planner:
                 known.before = sorted({*(known.before or []), *macs})
             change.depends_on += [d for d in deps if d not in change.depends_on]
 
+    def add_move(self, vm: VM, move: Move, deps: list[str]) -> None:
+        """A `migrate` change on the destination: the host it comes from, the power state it
+        goes through, what it copies; destructive only when a running VM cannot move live."""
+        fields = [FieldChange("host", move.source.name, vm.host.name if vm.host else None, "migrate")]
+        before = move.obj.spec.get("state")
+        if before != vm.state:
+            fields.append(FieldChange("state", before, vm.state, Policy.LIVE.value))
+        deps = list(dict.fromkeys([*deps, *self.move_deps.get(vm.address, [])]))
+        change = self.add(vm, Action.MIGRATE, Reason.HOST_CHANGED, ["host"], fields, deps, move.obj)
+        change.move = move.describe()
+        if move.stop and vm.state == "running":
+            change.destructive = (
+                f"the running VM is stopped while its disks are copied, then started on {change.host}: it cannot "
+                f"move live ({move.why_not_live})"
+            )
+
     # observed side
     def deletions(self, declared: set[str], reason: Reason) -> list[ResourceChange]:
         out = []
@@ -421,8 +481,12 @@ class _Planner:
         for host in self.observed.values():
             for obj in host.objects.values():
                 address = f"{host.name}/{obj.kind}/{obj.key}"
-                if address in declared or address in seeds or address in self.moved:
-                    continue
+                if address in declared or address in seeds or address in self.aliases or address in self.moved:
+                    continue  # declared, owned through its VM, moved away by a migrate, or renamed
+                if (obj.kind == "vm" and obj.key in self.unknown_vms) or (
+                    obj.kind == "volume" and any(obj.key in k for k in self._unknown_disks().values())
+                ):
+                    continue  # a VM whose place cannot be known now (a host was not read)
                 if not self.owned(obj, address, host):
                     continue
                 if obj.kind == "volume" and self.layer_kept(address, host, declared):
@@ -475,12 +539,17 @@ def running_users(host: HostState, network: str) -> list[str]:
 
 
 def _order_deletions(
-    deletes: list[ResourceChange], observed: dict[str, HostState], kept: dict[str, ResourceChange]
+    deletes: list[ResourceChange],
+    observed: dict[str, HostState],
+    kept: dict[str, ResourceChange],
+    aliases: dict[str, str] | None = None,
 ) -> list[ResourceChange]:
     """VMs first, then volumes (overlays before what they back), pools, networks; each
     waits for the changes of the objects that still use it (a network only for the VMs
     deleted with it: libvirt lets a network go under a running guest, and a guest that
-    moves to another network may need that network's bridge, which this one holds)."""
+    moves to another network may need that network's bridge, which this one holds; for an
+    object a VM's move takes away, `aliases`, that move, on the other host)."""
+    aliases = aliases or {}
     by_addr = {d.address: d for d in deletes}
     files: dict[tuple[str, str], set[str]] = {}  # (host, vm) -> the files its disks use, parsed once
 
@@ -506,13 +575,15 @@ def _order_deletions(
                 for a, x in by_addr.items()
                 if x.kind == "volume" and x.host == d.host and x.key.startswith(d.key + "/")
             ]
-        elif d.kind == "network":  # VMs deleted with it go first; the others' own changes re-plug them
+        elif d.kind == "network":  # VMs deleted with it (or moved away) go first; the others' own changes re-plug them
             users += [f"{d.host}/vm/{o.key}" for o in host.of_kind("vm")
                       if any(n.get("network") == d.key for n in o.spec.get("nics", []))
-                      and f"{d.host}/vm/{o.key}" in by_addr]  # fmt: skip
+                      and (f"{d.host}/vm/{o.key}" in by_addr or f"{d.host}/vm/{o.key}" in aliases)]  # fmt: skip
         elif d.kind == "vm":  # its snapshots go first
             users += [a for a, x in by_addr.items() if x.kind == "snapshot" and x.key.startswith(d.key + "/")]
-        d.depends_on = sorted({u for u in users if u in by_addr or u in kept} - {d.address})
+        users += [a for a in aliases if a.startswith(f"{d.host}/volume/{d.key}/")] if d.kind == "pool" else []
+        found = {aliases.get(u, u) for u in users if u in by_addr or u in kept or u in aliases}
+        d.depends_on = sorted(found - {d.address})
     rank = {"snapshot": 0, "vm": 0, "volume": 1, "pool": 2, "network": 2}
     return sorted(deletes, key=lambda d: (rank[d.kind], d.address))
 
@@ -615,6 +686,7 @@ def make_plan(
     observed: dict[str, HostState],
     store: Records,
     destroy: bool = False,
+    unknown_vms: set[str] | None = None,
     *,
     replace: list[str] | None = None,
     targets: list[str] | None = None,
@@ -622,6 +694,9 @@ def make_plan(
     """Compute the plan that makes the hosts match `stack` (or removes it, with destroy).
     `replace` (`--replace`) replaces those declared objects even though they match;
     `targets` (`--target`) keeps only the changes of those addresses and what they wait for.
+
+    Hosts missing from `observed` (not reachable: `plan --keep-going`) are not planned, nor
+    are the VMs in `unknown_vms` (placed VMs that may be on such a host) and their disks.
 
     Raises PlanError, listing every clash and refused change, if no safe plan exists.
     """
@@ -637,7 +712,9 @@ def make_plan(
                for a in unknown_targets]
         )  # fmt: skip
     planner = _Planner(stack, renderer, observed, store, set(replace or []))
+    planner.unknown_vms = set(unknown_vms or ())
     if not destroy:
+        planner.find_moves()
         for resource in ordered(stack.managed()):
             planner.plan_resource(resource)
         planner.replug()
@@ -646,7 +723,7 @@ def make_plan(
     kept = planner.changes
     declared = set() if destroy else set(stack.by_address())
     reason = Reason.DESTROY_REQUESTED if destroy else Reason.REMOVED_FROM_STACK
-    deletes = _order_deletions(planner.deletions(declared, reason), observed, kept)
+    deletes = _order_deletions(planner.deletions(declared, reason), observed, kept, planner.aliases)
     _wait_for_what_frees(kept, deletes, stack, observed)
     vm_deletes = [d for d in deletes if d.kind == "vm"]
     other_deletes = [d for d in deletes if d.kind != "vm"]

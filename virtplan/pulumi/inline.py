@@ -56,7 +56,7 @@ def deploy(name: str | None = None, *, project_dir: Path | None = None) -> Itera
     deployment = Deployment(stack)
     with collecting(stack):
         yield deployment
-    from virtplan.pulumi.program import register_native
+    from virtplan.pulumi.program import refuse_placement, register_native
 
     try:
         settings = read_settings(project_dir or Path.cwd())
@@ -65,7 +65,8 @@ def deploy(name: str | None = None, *, project_dir: Path | None = None) -> Itera
                 Host("local")
             stack.resources.insert(0, stack.resources.pop())
         apply_host_overrides(stack, settings.hosts)
-        validate(stack)
+        stack = validate(stack)  # one object per host for those declared on several
+        refuse_placement(stack)
         if settings.parallelism is not None:
             for host in stack.hosts:
                 host.workers = settings.parallelism

@@ -34,10 +34,22 @@ def load(settings: Settings) -> Stack:
             "create it or point virtplan:program at one"
         )
     stack = load_stack(settings.program, settings.hosts)
+    refuse_placement(stack)
     if settings.parallelism is not None:
         for host in stack.hosts:
             host.workers = settings.parallelism
     return stack
+
+
+def refuse_placement(stack: Stack) -> None:
+    """Placed VMs (`VM(host=[...])`) are the CLI's only: Pulumi names a resource by its host,
+    so a VM placed on another host would be replaced there, not moved."""
+    placed = [vm.name for vm in stack.as_written.vms if vm.placement is not None]
+    if placed:
+        raise VirtplanError(
+            f"VM {', '.join(placed)}: placement (host=[...]) is not supported under Pulumi yet (Pulumi names each "
+            "resource by its host, so a VM placed elsewhere would be replaced, not moved); pin each VM to one host"
+        )
 
 
 def run(project_dir: Path) -> Registered:

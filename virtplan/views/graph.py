@@ -21,6 +21,7 @@ COLORS = {  # fill, stroke
     "restart": ("#ffe7c2", "#bc4c00"),
     "replace": ("#fbefff", "#8250df"),
     "delete": ("#ffebe9", "#cf222e"),
+    "migrate": ("#ddf4ff", "#0969da"),
 }
 
 

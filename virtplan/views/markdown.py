@@ -14,6 +14,7 @@ import html
 from typing import Any
 
 from virtplan.plan.changes import Action
+from virtplan.views.text import move_lines
 
 ACTION_WORDS = {
     "create": "create",
@@ -21,9 +22,11 @@ ACTION_WORDS = {
     "restart": "update (restart)",
     "replace": "replace",
     "delete": "destroy",
+    "migrate": "move (migrate)",
 }
 COLUMNS = [("create", "Add"), ("update", "Change live"), ("restart", "Restart"), ("replace", "Replace"),
            ("delete", "Destroy")]  # fmt: skip
+MOVE_COLUMN = ("migrate", "Move")  # shown when the plan moves a VM
 SENSITIVE = "(sensitive)"
 
 
@@ -61,7 +64,8 @@ def _counts(changes: list[dict[str, Any]]) -> dict[str, int]:
 def _summary(counts: dict[str, int]) -> str:
     return (
         f"Plan: {counts['create']} to add, {counts['update']} to change live, {counts['restart']} to restart, "
-        f"{counts['replace']} to replace, {counts['delete']} to destroy."
+        f"{counts['replace']} to replace, {counts['delete']} to destroy"
+        + (f", {counts['migrate']} to move." if counts.get("migrate") else ".")
     )
 
 
@@ -74,6 +78,7 @@ def plan_markdown(doc: dict[str, Any], graph: str | None = None) -> str:
     changes: list[dict[str, Any]] = doc["changes"]
     hosts: dict[str, str] = doc["hosts"]
     drift: list[dict[str, Any]] = doc.get("drift") or []
+    columns = COLUMNS + ([MOVE_COLUMN] if any(c["action"] == "migrate" for c in changes) else [])
     lines = [f"### virtplan plan for stack {code(doc['stack'])}", ""]
     if doc.get("stack_file"):
         lines += [f"Stack file {code(doc['stack_file'])}, sha256 {code(doc['stack_hash'][:12])}.", ""]
@@ -81,12 +86,12 @@ def plan_markdown(doc: dict[str, Any], graph: str | None = None) -> str:
         lines += ["**No changes.** The hosts match the stack.", ""]
     else:
         lines += [f"**{_summary(_counts(changes))}**", ""]
-        lines += ["| Host | " + " | ".join(title for _, title in COLUMNS) + " |",
-                  "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |"]  # fmt: skip
+        lines += ["| Host | " + " | ".join(title for _, title in columns) + " |",
+                  "| --- | " + " | ".join("---:" for _ in columns) + " |"]  # fmt: skip
         for host in hosts:
             counts = _counts([c for c in changes if c["host"] == host])
             if any(counts.values()):
-                lines.append(f"| {text(host)} | " + " | ".join(str(counts[a]) for a, _ in COLUMNS) + " |")
+                lines.append(f"| {text(host)} | " + " | ".join(str(counts[a]) for a, _ in columns) + " |")
         lines.append("")
     risky = [c for c in changes if c.get("destructive")]
     if risky:
@@ -105,7 +110,7 @@ def plan_markdown(doc: dict[str, Any], graph: str | None = None) -> str:
         if not mine:
             continue
         counts = _counts(mine)
-        brief = ", ".join(f"{counts[a]} {title.lower()}" for a, title in COLUMNS if counts[a])
+        brief = ", ".join(f"{counts[a]} {title.lower()}" for a, title in columns if counts[a])
         lines += ["<details open>", f"<summary><strong>Host {html.escape(host)}</strong> ({brief})</summary>", ""]
         lines += [f"URI {code(uri)}", ""]
         lines += ["| | Object | Action | Why |", "| :-: | --- | --- | --- |"]
@@ -133,6 +138,10 @@ def _change_detail(c: dict[str, Any]) -> list[str]:
     out = [title, ""]
     if c.get("destructive"):
         out += [f"⚠️ **Destructive:** {text(c['destructive'])}", ""]
+    if c.get("placement") and c["action"] == "create":
+        out += [f"Placement: {text(c['placement'])}", ""]
+    if c.get("move"):
+        out += [f"{text(line)}  " for line in move_lines(c["move"])] + [""]
     if c["action"] == "create":
         shown_fields = [f for f in fields if f["after"] is not None]
         if shown_fields:

@@ -18,6 +18,7 @@ STYLES = {
     Action.RESTART: "yellow",
     Action.REPLACE: "magenta",
     Action.DELETE: "red",
+    Action.MIGRATE: "cyan",
 }
 SIZE_FIELDS = {"memory", "max_memory", "capacity"}
 
@@ -93,7 +94,8 @@ def summary(plan: Plan) -> str:
     c = plan.counts()
     return (
         f"Plan: {c[Action.CREATE]} to add, {c[Action.UPDATE]} to change live, {c[Action.RESTART]} to restart, "
-        f"{c[Action.REPLACE]} to replace, {c[Action.DELETE]} to destroy."
+        f"{c[Action.REPLACE]} to replace, {c[Action.DELETE]} to destroy"
+        + (f", {c[Action.MIGRATE]} to move." if c[Action.MIGRATE] else ".")
     )
 
 
@@ -103,10 +105,37 @@ def change_lines(change: ResourceChange) -> list[str]:
         f"  [{style}]{change.symbol:>3} {change.kind} {escape(change.key)}[/{style}]"
         f"  [dim]{change.action.value}: {escape(change.why)}[/dim]"
     ]
+    if change.placement and change.action == Action.CREATE:
+        lines.append(f"        [dim]placement: {escape(change.placement)}[/dim]")
+    if change.move:
+        lines += [f"        {escape(line)}" for line in move_lines(change.move)]
     shown = [fc for fc in change.changes if not (change.action == Action.CREATE and fc.after is None)]
     lines += [f"        {field_line(fc, change.action)}" for fc in shown]
     if change.destructive:
         lines.append(f"        [bold red]! destructive: {escape(change.destructive)}[/bold red]")
+    return lines
+
+
+def move_lines(move: dict[str, Any]) -> list[str]:
+    """What a VM's move does, as a reviewer reads it: how, what it copies, what goes after."""
+    source = move.get("source", "?")
+    if move.get("live"):
+        how = "live migration (peer to peer), its disks copied while it runs"
+    else:
+        stop = "stopped, " if move.get("stop") else ""
+        how = f"{stop}disk files copied from {source} through this machine, defined here"
+        if move.get("start"):
+            how += ", then started"
+    lines = [f"from {source}: {how}"]
+    disks = move.get("disks") or []
+    if disks:
+        parts = [f"{d['key']} ({format_size(int(d.get('bytes') or 0))}{', made here' if d.get('create') else ''})"
+                 for d in disks]  # fmt: skip
+        lines.append(f"cost: {format_size(int(move.get('copy_bytes') or 0))} of disk to copy: {', '.join(parts)}")
+    else:
+        lines.append("cost: no disk to copy")
+    if move.get("cleanup"):
+        lines.append(f"then deleted on {source}: {', '.join(a.split('/', 2)[2] for a in move['cleanup'])}")
     return lines
 
 

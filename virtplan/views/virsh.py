@@ -27,7 +27,7 @@ def plan_commands(plan: Plan, stack: Stack, renderer: Renderer, observed: dict[s
                   store: Records) -> dict[str, list[str]]:  # fmt: skip
     """address -> the shell commands of that change, for every change of `plan`. The
     renderer is left as it was (a replacement renders as a new object while printed)."""
-    contexts = {host: Context.at(stack, renderer, state, store, plan) for host, state in observed.items()}
+    contexts = {host: Context.at(stack, renderer, state, store, plan, observed) for host, state in observed.items()}
     out: dict[str, list[str]] = {}
     kept = dict(renderer.identities)
     try:

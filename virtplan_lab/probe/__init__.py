@@ -18,12 +18,23 @@ file, the guest:
 - answers ping;
 - on an ACPI power-button press (``virsh shutdown``; the domain needs
   ``<features><acpi/></features>``) releases its DHCP lease, prints
-  ``GUEST-POWEROFF lease=…`` and powers off.
+  ``GUEST-POWEROFF lease=…`` and powers off;
+- with ``probe_tick: S`` in its user-data, prints ``GUEST-TICK seq=N uptime=U
+  ip=A mac=M`` every S seconds after its report (``seq`` counts from 1, ``uptime``
+  is seconds since boot): a running count that goes on across a live migration.
 
 :func:`wait_for_guest_line` and :func:`wait_for_event` tail the console log.
 """
 
-from virtplan.hosts.guestlog import GUEST, GUEST_ERROR, GUEST_MEM, GUEST_POWEROFF, parse_guest_line, parse_line
+from virtplan.hosts.guestlog import (
+    GUEST,
+    GUEST_ERROR,
+    GUEST_MEM,
+    GUEST_POWEROFF,
+    GUEST_TICK,
+    parse_guest_line,
+    parse_line,
+)
 from virtplan_lab.probe.build import CMDLINE, MODULES, ProbeBuildError, ProbeImage, build_probe, default_cache_dir
 from virtplan_lab.probe.parse import GuestError, GuestEvent, log_size, wait_for_event, wait_for_guest_line
 
@@ -33,6 +44,7 @@ __all__ = [
     "GUEST_ERROR",
     "GUEST_MEM",
     "GUEST_POWEROFF",
+    "GUEST_TICK",
     "MODULES",
     "GuestError",
     "GuestEvent",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from virtplan.apply.steps import network, pool, snapshot, vm, volume
+from virtplan.apply.steps import migrate, network, pool, snapshot, vm, volume
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.plan.changes import Action, ResourceChange
 
@@ -43,6 +43,7 @@ STEPS: dict[tuple[str, Action], Step] = {
     ("vm", Action.RESTART): vm.restart,
     ("vm", Action.REPLACE): vm.replace,
     ("vm", Action.DELETE): vm.delete,
+    ("vm", Action.MIGRATE): migrate.migrate,
     ("snapshot", Action.CREATE): snapshot.create,
     ("snapshot", Action.DELETE): snapshot.delete,
 }

@@ -38,13 +38,23 @@ class Context:
     desired: dict[str, Resource]
     deleted: set[str] = field(default_factory=set)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    others: dict[str, HostState] = field(default_factory=dict)  # the other hosts, as observed (moves)
 
     @classmethod
-    def at(cls, stack: Stack, renderer: Renderer, host: HostState, store: Records, plan: Plan) -> Context:
-        """The context of `plan`'s changes on `host`, with the records as they are now."""
+    def at(
+        cls,
+        stack: Stack,
+        renderer: Renderer,
+        host: HostState,
+        store: Records,
+        plan: Plan,
+        others: dict[str, HostState] | None = None,
+    ) -> Context:
+        """The context of `plan`'s changes on `host`, with the records as they are now;
+        `others` are the plan's other hosts as observed (a VM moving here comes from one)."""
         deleted = {c.address for c in plan.changes if c.action == Action.DELETE}
         records = copy.deepcopy(store.records(host.uri))
-        return cls(stack, renderer, host, store, stack.by_address(), deleted, records)
+        return cls(stack, renderer, host, store, stack.by_address(), deleted, records, dict(others or {}))
 
     def resource(self, change: ResourceChange) -> Any:
         return self.desired[change.address]
@@ -59,6 +69,10 @@ class Bookkeeping(Protocol):
     conn: Any
 
     def note_applied(self, change: ResourceChange) -> None: ...
+
+    def peer(self, host: str) -> Any:
+        """The connection to another host of the plan (where a VM moved here comes from)."""
+        ...
 
 
 class Runtime:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import open_engine, set_debug
+from virtplan.cli.options import KeepGoingOpt, open_engine, set_debug, unreachable
 from virtplan.cli.output import console
 
 
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         detailed_exitcode: Annotated[
             bool, typer.Option("--detailed-exitcode", help="Exit 2 when something changed outside virtplan.")
         ] = False,
+        keep_going: KeepGoingOpt = False,
         debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     ) -> None:
         """Report changes made outside virtplan, field by field, apart from the stack's own
@@ -32,8 +33,8 @@ def register(app: typer.Typer) -> None:
         set_debug(debug)
         if format not in ("text", "json"):
             raise StackLoadError(f"--format {format!r}: use text or json")
-        with open_engine(stack, host) as engine:
-            observation = engine.observe()
+        with open_engine(stack, host, connect_early=True) as engine:
+            observation = engine.observe(keep_going=keep_going)
             report = engine.drift(observation, pending=True)
             hosts = {h.name: h.uri for h in engine.stack.hosts}
         if format == "json":
@@ -42,6 +43,7 @@ def register(app: typer.Typer) -> None:
                 "drift": report.to_list(),
                 "pending": [{"address": p.address, "fields": p.fields} for p in report.pending],
                 "untracked": report.untracked,
+                **({"unreachable": observation.unreachable} if observation.unreachable else {}),
             }
             typer.echo(json.dumps(doc, indent=2, default=str))
         else:
@@ -64,5 +66,8 @@ def register(app: typer.Typer) -> None:
                     "\n[dim]No record of what was last applied (applied by an older virtplan; "
                     f"the next apply records it): {escape(', '.join(report.untracked))}[/dim]"
                 )
+        if observation.unreachable:
+            unreachable(observation.unreachable)  # after what the other hosts show
+            raise typer.Exit(1)
         if detailed_exitcode and not report.empty:
             raise typer.Exit(2)

@@ -6,6 +6,9 @@
 #   GUEST-ERROR reason=R                 boot failed; the guest idles (ACPI shutdown still works)
 #   GUEST-MEM mem_kib=N                  MemTotal changed (checked every 2 s)
 #   GUEST-POWEROFF lease=released|none   ACPI power button pressed; powering off
+#   GUEST-TICK seq=N uptime=U ip=A mac=M only with `probe_tick: S` in user-data: every S
+#                                        seconds after the GUEST line (N counts from 1,
+#                                        U is seconds since boot from /proc/uptime)
 # Values are percent-encoded: '%' -> %25, space -> %20, tab -> %09.
 #
 # The value V comes from user-data: the first line `probe_value: V` (a top-level
@@ -38,6 +41,18 @@ watch_memory() {
 fail() {
     echo "GUEST-ERROR reason=$1"
     watch_memory
+}
+
+# Print GUEST-TICK every $1 seconds forever: the guest counting from inside, so a test
+# sees it go on without a reboot (a live migration) and when its output stalls.
+tick() {
+    seq=0
+    while :; do
+        seq=$((seq + 1))
+        now_ip=$(ip -4 addr show dev eth0 2>/dev/null | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p' | head -n 1)
+        echo "GUEST-TICK seq=$seq uptime=$(cut -d ' ' -f 1 /proc/uptime) ip=$now_ip mac=$(cat /sys/class/net/eth0/address)"
+        sleep "$1"
+    done
 }
 
 # The value of a top-level `KEY: value` line of a YAML file, unquoted.
@@ -101,9 +116,11 @@ hostname=$(yaml_value local-hostname /seed/meta-data)
 instance_id=$(yaml_value instance-id /seed/meta-data)
 value=""
 userdata_sha=""
+tick_every=""
 if [ -f /seed/user-data ]; then
     value=$(user_value /seed/user-data)
     userdata_sha=$(sha256sum /seed/user-data | cut -d ' ' -f 1)
+    tick_every=$(yaml_value probe_tick /seed/user-data)
 fi
 [ -n "$hostname" ] && hostname "$hostname"
 
@@ -125,4 +142,5 @@ ip=$(cat /run/probe/ip 2>/dev/null)
 
 echo "GUEST ip=$ip mac=$mac hostname=$(enc "$hostname") instance-id=$(enc "$instance_id")" \
     "value=$(enc "$value") mem_kib=$(mem_kib) userdata_sha256=$userdata_sha"
+[ -n "$tick_every" ] && tick "$tick_every" &
 watch_memory
