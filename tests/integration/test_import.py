@@ -64,18 +64,18 @@ def env(private_host, tmp_path_factory):
 
 def test_import_of_matching_objects_round_trips(env):
     out = env.tmp / "web.py"
-    env.cli("import", "--host", env.uri, "--name-pattern", "hand-web*", "--out", str(out))
+    env.cli("import", "--host", f"imported={env.uri}", "--name-pattern", "hand-web*", "--out", str(out))
     text = out.read_text()
     assert 'VM(\n    "hand-web"' in text and "hand-cd" not in text
     assert 'mac="52:54:00:aa:bb:01", ip="10.74.0.20"' in text, "the reservation is the NIC's fixed IP"
     assert "backing=hand_base_qcow2" in text
     env.cli("plan", str(out), "--detailed-exitcode")  # exit 0: no changes
-    env.cli("import", "--host", env.uri, "--out", str(out), rc=1)  # never overwrites
+    env.cli("import", "--host", f"imported={env.uri}", "--out", str(out), rc=1)  # never overwrites
 
 
 def test_import_everything_then_adopt(env):
     out = env.tmp / "imported.py"
-    said = env.cli("import", "--host", env.uri, "--out", str(out))
+    said = env.cli("import", "--host", f"imported={env.uri}", "--out", str(out))
     assert "left out vm hand-cd: disks[0] is a cdrom" in said
     text = out.read_text()
     assert "- vm hand-cd: disks[0] is a cdrom" in text, "what is left out is named in the program"
@@ -101,5 +101,5 @@ def test_import_everything_then_adopt(env):
     assert dom.isActive() and ET.fromstring(dom.XMLDesc(0)).findtext("description") == "now managed"
     env.cli("plan", str(out), "--detailed-exitcode")
     assert "already managed by virtplan stack 'imported'" in env.cli(
-        "import", "--host", env.uri, "--name-pattern", "hand-web", "--out", str(env.tmp / "again.py")
+        "import", "--host", f"imported={env.uri}", "--name-pattern", "hand-web", "--out", str(env.tmp / "again.py")
     )

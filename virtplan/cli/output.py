@@ -13,6 +13,14 @@ import typer
 
 from virtplan.errors import ConfirmationRequired
 
+#: Piped answers (`echo yes | virtplan apply`) are refused on purpose: they would approve a plan
+#: nobody saw, destructive changes included; --yes (and --allow-destroy) say so explicitly.
+NO_TERMINAL = (
+    "no terminal to confirm on; nothing was {done}. Re-run with --yes. (A piped answer such as "
+    "`echo yes | virtplan ...` is not accepted: it would approve changes nobody reviewed; "
+    "--yes, plus --allow-destroy for destructive changes, says so explicitly.)"
+)
+
 
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
@@ -47,7 +55,7 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
         )
         return
     if not sys.stdin.isatty():
-        raise ConfirmationRequired("no terminal to confirm on; nothing was applied. Re-run with --yes.")
+        raise ConfirmationRequired(NO_TERMINAL.format(done="applied"))
     risky = the_plan.destructive()
     if risky:
         from virtplan.views.text import escape

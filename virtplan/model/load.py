@@ -54,7 +54,7 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
         sys.path.insert(0, folder)
     try:
         with collecting(stack):
-            runpy.run_path(str(file), run_name=f"virtplan_stack_{file.stem}")
+            runpy.run_path(str(file.resolve()), run_name=f"virtplan_stack_{file.stem}")  # __file__ absolute
     except StackLoadError:
         raise
     except Exception as exc:

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import open_engine
+from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
 
 
 def register(app: typer.Typer) -> None:
     @app.command("console-log")
     def console_log(
-        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
-        vm: Annotated[str, typer.Argument(help="VM name as declared in the stack")],
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        stack: StackArg,
+        vm: Annotated[str, typer.Argument(help="VM name as declared in the stack", metavar="VM")],
+        host: HostOpt = None,
         tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Only the last N lines (0: all).")] = 0,
+        debug: DebugOpt = False,
     ) -> None:
         """Print a VM's serial console log (read through libvirt, so remote hosts work)."""
+        set_debug(debug)
         from virtplan.errors import StackLoadError
         from virtplan.hosts.console import read_console_log, tail
 
