@@ -298,9 +298,10 @@ class Engine:
                 if o.kind == "vm":
                     row["state"] = o.spec.get("state")
                     row["nics"] = [
-                        {"mac": n["mac"], "network": n.get("network") or n.get("bridge"), "ip": leases.get(n["mac"])}
+                        {"mac": n["mac"], "network": n.get("network") or n.get("bridge"), "ip": leases.get(n["mac"]),
+                         "reserved": reserved(host, n.get("network"), n["mac"])}
                         for n in o.spec.get("nics", [])
-                    ]
+                    ]  # fmt: skip
                     row["memory"] = o.spec.get("memory")
                     row["vcpus"] = o.spec.get("vcpus")
                     running = o.spec.get("state") == "running"
@@ -313,6 +314,15 @@ class Engine:
                     row["detail"] = o.spec.get("capacity")
                 rows.append(row)
         return rows
+
+
+def reserved(host: HostState, network: str | None, mac: str) -> str | None:
+    """The IP the network's DHCP server reserves for `mac` (a NIC's fixed `ip=`), if any."""
+    obj = host.get("network", network) if network else None
+    for r in (obj.spec.get("reservations") or []) if obj is not None else []:
+        if r.get("mac") == mac.lower():
+            return str(r["ip"]) if r.get("ip") else None
+    return None
 
 
 def load_saved_plan(path: Path) -> tuple[dict[str, Any], Engine]:

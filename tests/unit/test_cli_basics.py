@@ -117,7 +117,7 @@ def on_path(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "virtplan"
-    exe.write_text(f"#!/bin/sh\nexec {sys.executable} -m virtplan.cli \"$@\"\n")
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} -m virtplan.cli "$@"\n')
     exe.chmod(0o755)
     return {**ENV, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
@@ -234,7 +234,9 @@ def test_pre_commit_hook_runs_validate():
 # -- confirmation ----------------------------------------------------------------------------
 def test_piped_yes_is_refused_with_the_reason(tmp_path):
     stack = tmp_path / "piped.py"
-    stack.write_text('from virtplan import Host, Network\nHost("t", uri="test:///default")\nNetwork("p-net", cidr="10.62.0.0/24")\n')
+    stack.write_text(
+        'from virtplan import Host, Network\nHost("t", uri="test:///default")\nNetwork("p-net", cidr="10.62.0.0/24")\n'
+    )
     out = cli("apply", str(stack), stdin="yes\n", rc=1)
     assert "+ network p-net" in out, "the plan is shown"
     assert "no terminal to confirm on; nothing was applied. Re-run with --yes." in out

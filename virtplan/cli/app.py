@@ -10,7 +10,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -243,17 +243,23 @@ def show(
             out.print(f"[bold]Host {current}[/bold]")
         if row["kind"] == "vm":
             guest = row.get("guest") or {}
-            nics = "; ".join(
-                f"{n['network']} {n['mac']} {n['ip'] or '(no lease)'}"
-                + (" (guest confirms)" if n["ip"] and guest.get("ip") == n["ip"] else "")
-                for n in row["nics"]
-            )
+            nics = "; ".join(f"{n['network']} {n['mac']} {_nic_address(n, guest)}" for n in row["nics"])
             size = format_size(row["memory"]) if row.get("memory") else "?"
             out.print(f"  vm       {row['name']:<{width}} {row['state']:<8} {row['vcpus']} vCPU, {size}  {nics}")
         else:
             detail = row.get("detail")
             detail = format_size(detail) if isinstance(detail, int) else (detail or "")
             out.print(f"  {row['kind']:<8} {row['name']:<{width}} {row['state']:<8} {detail}")
+
+
+def _nic_address(nic: dict[str, Any], guest: dict[str, str]) -> str:
+    """A NIC's address as `show` prints it: the lease (confirmed by the guest when it says
+    the same), else the reserved address without a lease yet, else none."""
+    if nic["ip"]:
+        return str(nic["ip"]) + (" (guest confirms)" if guest.get("ip") == nic["ip"] else "")
+    if nic.get("reserved"):
+        return f"{nic['reserved']} (reserved; no lease yet)"
+    return "(no lease)"
 
 
 @app.command()

@@ -125,4 +125,8 @@ ip=$(cat /run/probe/ip 2>/dev/null)
 
 echo "GUEST ip=$ip mac=$mac hostname=$(enc "$hostname") instance-id=$(enc "$instance_id")" \
     "value=$(enc "$value") mem_kib=$(mem_kib) userdata_sha256=$userdata_sha"
+# commands typed on the serial console run (`virtplan console`); no prompt and no line
+# editing, so the report stays the console's last line until someone types there
+# (Enter on a terminal sends CR: the line discipline makes it a newline)
+sh -c 'stty icrnl onlcr; while IFS= read -r line; do eval "$line"; done' </dev/ttyS0 >/dev/ttyS0 2>&1 &
 watch_memory
