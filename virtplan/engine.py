@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
-from virtplan.model import Stack
+from virtplan.model import Stack, Volume
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
@@ -119,7 +119,57 @@ class Engine:
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 states = list(pool.map(read, [h.name for h in hosts]))
         observed = {s.name: s for s in states}
+        self.resolve_images()
         return Observation(observed, self.renderer_for(observed))
+
+    def resolve_images(self) -> None:
+        """Give every volume with a URL source the facts of its image (virtual size, format,
+        download size): from the host's record of the volume, the local cache, or the
+        image's first bytes over HTTP. Validation never does this (it stays offline)."""
+        from virtplan.model.images import is_url
+
+        todo = [v for v in self.stack.volumes if is_url(v.source) and v.image is None and v.checksum]
+        if not todo:
+            return
+        from virtplan.hosts.downloads import image_facts
+
+        problems = []
+        for vol in todo:
+            assert vol.host is not None and vol.checksum is not None and vol.source is not None
+            recorded = (self.store.get(vol.host.uri, vol.address) or {}).get("image")
+            vol.image = image_facts(vol.source, *vol.checksum, recorded=recorded)
+            if vol.image.format != vol.format:
+                problems.append(FieldError(vol.address, "format", f"is {vol.format!r} but the image at {vol.source} "
+                                           f"is {vol.image.format}; say format={vol.image.format!r}"))  # fmt: skip
+        if problems:
+            raise PlanError(problems)
+
+    def fetch_images(self, plan: Plan, progress: Callable[[Volume, int, int | None], None] | None = None,
+                     done: Callable[[Volume, Path, str], None] | None = None) -> None:  # fmt: skip
+        """Download (or resume) the images of the volumes `plan` creates that are not in the
+        local cache yet, verifying each; before anything is created, so a failed download
+        changes nothing on the hosts."""
+        from virtplan.model.images import is_url
+        from virtplan.plan.changes import Action
+
+        creating = {
+            c.address for c in plan.changes if c.kind == "volume" and c.action in (Action.CREATE, Action.REPLACE)
+        }
+        todo = [v for v in self.stack.volumes if v.address in creating and is_url(v.source)]
+        if not todo:
+            return
+        from virtplan.hosts.downloads import fetch
+
+        for vol in todo:
+            assert vol.image is not None, "resolve_images() runs with observe()"
+
+            def report(n: int, total: int | None, vol: Volume = vol) -> None:
+                if progress is not None:
+                    progress(vol, n, total)
+
+            path, how = fetch(vol.image, report)
+            if done is not None:
+                done(vol, path, how)
 
     def renderer_for(self, observed: dict[str, HostState]) -> Renderer:
         identities: dict[str, Identity] = {}
@@ -223,6 +273,7 @@ class Engine:
         no longer declares. An empty plan only does that bookkeeping."""
         report = ApplyReport()
         if plan.changes:
+            self.fetch_images(plan)  # before anything is created (the CLI has done it, with progress bars)
             conns = {name: self.connection(name) for name in {c.host for c in plan.changes}}
             report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress)
         if self._locks is not None:

@@ -67,11 +67,41 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
         raise ConfirmationRequired("not confirmed; nothing was applied.")
 
 
+def fetch_with_progress(engine: Any, the_plan: Any) -> None:
+    """Download the images the plan needs (URL sources not in the local cache yet), with a
+    progress bar each, and a line saying what was fetched and verified."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from virtplan.units import format_size
+    from virtplan.views.text import escape
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console(), transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, Any] = {}
+
+        def progress(vol: Any, done: int, total: int | None) -> None:
+            if vol.address not in tasks:
+                tasks[vol.address] = bar.add_task(f"download {escape(vol.name)}", total=total)
+            bar.update(tasks[vol.address], completed=done, total=total)
+
+        def done(vol: Any, path: Any, how: str) -> None:
+            if how != "cached":
+                size = format_size(path.stat().st_size)
+                bar.console.print(f"  [green]{how}[/green] {escape(vol.source)} ({size}, {vol.image.algo} verified)")
+
+        engine.fetch_images(the_plan, progress, done)
+
+
 def apply_with_progress(engine: Any, the_plan: Any, observation: Any) -> Any:
-    """engine.apply with a progress bar and a line per finished change."""
+    """engine.apply with a progress bar and a line per finished change (images the plan
+    needs are downloaded first, with their own progress bars)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from virtplan.views.text import escape
+
+    fetch_with_progress(engine, the_plan)
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -73,8 +73,10 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
 
 def _anchor_sources(stack: Stack, folder: Path) -> None:
     """Relative image paths (Volume(source=...)) are relative to the stack file's folder."""
+    from virtplan.model.images import is_url
+
     for vol in stack.volumes:
-        if isinstance(vol.source, str) and not Path(vol.source).is_absolute():
+        if isinstance(vol.source, str) and not is_url(vol.source) and not Path(vol.source).is_absolute():
             vol.source = str(folder / vol.source)
 
 

@@ -13,11 +13,14 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from virtplan.model.registry import register
 from virtplan.model.secrets import Secret, secret
 from virtplan.units import parse_size
+
+if TYPE_CHECKING:
+    from virtplan.model.images import RemoteImage
 
 NetworkMode = Literal["nat", "route", "isolated", "bridge"]
 PowerState = Literal["running", "stopped"]
@@ -188,7 +191,9 @@ class Volume(Resource):
     """A volume in a pool: blank, a copy-on-write overlay on `backing`, or from `source`.
 
     `source` is a local image file uploaded through libvirt's stream API, so it works on
-    remote hosts too. An overlay's size defaults to its backing volume's size.
+    remote hosts too, or the URL of one (`https://...`) with its `sha256` (or `sha512`):
+    downloaded once into virtplan's local cache, verified, then uploaded the same way.
+    An overlay's size defaults to its backing volume's size.
 
     `backing` may also be the path of an image on the host that this stack does not manage
     (a clone's overlay on a frozen source disk; `backing_format` says its format), and
@@ -209,13 +214,26 @@ class Volume(Resource):
         source: str | os.PathLike[str] | None = None,
         backing_format: str | None = None,
         copy_of: str | None = None,
+        sha256: str | None = None,
+        sha512: str | None = None,
     ):
         self.pool: Pool | None = pool
         self.name, self.size, self.format = name, size, format
         self.backing = backing
         self.source = os.fspath(source) if source is not None else None
         self.backing_format, self.copy_of = backing_format, copy_of
+        self.sha256, self.sha512 = sha256, sha512
+        self.image: RemoteImage | None = None  # a URL source's facts, read when planning (not at load)
         self._register()
+
+    @property
+    def checksum(self) -> tuple[str, str] | None:
+        """("sha256" or "sha512", the lower-case hex digest) of a URL source, if declared."""
+        if self.sha256 is not None:
+            return "sha256", str(self.sha256).lower()
+        if self.sha512 is not None:
+            return "sha512", str(self.sha512).lower()
+        return None
 
     @property
     def host(self) -> Host | None:
@@ -245,8 +263,12 @@ class Volume(Resource):
         if isinstance(self.backing, Volume):
             return self.backing.size_bytes
         if self.source is not None:
-            from virtplan.model.images import image_virtual_size
+            from virtplan.model.images import image_virtual_size, is_url
 
+            if is_url(self.source):
+                if self.image is None:
+                    raise ValueError(f"the size of the image at {self.source} is read when planning")
+                return self.image.virtual_size
             return image_virtual_size(Path(self.source))
         raise ValueError("size is required for a blank volume (for example size='10GiB')")
 

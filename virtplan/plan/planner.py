@@ -128,6 +128,8 @@ class _Planner:
             self.check_seed(resource, host)
         if obj is None:
             fields = [FieldChange(k, None, v, "create") for k, v in desired_spec(resource, self.renderer).items()]
+            if isinstance(resource, Volume) and resource.image is not None:  # a URL source: what is fetched
+                fields.append(FieldChange("image", None, resource.image.as_record(), "create"))
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
         if not self.owned(obj, resource.address, host):
