@@ -57,6 +57,7 @@ class Engine:
         self._lock = threading.Lock()
         self._locks: HostLocks | None = None
         self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
+        self.notes: list[str] = []  # what housekeeping left for later (e.g. another stack was busy)
 
     def __enter__(self) -> Engine:
         return self
@@ -281,10 +282,54 @@ class Engine:
         if bookkeeping:
             from virtplan.plan.drift import forget_vanished, record_baseline
 
+            self.notes += self._release_sources(plan, observation)
             forget_vanished(self.stack, observation.hosts, self.store)
             record_baseline(self.stack, observation.hosts, self.store, observation.renderer)
             self.host_records.compact()
         return report
+
+    def _release_sources(self, plan: Plan, observation: Observation) -> list[str]:
+        """After volumes of this stack that backed onto another stack's frozen files are
+        deleted (a clone destroyed): that stack lets go of what it froze for this one and
+        merges back the layers nothing builds on any more, under its own lock (skipped,
+        with a note, while another command holds it: its next clone or snapshot delete does
+        it). See virtplan.apply.layers.compact_vm."""
+        from virtplan.plan.changes import Action
+
+        backings: dict[str, set[str]] = {}
+        for c in plan.changes:
+            obj = observation.hosts[c.host].get("volume", c.key) if c.kind == "volume" else None
+            backing = (
+                obj.spec.get("backing") if obj is not None and c.action in (Action.DELETE, Action.REPLACE) else None
+            )
+            if isinstance(backing, str) and backing.startswith("/"):
+                backings.setdefault(c.host, set()).add(backing)
+        notes = []
+        for host_name, paths in backings.items():
+            notes += self._release_on(host_name, paths)
+        return notes
+
+    def _release_on(self, host_name: str, paths: set[str]) -> list[str]:
+        from virtplan.apply.layers import compact_host, release_freezes
+        from virtplan.hosts.locks import LockBusy
+
+        host = self.stack.host(host_name)
+        conn = self.connection(host_name)
+        store = store_for(conn, host.records_pool, host.records_path)
+        notes = []
+        for key in sorted(self.host_records.neighbours(host.uri)):
+            ledger = HostLedger(store, key)
+            holders = [a for a, r in ledger.records().items() if r.get("id") in paths]
+            if not holders:
+                continue
+            theirs = HostRecords(key, lambda _uri, ledger=ledger: ledger)  # type: ignore[misc]
+            try:
+                with HostLocks(key, {host_name: (host.uri, conn)}, 0.0):
+                    release_freezes(theirs, host.uri, self.stack.key)
+                    notes += compact_host(conn, theirs, host.uri, holders[0].split("/", 1)[0]).notes
+            except LockBusy:
+                notes.append(f"stack {key!r} is busy; its layers are merged back by its next clone or snapshot delete")
+        return notes
 
     def tidy(self) -> None:
         """Compact the stack's ledgers if many writes piled up (or delete one left empty),

@@ -184,8 +184,9 @@ def _path_of(conn: Any, key: str) -> str:
 
 
 def delete(conn: Any, store: Records, uri: str, host: str, vm: str, name: str, missing_ok: bool = False) -> None:
-    """Forget snapshot `name` of `vm`. A memory snapshot is deleted from its images; a
-    disk-only one's frozen files stay in the disk's chain (they are its layers)."""
+    """Delete snapshot `name` of `vm`. A memory snapshot is deleted from its images; a
+    disk-only one's frozen files are merged back into the disk's chain where nothing else
+    needs them (`virtplan.apply.layers.compact_vm`), so chains do not grow for good."""
     import libvirt
 
     from virtplan.hosts.chains import writable_disks
@@ -208,6 +209,15 @@ def delete(conn: Any, store: Records, uri: str, host: str, vm: str, name: str, m
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT):
                 raise
     store.forget(uri, address)
+    from virtplan.apply.layers import compact_vm
+
+    try:
+        dom = conn.lookupByName(vm)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise
+    compact_vm(conn, dom, store, uri, host)
 
 
 def _record(store: Records, uri: str, host: str, vm: str, name: str) -> dict[str, Any]:
