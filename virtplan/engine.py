@@ -27,7 +27,7 @@ from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
 from virtplan.hosts.speccache import SpecCache
-from virtplan.model import VM, Network, Stack
+from virtplan.model import VM, Network, Stack, Volume
 from virtplan.model.secrets import PROCESS_KEY, keyed_digest
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
@@ -67,6 +67,7 @@ class Engine:
         self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
         self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
+        self.notes: list[str] = []  # what housekeeping left for later (e.g. another stack was busy)
 
     def __enter__(self) -> Engine:
         return self
@@ -168,6 +169,7 @@ class Engine:
                 states = list(pool.map(read, [h.name for h in hosts]))
         observed = {s.name: s for s in states if s is not None}
         problems = self._place(observed)
+        self.resolve_images()
         renderer = self.renderer_for(observed, keys)
         _recognise_legacy_seeds(self.stack, observed, renderer)
         return Observation(observed, renderer, dict(sorted(unreachable.items())), problems)
@@ -208,6 +210,55 @@ class Engine:
                 if obj.owner is not None and mark_key(obj.owner) == self.stack.key:
                     found.setdefault(obj.key, host.name)
         return found
+
+    def resolve_images(self) -> None:
+        """Give every volume with a URL source the facts of its image (virtual size, format,
+        download size): from the host's record of the volume, the local cache, or the
+        image's first bytes over HTTP. Validation never does this (it stays offline)."""
+        from virtplan.model.images import is_url
+
+        todo = [v for v in self.stack.volumes if is_url(v.source) and v.image is None and v.checksum]
+        if not todo:
+            return
+        from virtplan.hosts.downloads import image_facts
+
+        problems = []
+        for vol in todo:
+            assert vol.host is not None and vol.checksum is not None and vol.source is not None
+            recorded = (self.store.get(vol.host.uri, vol.address) or {}).get("image")
+            vol.image = image_facts(vol.source, *vol.checksum, recorded=recorded)
+            if vol.image.format != vol.format:
+                problems.append(FieldError(vol.address, "format", f"is {vol.format!r} but the image at {vol.source} "
+                                           f"is {vol.image.format}; say format={vol.image.format!r}"))  # fmt: skip
+        if problems:
+            raise PlanError(problems)
+
+    def fetch_images(self, plan: Plan, progress: Callable[[Volume, int, int | None], None] | None = None,
+                     done: Callable[[Volume, Path, str], None] | None = None) -> None:  # fmt: skip
+        """Download (or resume) the images of the volumes `plan` creates that are not in the
+        local cache yet, verifying each; before anything is created, so a failed download
+        changes nothing on the hosts."""
+        from virtplan.model.images import is_url
+        from virtplan.plan.changes import Action
+
+        creating = {
+            c.address for c in plan.changes if c.kind == "volume" and c.action in (Action.CREATE, Action.REPLACE)
+        }
+        todo = [v for v in self.stack.volumes if v.address in creating and is_url(v.source)]
+        if not todo:
+            return
+        from virtplan.hosts.downloads import fetch
+
+        for vol in todo:
+            assert vol.image is not None, "resolve_images() runs with observe()"
+
+            def report(n: int, total: int | None, vol: Volume = vol) -> None:
+                if progress is not None:
+                    progress(vol, n, total)
+
+            path, how = fetch(vol.image, report)
+            if done is not None:
+                done(vol, path, how)
 
     def renderer_for(self, observed: dict[str, HostState], keys: dict[str, bytes] | None = None) -> Renderer:
         """The renderer for the observed hosts: the identities existing objects keep, and the
@@ -391,6 +442,7 @@ class Engine:
 
         report = ApplyReport()
         if plan.changes:
+            self.fetch_images(plan)  # before anything is created (the CLI has done it, with progress bars)
             self.ensure_keys(observation.renderer, _hosts_with_secrets(self.stack, plan))
             names = {c.host for c in plan.changes} | {c.move["source"] for c in plan.changes if c.move}
             conns = {name: self.connection(name) for name in sorted(names)}
@@ -401,10 +453,54 @@ class Engine:
         if bookkeeping and not plan.targets:  # a targeted apply leaves the rest as it is
             from virtplan.plan.drift import forget_vanished, record_baseline
 
+            self.notes += self._release_sources(plan, observation)
             forget_vanished(self.stack, observation.hosts, self.store)
             record_baseline(self.stack, observation.hosts, self.store, observation.renderer)
             self.host_records.compact()
         return report
+
+    def _release_sources(self, plan: Plan, observation: Observation) -> list[str]:
+        """After volumes of this stack that backed onto another stack's frozen files are
+        deleted (a clone destroyed): that stack lets go of what it froze for this one and
+        merges back the layers nothing builds on any more, under its own lock (skipped,
+        with a note, while another command holds it: its next clone or snapshot delete does
+        it). See virtplan.apply.layers.compact_vm."""
+        from virtplan.plan.changes import Action
+
+        backings: dict[str, set[str]] = {}
+        for c in plan.changes:
+            obj = observation.hosts[c.host].get("volume", c.key) if c.kind == "volume" else None
+            backing = (
+                obj.spec.get("backing") if obj is not None and c.action in (Action.DELETE, Action.REPLACE) else None
+            )
+            if isinstance(backing, str) and backing.startswith("/"):
+                backings.setdefault(c.host, set()).add(backing)
+        notes = []
+        for host_name, paths in backings.items():
+            notes += self._release_on(host_name, paths)
+        return notes
+
+    def _release_on(self, host_name: str, paths: set[str]) -> list[str]:
+        from virtplan.apply.layers import compact_host, release_freezes
+        from virtplan.hosts.locks import LockBusy
+
+        host = self.stack.host(host_name)
+        conn = self.connection(host_name)
+        store = store_for(conn, host.records_pool, host.records_path)
+        notes = []
+        for key in sorted(self.host_records.neighbours(host.uri)):
+            ledger = HostLedger(store, key)
+            holders = [a for a, r in ledger.records().items() if r.get("id") in paths]
+            if not holders:
+                continue
+            theirs = HostRecords(key, lambda _uri, ledger=ledger: ledger)  # type: ignore[misc]
+            try:
+                with HostLocks(key, {host_name: (host.uri, conn)}, 0.0):
+                    release_freezes(theirs, host.uri, self.stack.key)
+                    notes += compact_host(conn, theirs, host.uri, holders[0].split("/", 1)[0]).notes
+            except LockBusy:
+                notes.append(f"stack {key!r} is busy; its layers are merged back by its next clone or snapshot delete")
+        return notes
 
     def tidy(self) -> None:
         """Compact the stack's ledgers if many writes piled up (or delete one left empty),
@@ -469,9 +565,10 @@ class Engine:
                 if o.kind == "vm":
                     row["state"] = o.spec.get("state")
                     row["nics"] = [
-                        {"mac": n["mac"], "network": n.get("network") or n.get("bridge"), "ip": leases.get(n["mac"])}
+                        {"mac": n["mac"], "network": n.get("network") or n.get("bridge"), "ip": leases.get(n["mac"]),
+                         "reserved": reserved(host, n.get("network"), n["mac"])}
                         for n in o.spec.get("nics", [])
-                    ]
+                    ]  # fmt: skip
                     row["memory"] = o.spec.get("memory")
                     row["vcpus"] = o.spec.get("vcpus")
                     running = o.spec.get("state") == "running"
@@ -484,6 +581,15 @@ class Engine:
                     row["detail"] = o.spec.get("capacity")
                 rows.append(row)
         return rows
+
+
+def reserved(host: HostState, network: str | None, mac: str) -> str | None:
+    """The IP the network's DHCP server reserves for `mac` (a NIC's fixed `ip=`), if any."""
+    obj = host.get("network", network) if network else None
+    for r in (obj.spec.get("reservations") or []) if obj is not None else []:
+        if r.get("mac") == mac.lower():
+            return str(r["ip"]) if r.get("ip") else None
+    return None
 
 
 def load_saved_plan(path: Path) -> tuple[dict[str, Any], Engine]:

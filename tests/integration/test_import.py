@@ -64,18 +64,18 @@ def env(private_host, tmp_path_factory):
 
 def test_import_of_matching_objects_round_trips(env):
     out = env.tmp / "web.py"
-    env.cli("import", "--host", env.uri, "--name-pattern", "hand-web*", "--out", str(out))
+    env.cli("import", "--host", f"imported={env.uri}", "--name-pattern", "hand-web*", "--out", str(out))
     text = out.read_text()
     assert 'VM(\n    "hand-web"' in text and "hand-cd" not in text
     assert 'mac="52:54:00:aa:bb:01", ip="10.74.0.20"' in text, "the reservation is the NIC's fixed IP"
     assert "backing=hand_base_qcow2" in text
     env.cli("plan", str(out), "--detailed-exitcode")  # exit 0: no changes
-    env.cli("import", "--host", env.uri, "--out", str(out), rc=1)  # never overwrites
+    env.cli("import", "--host", f"imported={env.uri}", "--out", str(out), rc=1)  # never overwrites
 
 
 def test_import_everything_then_adopt(env):
     out = env.tmp / "imported.py"
-    said = env.cli("import", "--host", env.uri, "--out", str(out))
+    said = env.cli("import", "--host", f"imported={env.uri}", "--out", str(out))
     assert "left out vm hand-cd: disks[0] is a cdrom" in said
     text = out.read_text()
     assert "- vm hand-cd: disks[0] is a cdrom" in text, "what is left out is named in the program"
@@ -102,5 +102,70 @@ def test_import_everything_then_adopt(env):
     assert dom.isActive() and ET.fromstring(dom.XMLDesc(0)).findtext("description") == "now managed"
     env.cli("plan", str(out), "--detailed-exitcode")
     assert "already managed by virtplan stack 'imported'" in env.cli(
-        "import", "--host", env.uri, "--name-pattern", "hand-web", "--out", str(env.tmp / "again.py")
+        "import", "--host", f"imported={env.uri}", "--name-pattern", "hand-web", "--out", str(env.tmp / "again.py")
     )
+
+
+VI_NET = """<network><name>vi-net</name><forward mode='nat'/><bridge name='vibr0'/>
+<ip address='10.73.0.1' prefix='24'><dhcp><range start='10.73.0.100' end='10.73.0.200'/></dhcp></ip></network>"""
+
+
+def test_a_virt_install_vm_imports_and_keeps_what_virtplan_does_not_model(env):
+    """A VM as plain `virt-install --import` makes it (its defaults: a SPICE console without a
+    listen address, host-passthrough CPU, clock timers, power management, boot device, USB
+    controllers, a tablet, sound, USB redirection) is imported, adopted and changed; the
+    change re-renders the domain and keeps all of that."""
+    uri = env.uri
+    (env.tmp / "vi-net.xml").write_text(VI_NET)
+    virsh(uri, "net-define", str(env.tmp / "vi-net.xml"))
+    virsh(uri, "net-start", "vi-net")
+    virsh(uri, "pool-define-as", "vi-pool", "dir", "--target", "/var/lib/libvirt/images/vi")
+    virsh(uri, "pool-build", "vi-pool")
+    virsh(uri, "pool-start", "vi-pool")
+    virsh(uri, "vol-create-as", "vi-pool", "vi-web.qcow2", "64M", "--format", "qcow2")
+    made = subprocess.run(
+        ["virt-install", "--connect", uri, "--import", "--name", "vi-web", "--memory", "128", "--vcpus", "1",
+         "--disk", "/var/lib/libvirt/images/vi/vi-web.qcow2", "--network", "network=vi-net",
+         "--osinfo", "detect=on,require=off", "--noautoconsole", "--print-xml"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "<listen" not in made and 'mode="host-passthrough"' in made, "virt-install's defaults changed"
+    (env.tmp / "vi-web.xml").write_text(made)
+    virsh(uri, "define", str(env.tmp / "vi-web.xml"))
+
+    out = env.tmp / "vi.py"
+    said = env.cli("import", "--host", f"vi={uri}", "--name-pattern", "vi-*", "--out", str(out))
+    assert "left out" not in said, said
+    text = out.read_text()
+    assert 'VM(\n    "vi-web"' in text and 'graphics="spice"' in text  # no listen address: loopback
+    comment = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    for kept in ("cpu host-passthrough", "clock utc (timers rtc/pit/hpet)", "pm", "os boot dev=hd",
+                 "controller usb ich9-ehci1", "input tablet usb", "redirdev spicevmc x2"):  # fmt: skip
+        assert kept in comment, f"{kept!r} not named above the VM:\n{text}"
+    env.cli("plan", str(out), "--detailed-exitcode")
+    env.cli("adopt", str(out))
+
+    def unmodelled() -> dict[str, object]:
+        root = ET.fromstring(env.conn.lookupByName("vi-web").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return {
+            "cpu": root.find("cpu").get("mode"),
+            "timers": sorted(t.get("name") for t in root.iterfind("clock/timer")),
+            "pm": [ET.tostring(e) for e in root.iterfind("pm/*")],
+            "boot": [b.get("dev") for b in root.iterfind("os/boot")],
+            "vmport": root.find("features/vmport") is not None,
+            "usb": sorted(c.get("model") for c in root.iterfind("devices/controller[@type='usb']")),
+            "devices": sorted(d.tag for d in root.find("devices") if d.tag in ("channel", "input", "sound", "redirdev")),
+            "addresses": {ET.tostring(d.find("address")) for d in root.find("devices") if d.find("address") is not None},
+            "memory": root.findtext("memory"),
+        }  # fmt: skip
+
+    before = unmodelled()
+    assert before["cpu"] == "host-passthrough" and before["timers"] == ["hpet", "pit", "rtc"] and before["pm"]
+    out.write_text(text.replace('memory="128MiB"', 'memory="192MiB"'))
+    assert "memory: 128 MiB -> 192 MiB" in env.cli("plan", str(out))
+    env.cli("apply", str(out), "--yes")  # the domain is redefined from virtplan's template
+    after = unmodelled()
+    assert after["memory"] == str(192 * 1024)
+    assert {k: v for k, v in after.items() if k != "memory"} == {k: v for k, v in before.items() if k != "memory"}
+    env.cli("plan", str(out), "--detailed-exitcode")
+    env.cli("destroy", str(out), "--yes", "--allow-destroy")

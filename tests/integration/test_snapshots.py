@@ -98,6 +98,28 @@ def test_whole_environment_snapshot_and_revert(env):
     env.cli("snapshot", "delete", str(env.stack), "--name", "env", "--host", env.h)
 
 
+def test_revert_checks_before_asking_and_list_says_what_can_be_reverted(env):
+    # no such snapshot: said at once, before any question (no --yes, no terminal)
+    out = env.cli("snapshot", "revert", str(env.stack), "off", "--name", "nosuch", "--host", env.h, rc=1)
+    assert "VM 'off' has no snapshot 'nosuch' taken by this stack" in out and "re-run with --yes" not in out
+    env.cli("snapshot", "create", str(env.stack), "run", "--name", "m2", "--memory", "--host", env.h)
+    env.cli("snapshot", "create", str(env.stack), "run", "--name", "d2", "--host", env.h)  # freezes m2's files
+    listed = env.cli("snapshot", "list", str(env.stack), "--host", env.h).splitlines()
+    header = next(line for line in listed if line.startswith("VM"))
+    assert header.split() == ["VM", "SNAPSHOT", "KIND", "TAKEN", "HOW", "REVERTABLE"]
+    m2 = next(line for line in listed if " m2 " in line)
+    d2 = next(line for line in listed if " d2 " in line)
+    assert "memory" in m2 and "no: it lives in disk files that were frozen since" in m2
+    assert d2.rstrip().endswith("yes")
+    out = env.cli("snapshot", "revert", str(env.stack), "run", "--name", "m2", "--host", env.h, rc=1)
+    assert "snapshot 'm2' of 'run' can no longer be reverted to" in out and "re-run with --yes" not in out
+    listed_json = env.cli("snapshot", "list", str(env.stack), "run", "--format", "json", "--host", env.h)
+    assert '"blocked": "it lives in disk files' in listed_json and '"blocked": null' in listed_json
+    for name in ("m2", "d2"):
+        env.cli("snapshot", "delete", str(env.stack), "run", "--name", name, "--host", env.h)
+    no_changes(env)
+
+
 def test_memory_snapshot_reverts_the_running_vm_and_its_definition(env):
     env.cli("snapshot", "create", str(env.stack), "run", "--name", "m1", "--memory", "--host", env.h)
     dom = env.conn.lookupByName("run")

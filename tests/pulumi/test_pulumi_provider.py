@@ -266,3 +266,19 @@ def test_template_overrides_travel_with_the_provider(tmp_path: Path, facts: Any)
     xml = render(rebuilt.context, rebuilt.target, facts)
     assert "site override" in xml and xml == render(stack, net, facts)
     assert "site override" not in render(rebuild("network", wire(describe(net, stack))).context, net, facts)
+
+
+def test_a_url_source_travels_with_its_checksum(tmp_path: Path) -> None:
+    """A volume whose image comes from a URL keeps the URL (not made a local path) and its
+    checksum through the provider's inputs."""
+    program = tmp_path / "url.py"
+    program.write_text(
+        'from virtplan import Pool, Volume\npool = Pool("p", path="/var/lib/libvirt/images/p")\n'
+        f'Volume("d.qcow2", pool=pool, source="https://images.example/d.qcow2", sha512="{"ab" * 64}")\n'
+    )
+    stack = load_stack(program)
+    vol = stack.volumes[0]
+    inputs = wire(describe(vol, stack))
+    assert inputs["source"] == "https://images.example/d.qcow2" and inputs["sha512"] == "ab" * 64
+    rebuilt = rebuild("volume", inputs).target
+    assert (rebuilt.source, rebuilt.checksum) == ("https://images.example/d.qcow2", ("sha512", "ab" * 64))

@@ -36,8 +36,9 @@ from virtplan.documents.fragments import (
     external_disk_snapshot,
     layer_disk,
     layer_volume,
+    unlayer_disk,
 )
-from virtplan.hosts.chains import LayerError, chain_of, dependents, writable_disks
+from virtplan.hosts.chains import LayerError, backing_map, chain_of, dependents, writable_disks
 from virtplan.hosts.records import Records
 
 _LABEL = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -227,10 +228,12 @@ def _redefine_with_chains(conn: Any, dom: Any, store: Records, uri: str, host: s
         owner = (records.get(f"{host}/volume/{key}") or {}).get("layer_of")
         if owner:  # libvirt named the layer itself (inactive domains): the volume it belongs to
             key = owner.split("/", 2)[2]
-        chain = (records.get(f"{host}/volume/{key}") or {}).get("layers")
+        record = records.get(f"{host}/volume/{key}") or {}
+        chain = record.get("layers")
         if chain:
-            base_format = _volume_format(conn, key)
-            layer_disk(disk, chain, key, base_format)
+            layer_disk(disk, chain, key, _volume_format(conn, key))
+        elif "layers" in record and disk.get("type") == "file":  # its layers were merged back
+            unlayer_disk(disk, key, _volume_format(conn, key))
     conn.defineXML(ET.tostring(root, encoding="unicode"))
 
 
@@ -288,3 +291,211 @@ def delete_layer_if_unused(conn: Any, store: Records, uri: str, path: str, keep:
             store.forget(uri, address)
             return True
     return False
+
+
+# -- merging layers back ------------------------------------------------------------------------
+#: Seconds a block commit may take before virtplan gives up on it (the job goes on in QEMU;
+#: the next compaction finds the chain as it is then).
+COMMIT_TIMEOUT = 600.0
+
+
+@dataclass
+class Compacted:
+    """What a compaction did: layers merged back (their files deleted), and notes on what
+    it left for later."""
+
+    merged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def pins(conn: Any, store: Records, uri: str) -> tuple[set[str], set[str], dict[str, list[str]]]:
+    """Frozen files that must stay as they are (hard: a clone being made holds them, a memory
+    snapshot lives in them; or others back onto them), files a disk-only snapshot holds
+    (soft: their content may move into the file below, the snapshot's record follows), and
+    who backs onto what (path -> paths)."""
+    hard: set[str] = set()
+    soft: set[str] = set()
+    for record in store.records(uri).values():
+        if record.get("kind") == "freeze":
+            hard |= set((record.get("disks") or {}).values())
+        elif record.get("kind") == "snapshot":
+            if record.get("mode") == "memory":
+                hard |= set((record.get("tops") or {}).values())
+            else:
+                soft |= set((record.get("disks") or {}).values())
+    return hard, soft, backing_map(conn)
+
+
+def compact_host(conn: Any, store: Records, uri: str, host: str) -> Compacted:
+    """Merge back every layer of this stack's disks on `host` that nothing builds on any more
+    (see `compact_vm`), VM after VM."""
+    import libvirt
+
+    tops = {
+        (r.get("layers") or [None])[0]: a for a, r in store.records(uri).items() if r.get("layers")
+    }  # the file each layered volume's VM writes -> that volume's address
+    done = Compacted()
+    if not tops:
+        return done
+    from virtplan.hosts.chains import disk_files
+
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT):
+        if disk_files(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) & set(tops):
+            result = compact_vm(conn, dom, store, uri, host)
+            done.merged += result.merged
+            done.notes += result.notes
+    return done
+
+
+def compact_vm(conn: Any, dom: Any, store: Records, uri: str, host: str) -> Compacted:
+    """Merge back the layers of `dom`'s disks that nothing builds on any more.
+
+    A disk's chain is its declared volume F0 with layers F1..Fk above it (Fk is written by
+    the VM). Fi+1 is committed into Fi when nothing else needs Fi as it is: no clone backs
+    onto it, no snapshot or clone being made holds it; and Fi+1 may go: nothing else backs
+    onto it and no memory snapshot lives in it (a disk-only snapshot holding Fi+1 moves to
+    Fi, which then holds the same content). Fi+1's file is then deleted. The guest sees the
+    same disk throughout: a running VM is committed live (QEMU's block commit, pivoting to Fi
+    when Fi+1 was its active layer); a stopped one is started paused for the commits (its
+    CPUs never run) and stopped again."""
+    import libvirt
+
+    done = Compacted()
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    work = []  # (target, volume address, files bottom first)
+    for d in writable_disks(conn, xml):
+        if d.volume is None:
+            continue
+        address = f"{host}/volume/{d.volume}"
+        chain = chain_of(store, uri, address)
+        if chain:
+            work.append((d.target, address, [_path_of(conn, d.volume), *reversed(chain)]))
+    if not work or not any(_next_merge(files, *pins(conn, store, uri)) is not None for _, _, files in work):
+        return done
+    started = False
+    if not dom.isActive():
+        try:  # the commits need QEMU: paused, the guest never runs
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            started = True
+        except libvirt.libvirtError as exc:
+            done.notes.append(f"{dom.name()}: its layers stay until it can start ({exc.get_error_message()})")
+            return done
+    try:
+        for target, address, files in work:
+            while True:
+                hard, soft, users = pins(conn, store, uri)
+                i = _next_merge(files, hard, soft, users)
+                if i is None:
+                    break
+                lower, upper = files[i], files[i + 1]
+                _commit(dom, target, lower, upper, active=i + 1 == len(files) - 1)
+                files = files[: i + 1] + files[i + 2 :]
+                _after_merge(conn, store, uri, host, address, target, lower, upper, files, soft)
+                done.merged.append(upper)
+    finally:
+        if started:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+    _redefine_with_chains(conn, dom, store, uri, host)
+    return done
+
+
+def _next_merge(files: list[str], hard: set[str], soft: set[str], users: dict[str, list[str]]) -> int | None:
+    """The lowest i where files[i+1] can be committed into files[i] (files bottom first)."""
+    for i in range(len(files) - 1):
+        lower, upper = files[i], files[i + 1]
+        if lower in hard or lower in soft or set(users.get(lower, [])) - {upper}:
+            continue
+        above = files[i + 2] if i + 2 < len(files) else None
+        if upper in hard or set(users.get(upper, [])) - ({above} if above else set()):
+            continue
+        return i
+    return None
+
+
+def _commit(dom: Any, target: str, lower: str, upper: str, active: bool) -> None:
+    """Commit `upper` into `lower` on the running domain; when `upper` is the active layer,
+    pivot the disk to `lower`."""
+    import time
+
+    import libvirt
+
+    flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if active else 0
+    dom.blockCommit(target, lower, upper, 0, flags)
+    deadline = time.monotonic() + COMMIT_TIMEOUT
+    while time.monotonic() < deadline:
+        info = dom.blockJobInfo(target, 0)
+        if not info:  # an intermediate commit ends by itself
+            if active:
+                raise LayerError(f"the commit of {upper} into {lower} ended without pivoting")
+            return
+        if active and info.get("end", 0) and info.get("cur") == info.get("end"):
+            try:
+                dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                return
+            except libvirt.libvirtError:  # not ready to pivot yet
+                pass
+        time.sleep(0.05)
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.blockJobAbort(target, 0)
+    raise LayerError(f"committing {upper} into {lower} took more than {COMMIT_TIMEOUT:g} s; it was cancelled")
+
+
+def _after_merge(conn: Any, store: Records, uri: str, host: str, address: str, target: str, lower: str,
+                 upper: str, files: list[str], soft: set[str]) -> None:  # fmt: skip
+    """Records follow a merge: the chain, snapshots that held `upper` (now `lower`), and
+    `upper`'s layer record and file, which go."""
+    import libvirt
+
+    updates: dict[str, dict[str, Any]] = {address: {"layers": list(reversed(files[1:]))}}
+    if upper in soft:
+        lower_format = _format_of(conn, lower)
+        for snap, record in store.records(uri).items():
+            disks = dict(record.get("disks") or {})
+            if record.get("kind") == "snapshot" and upper in disks.values():
+                moved = {t: (lower if p == upper else p) for t, p in disks.items()}
+                formats = dict(record.get("formats") or {})
+                formats.update({t: lower_format for t, p in disks.items() if p == upper})
+                updates[snap] = {"disks": moved, "formats": formats}
+    store.put_many(uri, updates)
+    try:
+        conn.storageVolLookupByPath(upper).delete(0)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+            raise
+    for layer, record in store.records(uri).items():
+        if record.get("id") == upper and record.get("layer_of"):
+            store.forget(uri, layer)
+    at = files.index(lower)
+    if at + 1 < len(files):  # the layer above now backs onto `lower`: its identity follows
+        from virtplan.apply.claims import confirm_volume
+        from virtplan.hosts.pools import refresh_pool
+
+        above = conn.storageVolLookupByPath(files[at + 1])
+        with contextlib.suppress(libvirt.libvirtError):
+            refresh_pool(above.storagePoolLookupByVolume())  # libvirt reads the new backing file
+        for layer, record in store.records(uri).items():
+            if record.get("id") == files[at + 1] and record.get("layer_of"):
+                confirm_volume(store, uri, layer, above)
+                store.put(uri, layer, backing=lower)
+
+
+def _path_of(conn: Any, key: str) -> str:
+    pool, _, name = key.partition("/")
+    return str(conn.storagePoolLookupByName(pool).storageVolLookupByName(name).path())
+
+
+def _format_of(conn: Any, path: str) -> str:
+    fmt = ET.fromstring(conn.storageVolLookupByPath(path).XMLDesc(0)).find("target/format")
+    return fmt.get("type", "raw") if fmt is not None else "raw"
+
+
+def release_freezes(store: Records, uri: str, clone_stack: str) -> int:
+    """Forget the freeze records kept for clone `clone_stack` (its overlays protect the
+    frozen files while they exist; once they are gone nothing needs them frozen)."""
+    gone = [
+        a for a, r in store.records(uri).items() if r.get("kind") == "freeze" and r.get("clone_stack") == clone_stack
+    ]
+    for address in gone:
+        store.forget(uri, address)
+    return len(gone)

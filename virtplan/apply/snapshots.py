@@ -45,6 +45,7 @@ class SnapshotInfo:
     created: str
     declared: bool
     disks: dict[str, str]
+    blocked: str | None = None  # why it can no longer be reverted to (None: it can)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -102,22 +103,46 @@ def take(
 
 def revert(conn: Any, store: Records, uri: str, host: str, vm: str, name: str) -> None:
     """Bring VM `vm` back to snapshot `name`; its current state is discarded."""
-    import libvirt
-
-    from virtplan.hosts.chains import writable_disks
-
     record = _record(store, uri, host, vm, name)
+    blocker = revert_blocker(conn, store, uri, host, vm, name, record)
+    if blocker is not None:
+        raise SnapshotError(f"snapshot {name!r} of {vm!r} can no longer be reverted to: {blocker}")
     dom = conn.lookupByName(vm)
     if record.get("mode") == "memory":
-        current = {d.target: d.top for d in writable_disks(conn, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
-        if current != record.get("tops"):
-            raise SnapshotError(
-                f"memory snapshot {name!r} of {vm!r} lives in disk files that were frozen since (a disk-only "
-                "snapshot or a clone was taken later); it can no longer be reverted to"
-            )
         dom.revertToSnapshot(dom.snapshotLookupByName(name), 0)
         return
     _revert_layers(conn, store, uri, host, dom, name, record)
+
+
+def revert_blocker(conn: Any, store: Records, uri: str, host: str, vm: str, name: str,
+                   record: dict[str, Any]) -> str | None:  # fmt: skip
+    """Why snapshot `name` of `vm` can no longer be reverted to, or None if it can."""
+    import libvirt
+
+    from virtplan.hosts.chains import chain_of, writable_disks
+
+    try:
+        dom = conn.lookupByName(vm)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return "the VM is gone"
+        raise
+    disks = {d.target: d for d in writable_disks(conn, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))}
+    if record.get("mode") == "memory":
+        if _internal_id(conn, vm, name) is None:
+            return "libvirt no longer has it (deleted outside virtplan)"
+        if {t: d.top for t, d in disks.items()} != record.get("tops"):
+            return ("it lives in disk files that were frozen since (a disk-only snapshot or a clone was "
+                    "taken later)")  # fmt: skip
+        return None
+    for target, frozen in (record.get("disks") or {}).items():
+        disk = disks.get(target)
+        if disk is None or disk.volume is None:
+            return f"the VM no longer has disk {target}"
+        chain = chain_of(store, uri, f"{host}/volume/{disk.volume}")
+        if frozen not in chain and frozen != _path_of(conn, disk.volume):
+            return f"disk {target} no longer builds on its state"
+    return None
 
 
 def _revert_layers(conn: Any, store: Records, uri: str, host: str, dom: Any, name: str,
@@ -132,13 +157,10 @@ def _revert_layers(conn: Any, store: Records, uri: str, host: str, dom: Any, nam
     plan: list[tuple[str, list[str], list[str]]] = []  # volume address, new chain below the new top, discarded
     refs: dict[str, FrozenDiskRef] = {}
     for target, frozen in (record.get("disks") or {}).items():
-        disk = disks.get(target)
-        if disk is None or disk.volume is None:
-            raise SnapshotError(f"{dom.name()!r} no longer has disk {target}; snapshot {name!r} cannot be restored")
+        disk = disks[target]  # checked by revert_blocker
+        assert disk.volume is not None
         volume_address = f"{host}/volume/{disk.volume}"
         chain = chain_of(store, uri, volume_address)
-        if frozen not in chain and frozen != _path_of(conn, disk.volume):
-            raise SnapshotError(f"disk {target} of {dom.name()!r} no longer builds on snapshot {name!r}'s state")
         at = chain.index(frozen) if frozen in chain else len(chain)
         plan.append((volume_address, chain[at:], chain[:at]))
         fmt = (record.get("formats") or {}).get(target, "qcow2")
@@ -162,8 +184,9 @@ def _path_of(conn: Any, key: str) -> str:
 
 
 def delete(conn: Any, store: Records, uri: str, host: str, vm: str, name: str, missing_ok: bool = False) -> None:
-    """Forget snapshot `name` of `vm`. A memory snapshot is deleted from its images; a
-    disk-only one's frozen files stay in the disk's chain (they are its layers)."""
+    """Delete snapshot `name` of `vm`. A memory snapshot is deleted from its images; a
+    disk-only one's frozen files are merged back into the disk's chain where nothing else
+    needs them (`virtplan.apply.layers.compact_vm`), so chains do not grow for good."""
     import libvirt
 
     from virtplan.hosts.chains import writable_disks
@@ -186,6 +209,15 @@ def delete(conn: Any, store: Records, uri: str, host: str, vm: str, name: str, m
             if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT):
                 raise
     store.forget(uri, address)
+    from virtplan.apply.layers import compact_vm
+
+    try:
+        dom = conn.lookupByName(vm)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise
+    compact_vm(conn, dom, store, uri, host)
 
 
 def _record(store: Records, uri: str, host: str, vm: str, name: str) -> dict[str, Any]:

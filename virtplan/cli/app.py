@@ -44,11 +44,55 @@ from virtplan.errors import ApplyInterrupted, OwnershipError, StackLoadError, Vi
 INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
-    help="Infrastructure as code for libvirt: plan, review, apply.",
+    help="Infrastructure as code for libvirt: plan, review, apply.\n\n"
+    "Shell completion for bash, zsh and fish: `virtplan --install-completion` adds it to your shell's "
+    "start-up file; `virtplan --show-completion` prints the script instead.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no type labels, no boxes, no rich import for --help
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def version_text() -> str:
+    """virtplan's version and what it runs on, for --version and bug reports."""
+    import platform
+    from importlib import metadata
+
+    from virtplan._version import __version__
+
+    parts = [f"Python {platform.python_version()}"]
+    for dist in ("libvirt-python", "typer"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} missing")
+    try:
+        import libvirt
+
+        major, rest = divmod(libvirt.getVersion(), 1_000_000)
+        parts.append(f"libvirt library {major}.{rest // 1000}.{rest % 1000}")
+    except Exception:  # a broken libvirt install must not break --version
+        pass
+    return f"virtplan {__version__} ({', '.join(parts)})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", is_eager=True, callback=_show_version,
+                     help="Print virtplan's version (and Python's, libvirt's) and exit."),
+    ] = False,
+) -> None:  # fmt: skip
+    """The options of `virtplan` itself (the commands have their own)."""
+
 
 FormatOpt = Annotated[str, typer.Option("--format", help="text, json or markdown")]
 PLAN_FORMATS = ("text", "json", "markdown")
@@ -264,17 +308,23 @@ def _show(rows: list[dict[str, Any]], format: str) -> None:
             out.print(f"[bold]Host {current}[/bold]")
         if row["kind"] == "vm":
             guest = row.get("guest") or {}
-            nics = "; ".join(
-                f"{n['network']} {n['mac']} {n['ip'] or '(no lease)'}"
-                + (" (guest confirms)" if n["ip"] and guest.get("ip") == n["ip"] else "")
-                for n in row["nics"]
-            )
+            nics = "; ".join(f"{n['network']} {n['mac']} {_nic_address(n, guest)}" for n in row["nics"])
             size = format_size(row["memory"]) if row.get("memory") else "?"
             out.print(f"  vm       {row['name']:<{width}} {row['state']:<8} {row['vcpus']} vCPU, {size}  {nics}")
         else:
             detail = row.get("detail")
             detail = format_size(detail) if isinstance(detail, int) else (detail or "")
             out.print(f"  {row['kind']:<8} {row['name']:<{width}} {row['state']:<8} {detail}")
+
+
+def _nic_address(nic: dict[str, Any], guest: dict[str, str]) -> str:
+    """A NIC's address as `show` prints it: the lease (confirmed by the guest when it says
+    the same), else the reserved address without a lease yet, else none."""
+    if nic["ip"]:
+        return str(nic["ip"]) + (" (guest confirms)" if guest.get("ip") == nic["ip"] else "")
+    if nic.get("reserved"):
+        return f"{nic['reserved']} (reserved; no lease yet)"
+    return "(no lease)"
 
 
 @app.command()
@@ -318,7 +368,10 @@ _register_command_modules()
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one-line messages."""
     try:
-        rc = app(standalone_mode=False)  # returns the code of typer.Exit in this mode
+        from virtplan.cli.helptext import tidy
+
+        command = tidy(typer.main.get_command(app))
+        rc = command.main(prog_name="virtplan", standalone_mode=False)  # the code of typer.Exit in this mode
         sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -338,7 +391,8 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (and help without a command)
             exc.show()
             sys.exit(1)  # never 2: that is --detailed-exitcode's "changes present"
-        _fail(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", exc)
+        _fail(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback; "
+              "please report it with the output of `virtplan --version`)", exc)  # fmt: skip
 
 
 def _fail(message: str, exc: BaseException, code: int = 1) -> None:
@@ -348,6 +402,7 @@ def _fail(message: str, exc: BaseException, code: int = 1) -> None:
 
     if Settings.debug:
         traceback.print_exception(exc)
+        print(version_text(), file=sys.stderr)  # what a bug report needs
     # text from stacks and hosts can hold control characters: never a raw terminal escape
     print(f"error: {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
     sys.exit(code)

@@ -15,11 +15,13 @@ from virtplan.errors import StackLoadError
 if TYPE_CHECKING:
     from virtplan.engine import Engine
 
-StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")]
+StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py", metavar="STACK")]
 HostOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--host", help="Override a host's URI: NAME=URI (repeatable). VIRTPLAN_URI overrides the default host."
+        "--host",
+        help="Override a host's URI: NAME=URI (repeatable). VIRTPLAN_URI overrides the default host.",
+        metavar="NAME=URI",
     ),
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
@@ -71,10 +73,10 @@ def set_debug(debug: bool) -> None:
     Settings.debug = debug
 
 
-def check_format(value: str, allowed: tuple[str, ...]) -> None:
-    """Refuse an unknown --format, naming the ones that exist."""
+def check_format(value: str, allowed: tuple[str, ...], what: str = "--format") -> None:
+    """Refuse an unknown --format (or other choice), naming the ones that exist."""
     if value not in allowed:
-        raise StackLoadError(f"--format {value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
+        raise StackLoadError(f"{what} {value!r}: use {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
 def pairs(items: list[str] | None, option: str, example: str) -> dict[str, str]:
@@ -89,7 +91,15 @@ def pairs(items: list[str] | None, option: str, example: str) -> dict[str, str]:
 
 
 def host_overrides(hosts: list[str] | None) -> dict[str, str]:
-    """--host NAME=URI items as {name: uri}."""
+    """--host NAME=URI items as {name: uri}; a bare URI (which may hold '=' itself, as in
+    `qemu+unix:///system?socket=...`) is refused with the form to use."""
+    for item in hosts or []:
+        name = item.partition("=")[0]
+        if ":" in name or "/" in name:
+            raise StackLoadError(
+                f"--host {item!r} looks like a bare URI; write NAME=URI with the host's name in the stack, "
+                f"e.g. --host local={item}"
+            )
     return pairs(hosts, "--host", "NAME=URI, e.g. --host local=qemu:///system")
 
 

@@ -17,6 +17,14 @@ import typer
 
 from virtplan.errors import ConfirmationRequired
 
+#: Piped answers (`echo yes | virtplan apply`) are refused on purpose: they would approve a plan
+#: nobody saw, destructive changes included; --yes (and --allow-destroy) say so explicitly.
+NO_TERMINAL = (
+    "no terminal to confirm on; nothing was {done}. Re-run with --yes. (A piped answer such as "
+    "`echo yes | virtplan ...` is not accepted: it would approve changes nobody reviewed; "
+    "--yes, plus --allow-destroy for destructive changes, says so explicitly.)"
+)
+
 
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
@@ -61,7 +69,7 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
         )
         return
     if not sys.stdin.isatty():
-        raise ConfirmationRequired("no terminal to confirm on; nothing was applied. Re-run with --yes.")
+        raise ConfirmationRequired(NO_TERMINAL.format(done="applied"))
     risky = the_plan.destructive()
     if risky:
         from virtplan.views.text import escape
@@ -71,6 +79,33 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
     answer = typer.prompt("Apply these changes? Only 'yes' is accepted", default="", show_default=False)
     if answer.strip() != "yes":
         raise ConfirmationRequired("not confirmed; nothing was applied.")
+
+
+def fetch_with_progress(engine: Any, the_plan: Any) -> None:
+    """Download the images the plan needs (URL sources not in the local cache yet), with a
+    progress bar each, and a line saying what was fetched and verified."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from virtplan.units import format_size
+    from virtplan.views.text import escape
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=console(), transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, Any] = {}
+
+        def progress(vol: Any, done: int, total: int | None) -> None:
+            if vol.address not in tasks:
+                tasks[vol.address] = bar.add_task(f"download {escape(vol.name)}", total=total)
+            bar.update(tasks[vol.address], completed=done, total=total)
+
+        def done(vol: Any, path: Any, how: str) -> None:
+            if how != "cached":
+                size = format_size(path.stat().st_size)
+                bar.console.print(f"  [green]{how}[/green] {escape(vol.source)} ({size}, {vol.image.algo} verified)")
+
+        engine.fetch_images(the_plan, progress, done)
 
 
 def apply_with_progress(engine: Any, the_plan: Any, observation: Any, limit: int | None = None) -> Any:
@@ -83,6 +118,7 @@ def apply_with_progress(engine: Any, the_plan: Any, observation: Any, limit: int
 
     from virtplan.apply.executor import Control
 
+    fetch_with_progress(engine, the_plan)
     control = Control()
     with Progress(
         TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),

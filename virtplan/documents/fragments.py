@@ -147,6 +147,22 @@ def layer_disk(disk: ET.Element, chain: list[str], volume_key: str, base_format:
     ET.SubElement(node, "source", {"pool": pool, "volume": name})
 
 
+def unlayer_disk(disk: ET.Element, volume_key: str, base_format: str) -> None:
+    """Rewrite one <disk> element in place: the declared volume `volume_key` itself again
+    (its layers were merged back into it)."""
+    pool, _, name = volume_key.partition("/")
+    for tag in ("source", "backingStore"):
+        for el in disk.findall(tag):
+            disk.remove(el)
+    disk.set("type", "volume")
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", {"name": "qemu"})
+        disk.insert(0, driver)
+    driver.set("type", base_format)
+    disk.insert(list(disk).index(driver) + 1, ET.Element("source", {"pool": pool, "volume": name}))
+
+
 def domain_with_disk(disk: ET.Element) -> str:
     """A minimal domain document holding one <disk> (for the readers of a domain's disks)."""
     root = ET.Element("domain")

@@ -34,6 +34,10 @@ __all__ = [  # Spec too: callers that handle every kind import it from here or f
 _UNIT = {"b": 1, "bytes": 1, "kib": 1024, "k": 1024, "mib": 1024**2, "m": 1024**2, "gib": 1024**3, "g": 1024**3,
          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tib": 1024**4, "t": 1024**4, "tb": 1000**4}  # fmt: skip
 
+#: Where a VNC/SPICE console listens when its XML names no address (`<listen type='address'/>`,
+#: as virt-install writes it): qemu.conf's default vnc_listen/spice_listen.
+DEFAULT_LISTEN = "127.0.0.1"
+
 
 @dataclass(frozen=True)
 class Owner:
@@ -104,6 +108,8 @@ def parse_domain(root: ET.Element) -> VMSpec:
     if graphics_el is not None:
         listen_el = graphics_el.find("listen")
         listen = graphics_el.get("listen") or (listen_el.get("address") if listen_el is not None else None)
+        if listen is None and (listen_el is None or listen_el.get("type", "address") == "address"):
+            listen = DEFAULT_LISTEN  # no address given: libvirt's default (qemu.conf vnc_listen/spice_listen)
         graphics = {"type": graphics_el.get("type"), "listen": listen, "password": attrs.get("graphics-password")}
     firmware = "bios"
     if os_el is not None and (os_el.get("firmware") == "efi" or os_el.find("loader[@type='pflash']") is not None):

@@ -55,7 +55,7 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
         sys.path.insert(0, folder)
     try:
         with collecting(stack):
-            runpy.run_path(str(file), run_name=f"virtplan_stack_{file.stem}")
+            runpy.run_path(str(file.resolve()), run_name=f"virtplan_stack_{file.stem}")  # __file__ absolute
     except StackLoadError:
         raise
     except SystemExit as exc:  # never a silent success: the stack was not declared to its end
@@ -90,8 +90,10 @@ def load_stack(path: str | os.PathLike[str], host_uris: dict[str, str] | None = 
 
 def _anchor_sources(stack: Stack, folder: Path) -> None:
     """Relative image paths (Volume(source=...)) are relative to the stack file's folder."""
+    from virtplan.model.images import is_url
+
     for vol in stack.volumes:
-        if isinstance(vol.source, str) and not Path(vol.source).is_absolute():
+        if isinstance(vol.source, str) and not is_url(vol.source) and not Path(vol.source).is_absolute():
             vol.source = str(folder / vol.source)
 
 

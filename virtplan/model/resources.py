@@ -14,12 +14,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from virtplan.model.fields import lenient, normalise_newlines
 from virtplan.model.registry import register
 from virtplan.model.secrets import Secret, secret
 from virtplan.units import parse_size
+
+if TYPE_CHECKING:
+    from virtplan.model.images import RemoteImage
 
 NetworkMode = Literal["nat", "route", "isolated", "bridge"]
 PowerState = Literal["running", "stopped"]
@@ -254,7 +257,9 @@ class Volume(Resource):
     """A volume in a pool: blank, a copy-on-write overlay on `backing`, or from `source`.
 
     `source` is a local image file uploaded through libvirt's stream API, so it works on
-    remote hosts too. An overlay's size defaults to its backing volume's size.
+    remote hosts too, or the URL of one (`https://...`) with its `sha256` (or `sha512`):
+    downloaded once into virtplan's local cache, verified, then uploaded the same way.
+    An overlay's size defaults to its backing volume's size.
 
     `backing` may also be the path of an image on the host that this stack does not manage
     (a clone's overlay on a frozen source disk; `backing_format` says its format), and
@@ -277,6 +282,8 @@ class Volume(Resource):
         backing_format: str | None = None,
         copy_of: str | None = None,
         renamed_from: str | None = None,
+        sha256: str | None = None,
+        sha512: str | None = None,
     ):
         self.pool: Pool | None = pool
         self.renamed_from = renamed_from  # the old name in the same pool
@@ -284,7 +291,18 @@ class Volume(Resource):
         self.backing = backing
         self.source = os.fspath(source) if isinstance(source, (str, os.PathLike)) else source
         self.backing_format, self.copy_of = backing_format, copy_of
+        self.sha256, self.sha512 = sha256, sha512
+        self.image: RemoteImage | None = None  # a URL source's facts, read when planning (not at load)
         self._register()
+
+    @property
+    def checksum(self) -> tuple[str, str] | None:
+        """("sha256" or "sha512", the lower-case hex digest) of a URL source, if declared."""
+        if self.sha256 is not None:
+            return "sha256", str(self.sha256).lower()
+        if self.sha512 is not None:
+            return "sha512", str(self.sha512).lower()
+        return None
 
     @property
     def host(self) -> Host | None:
@@ -314,8 +332,12 @@ class Volume(Resource):
         if isinstance(self.backing, Volume):
             return self.backing.size_bytes
         if self.source is not None:
-            from virtplan.model.images import image_virtual_size
+            from virtplan.model.images import image_virtual_size, is_url
 
+            if is_url(self.source):
+                if self.image is None:
+                    raise ValueError(f"the size of the image at {self.source} is read when planning")
+                return self.image.virtual_size
             return image_virtual_size(Path(self.source))
         raise ValueError("size is required for a blank volume (for example size='10GiB')")
 

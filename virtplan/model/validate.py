@@ -408,10 +408,14 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
     if vol.backing is not None and vol.format != "qcow2":
         errors.add(vol, "format", "a copy-on-write overlay (backing=) must be qcow2")
     _check_host_image_refs(vol, errors)
-    if vol.source is not None and not Path(vol.source).is_file():
+    from virtplan.model.images import checksum_problems, is_url, url_source_problems
+
+    for field, message in url_source_problems(vol) if is_url(vol.source) else checksum_problems(vol):
+        errors.add(vol, field, message)  # a URL is not fetched here: validation stays offline
+    if vol.source is not None and not is_url(vol.source) and not Path(vol.source).is_file():
         errors.add(vol, "source", f"image file {vol.source} does not exist")
         return
-    if vol.source is not None and vol.format in VOLUME_FORMATS:
+    if vol.source is not None and not is_url(vol.source) and vol.format in VOLUME_FORMATS:
         from virtplan.model.images import image_format
 
         actual = image_format(Path(vol.source))

@@ -213,6 +213,8 @@ class _Planner:
         if obj is None:
             spec = desired_spec(resource, self.renderer)
             fields = [FieldChange(k, None, v, "create") for k, v in spec.items() if k not in RUNTIME_ONLY]
+            if isinstance(resource, Volume) and resource.image is not None:  # a URL source: what is fetched
+                fields.append(FieldChange("image", None, resource.image.as_record(), "create"))
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
         if not self.owned(obj, resource.address, host):

@@ -130,11 +130,22 @@ def _volume(vol: Volume) -> Inputs:
         "size": vol.size,
         "format": vol.format,
         "backing": backing,
-        "source": str(Path(vol.source).absolute()) if vol.source is not None else None,
+        "source": _source(vol.source),
     }
     if vol.copy_of is not None:
         out["copyOf"] = vol.copy_of
+    for algo in ("sha256", "sha512"):  # a URL source's checksum
+        if getattr(vol, algo) is not None:
+            out[algo] = getattr(vol, algo)
     return out
+
+
+def _source(source: str | None) -> str | None:
+    from virtplan.model.images import is_url
+
+    if source is None or is_url(source):
+        return source
+    return str(Path(source).absolute())
 
 
 def _reveal(value: Secret | str | None) -> str | None:
@@ -274,6 +285,7 @@ class _Builder:
                 name, pool=pool, size=_num(d.get("size")), format=d.get("format") or "qcow2",
                 backing=backing, source=d.get("source"), copy_of=d.get("copyOf"),
                 backing_format=raw.get("format") if path and isinstance(raw, dict) else None,
+                sha256=d.get("sha256"), sha512=d.get("sha512"),
             )  # fmt: skip
         return self.volumes[key]
 

@@ -41,6 +41,8 @@ def value(field: str, v: Any) -> str:
         return "NICs " + ", ".join(v) + " off their network's bridge" if v else "all NICs on their network's bridge"
     if field == "reservations":
         return "[" + ", ".join(f"{r['ip']}={r['mac']}" for r in v) + "]" if v else "[]"
+    if field == "image":
+        return image_text(v)
     if field == "graphics":
         secret = ", password set" if v.get("password") else ""
         return f"{v.get('type')} on {v.get('listen')}{secret}"
@@ -49,6 +51,20 @@ def value(field: str, v: Any) -> str:
     if isinstance(v, str):
         return repr(v)
     return str(v)
+
+
+def image_text(image: dict[str, Any]) -> str:
+    """A URL source as a plan shows it: `download 350 MiB from https://... (sha256 3f4a...)`,
+    or `in the local cache` when it is there already (nothing is downloaded then)."""
+    from virtplan.hosts.downloads import cached, partial
+
+    digest = f"{image['algo']} {str(image['digest'])[:12]}..."
+    size = format_size(image["length"]) if image.get("length") else "size unknown"
+    if cached(image["algo"], image["digest"]):
+        return f"{image['url']} ({size}, in the local cache; {digest})"
+    resume = partial(image["algo"], image["digest"])
+    left = f", {format_size(resume)} already here: resumed" if resume else ""
+    return f"download {size} from {image['url']} ({digest}{left})"
 
 
 def _disk(d: dict[str, Any]) -> str:
@@ -80,6 +96,8 @@ def escape(text: str) -> str:
 
 
 def field_line(fc: FieldChange, action: Action) -> str:
+    if action == Action.CREATE and fc.field == "image":
+        return f"image: {escape(value(fc.field, fc.after))}"
     if action == Action.CREATE:
         return f"{fc.field} = {escape(value(fc.field, fc.after))}"
     before, after = escape(value(fc.field, fc.before)), escape(value(fc.field, fc.after))

@@ -84,6 +84,13 @@ def docstring(lines: list[str]) -> str:
     return '"""' + "\n".join(lines).replace('"""', "'''") + '\n"""'
 
 
+def wrap_comment(text: str, width: int = 100) -> list[str]:
+    """`text` as `# ` comment lines no wider than `width`."""
+    import textwrap
+
+    return ["# " + line for line in textwrap.wrap(text, width - 2, break_on_hyphens=False)]
+
+
 def import_line(names: list[str]) -> str:
     """`from virtplan import ...` for `names`, in the order ruff's isort keeps (NIC, VM, Disk, ...)."""
     return f"from virtplan import {', '.join(sorted(set(names), key=lambda s: (not s.isupper(), s)))}"

@@ -7,17 +7,26 @@ so that all disks share one moment. The per-VM work is `virtplan.apply.snapshots
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from virtplan.apply.snapshots import SnapshotError, SnapshotInfo, _record, delete, revert, take
+from virtplan.apply.snapshots import (
+    SnapshotError,
+    SnapshotInfo,
+    _record,
+    delete,
+    revert,
+    revert_blocker,
+    take,
+)
 
 if TYPE_CHECKING:
     from virtplan.engine import Engine
     from virtplan.hosts.records import Records
 
 
-def listing(store: Records, uri: str, host: str, declared: Iterable[str] = ()) -> list[SnapshotInfo]:
-    """Every snapshot this stack took on `host` (declared keys are "vm/name")."""
+def listing(store: Records, uri: str, host: str, declared: Iterable[str] = (), conn: Any = None) -> list[SnapshotInfo]:
+    """Every snapshot this stack took on `host` (declared keys are "vm/name"); with `conn`,
+    each says whether it can still be reverted to."""
     wanted = set(declared)
     out = []
     for address, record in sorted(store.records(uri).items()):
@@ -26,7 +35,10 @@ def listing(store: Records, uri: str, host: str, declared: Iterable[str] = ()) -
         vm, _, name = address.split("/", 2)[2].partition("/")
         files = dict(record.get("disks") or record.get("tops") or {})
         mode = record.get("mode", "disk")
-        out.append(SnapshotInfo(host, vm, name, mode, record.get("created", ""), f"{vm}/{name}" in wanted, files))
+        info = SnapshotInfo(host, vm, name, mode, record.get("created", ""), f"{vm}/{name}" in wanted, files)
+        if conn is not None:
+            info.blocked = revert_blocker(conn, store, uri, host, vm, name, record)
+        out.append(info)
     return out
 
 
@@ -75,11 +87,29 @@ def create_all(engine: Engine, name: str, vms: list[str] | None = None, memory: 
     return [f"{host}/{vm}" for host, _, vm in targets]
 
 
+def check_revert(engine: Engine, name: str, vms: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """The (host, uri, vm) to revert to snapshot `name`: every one deployed, with that
+    snapshot, still revertable (SnapshotError naming each problem otherwise). Run before
+    asking for confirmation, and again under the lock."""
+    targets = _targets(engine, vms)
+    problems = []
+    for host, uri, vm in targets:
+        try:
+            record = _record(engine.store, uri, host, vm, name)
+        except SnapshotError as exc:
+            problems.append(str(exc))
+            continue
+        blocker = revert_blocker(engine.connection(host), engine.store, uri, host, vm, name, record)
+        if blocker is not None:
+            problems.append(f"snapshot {name!r} of {vm!r} can no longer be reverted to: {blocker}")
+    if problems:
+        raise SnapshotError("; ".join(problems) + "; nothing was reverted")
+    return targets
+
+
 def revert_all(engine: Engine, name: str, vms: list[str] | None = None) -> list[str]:
     """Revert every VM of the stack (or `vms`) to its snapshot `name`."""
-    targets = _targets(engine, vms)
-    for host, uri, vm in targets:
-        _record(engine.store, uri, host, vm, name)  # all present before touching any
+    targets = check_revert(engine, name, vms)  # all present and revertable before touching any
     for host, uri, vm in targets:
         revert(engine.connection(host), engine.store, uri, host, vm, name)
     return [f"{host}/{vm}" for host, _, vm in targets]
@@ -100,5 +130,5 @@ def list_all(engine: Engine) -> list[SnapshotInfo]:
     declared = [s.key for s in engine.stack.of_kind(Snapshot)]
     out = []
     for host in engine.stack.hosts:
-        out += listing(engine.store, host.uri, host.name, declared)
+        out += listing(engine.store, host.uri, host.name, declared, engine.connection(host.name))
     return out

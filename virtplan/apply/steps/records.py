@@ -39,10 +39,13 @@ class Intent(Operation):
     kind: str
     expect: dict[str, Any] | None = None
     upload: bool = False
+    image: dict[str, Any] | None = None  # a URL source's facts, kept with the volume's record
 
     def run(self, rt: Runtime) -> None:
         store, uri = rt.ctx.store, rt.ctx.host.uri
         fields: dict[str, Any] = {"kind": self.kind, "pending": True}
+        if self.image is not None:
+            fields["image"] = self.image
         if self.kind == "pool":
             fields["id"] = rt.facts.get("uuid")
         if self.expect is not None:

@@ -16,7 +16,7 @@ from virtplan.apply.steps.records import ChooseUuid, Forget, ForgetIdentity, Rec
 from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
 from virtplan.apply.steps.vm_live import HOT, AttachDevice, DetachDisk, ReplugNic
 from virtplan.apply.steps.vm_volumes import ClaimConsoleLog, DeleteVmVolume, WriteSeed
-from virtplan.documents.merge import keep_device_addresses
+from virtplan.documents.merge import redefinition
 from virtplan.documents.render import console_log_path
 from virtplan.hosts.observe import ObservedObject
 from virtplan.model import VM, Resource
@@ -33,7 +33,8 @@ _DIGEST_ATTR = {
 @dataclass(frozen=True)
 class DefineDomain(Operation):
     """Define the VM as rendered; `keep_from` (the current definition) keeps its device
-    addresses; disks on frozen volumes point at their top layer (virtplan.apply.layers).
+    addresses and everything the stack does not model (virtplan.documents.merge); disks on
+    frozen volumes point at their top layer (virtplan.apply.layers).
     The shell form masks secrets: "(sensitive)" stands where the password goes."""
 
     vm: VM
@@ -44,7 +45,7 @@ class DefineDomain(Operation):
 
         xml = ctx.renderer.domain_xml(self.vm, reveal_secrets=reveal_secrets)
         if self.keep_from is not None:
-            xml = keep_device_addresses(xml, self.keep_from)
+            xml = redefinition(xml, self.keep_from)
         return apply_layers(xml, ctx.store, ctx.host.uri, ctx.host.name)
 
     def run(self, rt: Runtime) -> None:

@@ -81,6 +81,45 @@ class CopyRenamed(Operation):
                 f"virsh vol-create-from {q(self.vol.pool.name)} {q(path)} {q(old)}"]  # fmt: skip
 
 
+class FetchImage(Operation):
+    """The image at the volume's URL, in the local cache and verified: downloaded, resumed
+    or already there (the CLI fetches before applying, with a progress bar)."""
+
+    vol: Volume
+
+    def run(self, rt: Runtime) -> None:
+        from virtplan.hosts.downloads import DownloadError, fetch
+        from virtplan.model.images import image_format
+
+        assert self.vol.image is not None
+        path, _ = fetch(self.vol.image)
+        if image_format(path) != self.vol.format:
+            raise DownloadError(f"{self.vol.address}: the image from {self.vol.source} is {image_format(path)}, "
+                                f"not {self.vol.format}; say format={image_format(path)!r}")  # fmt: skip
+
+    def shell(self, ctx: Context) -> list[str]:
+        assert self.vol.image is not None and self.vol.pool is not None
+        image = self.vol.image
+        local = file_name("image", self.vol.pool.name, self.vol.name)
+        return [f"curl -fL -C - -o {q(local)} {q(image.url)}  # resumable",
+                f"echo {q(f'{image.digest}  {local}')} | {image.algo}sum -c"]  # fmt: skip
+
+
+def local_image(vol: Volume) -> Path:
+    """The local file a volume's image is uploaded from: its source, or for a URL the cached download."""
+    from virtplan.model.images import is_url
+
+    if is_url(vol.source):
+        from virtplan.hosts.downloads import cached
+
+        assert vol.checksum is not None
+        path = cached(*vol.checksum)
+        assert path is not None, "FetchImage runs first"
+        return path
+    assert vol.source is not None
+    return Path(vol.source)
+
+
 @dataclass(frozen=True)
 class UploadVolume(Operation):
     """A volume holding a local image file, streamed through libvirt (remote hosts too)."""
@@ -89,7 +128,7 @@ class UploadVolume(Operation):
 
     def run(self, rt: Runtime) -> None:
         assert self.vol.pool is not None and self.vol.source is not None
-        path = Path(self.vol.source)
+        path = local_image(self.vol)
         size = path.stat().st_size
         pool = rt.handle("pool", self.vol.pool.name)
         obj = rt.remember(
@@ -103,8 +142,16 @@ class UploadVolume(Operation):
         refresh_pool(pool)
 
     def shell(self, ctx: Context) -> list[str]:
+        from virtplan.model.images import is_url
+
         assert self.vol.pool is not None and self.vol.source is not None
         pool, name = q(self.vol.pool.name), q(self.vol.name)
+        if is_url(self.vol.source):  # downloaded beside the script by FetchImage's commands
+            assert self.vol.image is not None
+            source = file_name("image", self.vol.pool.name, self.vol.name)
+            size = self.vol.image.length or 0
+            return [f"virsh vol-create-as {pool} {name} {size} --format {self.vol.format}",
+                    f"virsh vol-upload --pool {pool} {name} {q(source)}"]  # fmt: skip
         source = os.path.abspath(self.vol.source)
         size = Path(source).stat().st_size
         return [f"virsh vol-create-as {pool} {name} {size} --format {self.vol.format}",
@@ -167,7 +214,10 @@ class DeleteVolume(Operation):
 def create(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
     vol: Volume = ctx.resource(change)
     backing = ctx.renderer.volume_context(vol).backing_path
-    yield Intent(change.address, "volume", {"format": vol.format, "backing": backing}, upload=vol.source is not None)
+    if vol.image is not None:  # a URL source: downloaded and verified before anything is created
+        yield FetchImage(vol)
+    yield Intent(change.address, "volume", {"format": vol.format, "backing": backing}, upload=vol.source is not None,
+                 image=vol.image.as_record() if vol.image is not None else None)  # fmt: skip
     yield EnsureAbsent(change.address, change.key)
     if vol.source is not None:
         yield UploadVolume(vol)

@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import host_overrides, pairs
+from virtplan.cli.options import DebugOpt, HostOpt, host_overrides, pairs, set_debug
 from virtplan.cli.output import console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("clone")
     def clone_command(
-        stack: Annotated[Path, typer.Argument(help="The deployed stack to clone, e.g. stacks/lab.py")],
+        stack: Annotated[Path, typer.Argument(help="The deployed stack to clone, e.g. stacks/lab.py", metavar="STACK")],
         name: Annotated[str, typer.Option("--name", help="The clone's name; prefixes every name in it.")],
         subnet_map: Annotated[
             list[str] | None,
@@ -36,11 +36,17 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--out", help="Where to write the clone's program (default: stacks/<name>.py).")
         ] = None,
         no_apply: Annotated[bool, typer.Option("--no-apply", help="Freeze and write the program only.")] = False,
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        host: HostOpt = None,
         format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+        debug: DebugOpt = False,
     ) -> None:
         """Clone a deployed environment: new names, MACs and isolated networks, linked disks."""
         import json
+
+        from virtplan.cli.options import check_format
+
+        set_debug(debug)
+        check_format(format, ("text", "json"))
 
         from virtplan.workflows.clone import CloneOptions, clone
 

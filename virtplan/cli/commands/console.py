@@ -1,35 +1,79 @@
-"""`virtplan console-log`: show a VM's serial console output."""
+"""`virtplan console-log`: show (or follow) a VM's serial console output."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from virtplan.cli.options import open_engine
+from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
+
+VmArg = Annotated[str, typer.Argument(help="VM name as declared in the stack", metavar="VM")]
 
 
 def register(app: typer.Typer) -> None:
     @app.command("console-log")
     def console_log(
-        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
-        vm: Annotated[str, typer.Argument(help="VM name as declared in the stack")],
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        stack: StackArg,
+        vm: VmArg,
+        host: HostOpt = None,
         tail_lines: Annotated[int, typer.Option("--tail", "-n", help="Only the last N lines (0: all).")] = 0,
+        follow: Annotated[
+            bool, typer.Option("--follow", "-f", help="Keep printing what the VM writes, until Ctrl-C.")
+        ] = False,
+        interval: Annotated[
+            float, typer.Option("--interval", help="With --follow: seconds between reads.", metavar="SECONDS", min=0.1)
+        ] = 1.0,
+        debug: DebugOpt = False,
     ) -> None:
         """Print a VM's serial console log (read through libvirt, so remote hosts work)."""
-        from virtplan.errors import StackLoadError
-        from virtplan.hosts.console import read_console_log, tail
+        import codecs
+        import sys
+        import time
 
+        from virtplan.hosts.console import console_log_bytes, tail
+        from virtplan.workflows.guest import declared_vm
+
+        set_debug(debug)
         with open_engine(stack, host) as engine:
-            matches = [v for v in engine.stack.vms if v.name == vm]
-            if not matches:
-                names = ", ".join(sorted(v.name for v in engine.stack.vms)) or "none"
-                raise StackLoadError(f"the stack declares no VM {vm!r} (VMs: {names})")
-            if len(matches) > 1:
-                raise StackLoadError(f"several hosts have a VM {vm!r}; this command takes a unique name")
-            target = matches[0]
+            target = declared_vm(engine.stack, vm)
             assert target.host is not None
-            text = read_console_log(engine.connection(target.host.name), target)
-        typer.echo(tail(text, tail_lines), nl=not text.endswith("\n") or tail_lines > 0)
+            conn = engine.connection(target.host.name)
+            data, offset = console_log_bytes(conn, target, 0)
+            text = tail(data.decode(errors="replace"), tail_lines)
+            if text:
+                sys.stdout.write(text if text.endswith("\n") or not tail_lines else text + "\n")
+                sys.stdout.flush()
+            elif not follow:
+                print(f"note: the console log of {target.address} is empty: the VM has not written to its "
+                      "serial console yet (or has not been started).", file=sys.stderr)  # fmt: skip
+                return
+            if not follow:
+                return
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            running = _run_id(conn, target.name)
+            try:
+                while True:
+                    time.sleep(interval)
+                    now = _run_id(conn, target.name)
+                    if now not in (running, -1):  # a new QEMU process: libvirt started its log afresh
+                        print(f"note: {target.address} restarted; its console log starts afresh.", file=sys.stderr)
+                        offset = 0
+                    running = now if now != -1 else running
+                    data, size = console_log_bytes(conn, target, offset, refresh=offset == 0)
+                    offset = size
+                    if data:
+                        sys.stdout.write(decoder.decode(data))
+                        sys.stdout.flush()
+            except KeyboardInterrupt:
+                return  # Ctrl-C ends following; it is not an error
+
+
+def _run_id(conn: Any, name: str) -> int:
+    """The domain's run ID (new at every start; -1 while stopped or gone)."""
+    import libvirt
+
+    try:
+        return int(conn.lookupByName(name).ID())
+    except libvirt.libvirtError:
+        return -1

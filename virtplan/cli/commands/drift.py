@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import KeepGoingOpt, open_engine, set_debug, unreachable
+from virtplan.cli.options import DebugOpt, HostOpt, KeepGoingOpt, StackArg, open_engine, set_debug, unreachable
 from virtplan.cli.output import console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("drift")
     def drift(
-        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        stack: StackArg,
+        host: HostOpt = None,
         format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
         detailed_exitcode: Annotated[
             bool, typer.Option("--detailed-exitcode", help="Exit 2 when something changed outside virtplan.")
         ] = False,
         keep_going: KeepGoingOpt = False,
-        debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+        debug: DebugOpt = False,
     ) -> None:
         """Report changes made outside virtplan, field by field, apart from the stack's own
         pending changes. Changes nothing."""

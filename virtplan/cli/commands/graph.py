@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import open_engine, set_debug
+from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
 
 
 def register(app: typer.Typer) -> None:
     @app.command("graph")
     def graph(
-        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")],
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        stack: StackArg,
+        host: HostOpt = None,
         format: Annotated[str, typer.Option("--format", help="mermaid or dot")] = "mermaid",
         with_plan: Annotated[
             bool, typer.Option("--plan", help="Mark each resource with its planned action (reads the hosts).")
         ] = False,
-        debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+        debug: DebugOpt = False,
     ) -> None:
         """Print the dependency graph of the stack's resources. Without --plan it reads only
         the stack file; with --plan it plans (changing nothing) and marks the actions."""

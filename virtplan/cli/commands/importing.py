@@ -7,25 +7,39 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import host_overrides
+from virtplan.cli.options import DebugOpt, HostOpt, StackArg, host_overrides, set_debug
 from virtplan.cli.output import console
 
 
 def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_command(
-        host: Annotated[str, typer.Option("--host", help="libvirt URI of the host to read, e.g. qemu:///system")],
+        host: Annotated[
+            list[str],
+            typer.Option(
+                "--host",
+                metavar="NAME=URI",
+                help="The host to read, as NAME=URI like every --host: NAME is its name in the written stack, "
+                "e.g. --host kvm1=qemu:///system.",
+            ),
+        ],
         out: Annotated[Path, typer.Option("--out", help="The stack program to write, e.g. stacks/imported.py")],
         name_pattern: Annotated[
             list[str] | None,
             typer.Option("--name-pattern", help="Only objects matching this glob (repeatable), plus what they use."),
         ] = None,
-        host_name: Annotated[str, typer.Option("--host-name", help="The host's name in the stack.")] = "imported",
+        debug: DebugOpt = False,
     ) -> None:
         """Write a stack program declaring a host's existing objects (planning it is a no-op)."""
+        from virtplan.errors import StackLoadError
         from virtplan.workflows.importer import import_host
 
-        result = import_host(host, out, name_pattern, host_name)
+        set_debug(debug)
+        hosts = host_overrides(host)
+        if len(hosts) != 1:
+            raise StackLoadError(f"import reads one host: give one --host NAME=URI (got {len(hosts)})")
+        ((host_name, uri),) = hosts.items()
+        result = import_host(uri, out, name_pattern, host_name)
         ui = console()
         ui.print(f"[bold green]Wrote {out}[/bold green]: {result.count} object(s) declared.")
         for kind, names in sorted(result.declared.items()):
@@ -37,12 +51,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("adopt")
     def adopt_command(
-        stack: Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/imported.py")],
-        host: Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")] = None,
+        stack: StackArg,
+        host: HostOpt = None,
+        debug: DebugOpt = False,
     ) -> None:
         """Take ownership of the existing objects the stack declares (each must match exactly)."""
         from virtplan.workflows.importer import adopt
 
+        set_debug(debug)
         result = adopt(stack, host_overrides(host))
         ui = console()
         ui.print(f"[bold green]Adopted {len(result.adopted)} object(s)[/bold green] into stack {stack.stem}.")

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import open_engine
-from virtplan.cli.output import console
+from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
+from virtplan.cli.output import NO_TERMINAL, console
 
-StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py")]
-VmsArg = Annotated[list[str] | None, typer.Argument(help="VM names (default: every VM of the stack)")]
+VmsArg = Annotated[list[str] | None, typer.Argument(help="VM names (default: every VM of the stack)", metavar="VM")]
 NameOpt = Annotated[str, typer.Option("--name", help="The snapshot's name.")]
-HostOpt = Annotated[list[str] | None, typer.Option("--host", help="Override a host's URI: NAME=URI.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -30,10 +27,12 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--memory", help="Checkpoint running VMs with their memory (default: disk-only).")
         ] = False,
         host: HostOpt = None,
+        debug: DebugOpt = False,
     ) -> None:
         """Take snapshot NAME of the VMs (all together: running VMs pause for an instant)."""
         from virtplan.workflows.snapshots import create_all
 
+        set_debug(debug)
         with open_engine(stack, host) as engine, engine.locked():
             done = create_all(engine, name, vms or None, memory=memory)
         kind = "memory" if memory else "disk-only"
@@ -45,12 +44,17 @@ def register(app: typer.Typer) -> None:
         vms: VmsArg = None,
         host: HostOpt = None,
         format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+        debug: DebugOpt = False,
     ) -> None:
-        """The snapshots this stack took (declared and on demand)."""
+        """The snapshots this stack took (declared and on demand), and whether each can still be reverted to."""
         import json
 
+        from virtplan.cli.options import check_format
+        from virtplan.views.text import escape
         from virtplan.workflows.snapshots import list_all
 
+        set_debug(debug)
+        check_format(format, ("text", "json"))
         with open_engine(stack, host) as engine:
             found = [s for s in list_all(engine) if not vms or s.vm in vms]
         if format == "json":
@@ -60,9 +64,13 @@ def register(app: typer.Typer) -> None:
         if not found:
             ui.print("No snapshots.")
             return
-        for s in found:
-            how = "declared" if s.declared else "on demand"
-            ui.print(f"  {s.host}/{s.vm:<20} {s.name:<20} {s.mode:<7} {s.created}  ({how})")
+        rows = [(f"{s.host}/{s.vm}", s.name, s.mode, s.created, "declared" if s.declared else "on demand",
+                 "yes" if s.blocked is None else f"no: {s.blocked}") for s in found]  # fmt: skip
+        header = ("VM", "SNAPSHOT", "KIND", "TAKEN", "HOW", "REVERTABLE")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+        for row in [header, *rows]:
+            line = "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+            ui.print(escape(line) if row is not header else f"[bold]{escape(line)}[/bold]")
 
     @group.command("revert")
     def revert(
@@ -71,23 +79,29 @@ def register(app: typer.Typer) -> None:
         name: NameOpt = ...,  # type: ignore[assignment]
         yes: Annotated[bool, typer.Option("--yes", "-y", help="Revert without asking.")] = False,
         host: HostOpt = None,
+        debug: DebugOpt = False,
     ) -> None:
         """Bring the VMs back to snapshot NAME. Destructive: their current state is discarded."""
         import sys
 
         from virtplan.errors import ConfirmationRequired
-        from virtplan.workflows.snapshots import revert_all
+        from virtplan.workflows.snapshots import check_revert, revert_all
 
+        set_debug(debug)
         ui = console()
-        which = ", ".join(vms) if vms else "every VM of the stack"
-        if not yes:
-            if not sys.stdin.isatty():
-                raise ConfirmationRequired("reverting discards the VMs' current state; re-run with --yes")
-            ui.print(f"[bold red]Destructive:[/bold red] {which} lose everything since snapshot {name}.")
-            if typer.prompt("Revert? Only 'yes' is accepted", default="", show_default=False).strip() != "yes":
-                raise ConfirmationRequired("not confirmed; nothing was reverted.")
-        with open_engine(stack, host) as engine, engine.locked():
-            done = revert_all(engine, name, vms or None)
+        with open_engine(stack, host) as engine:
+            targets = check_revert(engine, name, vms or None)  # before asking: is there anything to revert to?
+            which = ", ".join(vm for _, _, vm in targets)
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise ConfirmationRequired(
+                        "reverting discards the VMs' current state; " + NO_TERMINAL.format(done="reverted")
+                    )
+                ui.print(f"[bold red]Destructive:[/bold red] {which} lose everything since snapshot {name}.")
+                if typer.prompt("Revert? Only 'yes' is accepted", default="", show_default=False).strip() != "yes":
+                    raise ConfirmationRequired("not confirmed; nothing was reverted.")
+            with engine.locked():
+                done = revert_all(engine, name, vms or None)
         ui.print(f"[green]Reverted[/green] to {name}: {', '.join(done)}")
 
     @group.command("delete")
@@ -96,10 +110,12 @@ def register(app: typer.Typer) -> None:
         vms: VmsArg = None,
         name: NameOpt = ...,  # type: ignore[assignment]
         host: HostOpt = None,
+        debug: DebugOpt = False,
     ) -> None:
         """Delete snapshot NAME of the VMs."""
         from virtplan.workflows.snapshots import delete_all
 
+        set_debug(debug)
         with open_engine(stack, host) as engine, engine.locked():
             done = delete_all(engine, name, vms or None)
         console().print(f"[green]Deleted[/green] snapshot {name} of {', '.join(done)}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from virtplan.cli.options import DebugOpt, HostOpt, StackArg, host_overrides, set_debug
-from virtplan.cli.output import console
+from virtplan.cli.output import NO_TERMINAL, console
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rename a deployed stack: its objects are kept (UUIDs, MACs, disks), marked as the
         new stack's, and the program declares the new name."""
+        import sys
+
         from virtplan.errors import ConfirmationRequired
         from virtplan.workflows.rename import rename_stack
 
@@ -41,6 +43,8 @@ def register(app: typer.Typer) -> None:
                          f"move {plan.records[name]} record(s)")  # fmt: skip
             if yes:
                 return
+            if not sys.stdin.isatty():
+                raise ConfirmationRequired(NO_TERMINAL.format(done="renamed"))
             answer = typer.prompt("Rename? Only 'yes' is accepted", default="", show_default=False)
             if answer.strip() != "yes":
                 raise ConfirmationRequired("not confirmed; nothing was renamed.")

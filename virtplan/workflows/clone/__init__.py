@@ -80,6 +80,7 @@ def clone(
     say: Progress | None = None,
 ) -> CloneResult:
     """Clone the deployed stack at `source`; write the clone's program and apply it."""
+    from virtplan.apply.layers import compact_host, release_freezes
     from virtplan.engine import Engine
     from virtplan.hosts.cache import cache_dir
     from virtplan.model import load_stack
@@ -91,34 +92,52 @@ def clone(
     out = opts.out or src.path.parent / f"{opts.name}.py"
     if out.exists():
         raise CloneError(f"{out} already exists; pick another --name (or destroy that stack and remove the file)")
-    with Engine(src) as engine, engine.locked():  # freezing changes the source's domains
+    clone_stack = _stack_key(out)
+    # Under the source's lock from the freeze until the clone's overlays exist: nothing merges
+    # the frozen files back meanwhile (see virtplan.apply.layers.compact_vm).
+    with Engine(src) as engine, engine.locked():
+        for host in src.hosts:  # layers earlier clones and snapshots left: merged back first
+            for note in compact_host(engine.connection(host.name), engine.store, host.uri, host.name).notes:
+                say(note)
         observation = engine.observe()
         deployed_check(engine, observation)
         d = design_clone(src, observation, opts)
         uris = {h.name: h.uri for h in src.hosts}
         made = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         _dry_run(src, d, opts, uris, out, made)  # invalid clones fail here, before any freezing
-        frozen = frozen_states(engine, observation, d, opts, say)
+        frozen = frozen_states(engine, observation, d, opts, say, clone_stack)
         images = cache_dir() / "clone-images" / opts.name
         mode = fill_disks(engine, d, frozen, opts, images, say)
-    text = clone_program(src, d, opts, uris, out, mode, made)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    say(f"wrote {out}")
-    result = CloneResult(
-        opts.name, out, {v.source.name: v.name for v in d.vms},
-        {n.source.split(" ")[0]: (n.name, n.cidr) for n in d.nets},
-        {f"{vm}/{volume}": f.path for (vm, volume), f in frozen.items()},
-        mode,
-    )  # fmt: skip
-    if apply:
-        try:
-            apply_clone(out, say)
-        except VirtplanError as exc:
-            raise CloneError(f"{exc}\nThe clone's program is {out}: `virtplan apply {out}` completes the clone, "
-                             f"`virtplan destroy {out}` removes what was made") from exc  # fmt: skip
+        text = clone_program(src, d, opts, uris, out, mode, made)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        say(f"wrote {out}")
+        result = CloneResult(
+            opts.name, out, {v.source.name: v.name for v in d.vms},
+            {n.source.split(" ")[0]: (n.name, n.cidr) for n in d.nets},
+            {f"{vm}/{volume}": f.path for (vm, volume), f in frozen.items()},
+            mode,
+        )  # fmt: skip
+        if apply:
+            try:
+                apply_clone(out, say)
+            except VirtplanError as exc:
+                raise CloneError(f"{exc}\nThe clone's program is {out}: `virtplan apply {out}` completes the clone, "
+                                 f"`virtplan destroy {out}` removes what was made") from exc  # fmt: skip
+            for host in src.hosts:  # the clone's overlays (or copies) exist: they hold what they need
+                release_freezes(engine.store, host.uri, clone_stack)
+                if opts.full:  # full copies need the frozen files no longer: merged back at once
+                    compact_host(engine.connection(host.name), engine.store, host.uri, host.name)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _stack_key(program: Path) -> str:
+    """The stack identity the clone's program will have (its file name, in its project)."""
+    from virtplan.model.identity import project_of
+
+    project = project_of(program.resolve())
+    return f"{project}/{program.stem}" if project else program.stem
 
 
 def _dry_run(src: Stack, d: Design, opts: CloneOptions, uris: dict[str, str], out: Path, made: str) -> None:

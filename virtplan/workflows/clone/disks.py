@@ -40,8 +40,9 @@ class Frozen:
 
 
 def frozen_states(engine: Engine, observation: Observation, d: Design, opts: CloneOptions,
-                  say: Progress) -> dict[tuple[str, str], Frozen]:  # fmt: skip
-    """(source VM name, source volume key) -> the file holding the state to clone."""
+                  say: Progress, clone_stack: str = "") -> dict[tuple[str, str], Frozen]:  # fmt: skip
+    """(source VM name, source volume key) -> the file holding the state to clone; the freeze
+    records name the clone's stack (`clone_stack`), which releases them."""
     out: dict[tuple[str, str], Frozen] = {}
     by_host: dict[str, list[VMDesign]] = {}
     for v in d.vms:
@@ -51,7 +52,7 @@ def frozen_states(engine: Engine, observation: Observation, d: Design, opts: Clo
         if opts.from_snapshot:
             out.update(_snapshot_states(engine, host_name, vms, opts.from_snapshot))
         else:
-            out.update(_freeze_host(engine, host_name, vms, opts, say))
+            out.update(_freeze_host(engine, host_name, vms, opts, say, clone_stack))
     return out
 
 
@@ -86,7 +87,7 @@ def _snapshot_states(
 
 
 def _freeze_host(engine: Engine, host_name: str, vms: list[VMDesign], opts: CloneOptions,
-                 say: Progress) -> dict[tuple[str, str], Frozen]:  # fmt: skip
+                 say: Progress, clone_stack: str = "") -> dict[tuple[str, str], Frozen]:  # fmt: skip
     """Freeze the disks of the VMs on one host (running ones paused together for one
     instant); a stopped VM copied in full needs no freezing: its files are not written."""
     import libvirt
@@ -110,7 +111,8 @@ def _freeze_host(engine: Engine, host_name: str, vms: list[VMDesign], opts: Clon
 
         def one(item: tuple[VMDesign, Any]) -> None:
             v, dom = item
-            result = freeze(conn, dom, engine.store, uri, host_name, label, record={"clone": opts.name})
+            record = {"clone": opts.name, "clone_stack": clone_stack}
+            result = freeze(conn, dom, engine.store, uri, host_name, label, record=record)
             for fd in result.disks.values():
                 out[(v.source.name, fd.volume)] = Frozen(fd.path, fd.format, fd.capacity)
 

@@ -37,6 +37,7 @@ def settle(
         failed.update({k: v for k, v in round_trip_problems(stack, state).items() if k not in failed})
         failed = {k: v for k, v in failed.items() if k not in excluded}
         if not failed:
+            _note_unmodelled(declarer, stack, state)
             return declarer, excluded
         excluded.update(failed)
         for dep in _dependents(declarer.decls, failed) - set(failed):
@@ -77,6 +78,37 @@ def round_trip_problems(stack: Stack, state: HostState) -> dict[Key, str]:
             shown = "; ".join(f"{k}: host has {obj.spec.get(k)!r}, would declare {desired[k]!r}" for k in differ[:3])
             problems[(r.kind, r.key)] = f"does not round-trip ({shown})"
     return problems
+
+
+def _note_unmodelled(declarer: Declarer, stack: Stack, state: HostState) -> None:
+    """The comment above each imported VM: what virtplan does not model, which a later
+    redefinition keeps as the host has it (and anything it would drop)."""
+    from virtplan.documents.merge import Kept, keep_unmodelled
+    from virtplan.documents.render import Renderer
+    from virtplan.workflows.codegen import wrap_comment
+
+    renderer = Renderer(stack, {state.name: state.facts})
+    for (kind, key), decl in declarer.decls.items():
+        obj = state.get(kind, key)
+        if kind != "vm" or obj is None:
+            continue
+        report = Kept()
+        keep_unmodelled(renderer.domain_xml(decl.resource), obj.xml, report)  # type: ignore[arg-type]
+        lines = []
+        if report.kept:
+            lines += wrap_comment("Not modeled by virtplan, kept as the host has them when virtplan redefines "
+                                  "this VM: " + ", ".join(_counted(report.kept)) + ".")  # fmt: skip
+        if report.dropped:
+            lines += wrap_comment("Dropped when virtplan redefines it: " + ", ".join(report.dropped) + ".")
+        decl.note = "\n".join(lines)
+
+
+def _counted(items: list[str]) -> list[str]:
+    """Items in first-seen order, repeats counted: ["redirdev spicevmc x2", ...]."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return [f"{item} x{n}" if n > 1 else item for item, n in counts.items()]
 
 
 def _dependents(decls: dict[Key, Declaration], gone: Iterable[Key]) -> set[Key]:

@@ -155,9 +155,7 @@ class Declarer:
             description=s.get("description") or "", cmdline=s.get("cmdline") or None,
             console_log=s.get("console_log") is not None, **boot,
         )  # fmt: skip
-        extra = _unmodeled(o.xml)
-        note = f"# not modeled, dropped when virtplan first redefines it: {', '.join(extra)}" if extra else ""
-        self.add(Declaration("vm", o.key, None, vm, refs, note))
+        self.add(Declaration("vm", o.key, None, vm, refs))  # its note: check._note_unmodelled
 
     def _disks(self, o: ObservedObject, refs: set[Key]) -> list[Disk | Volume]:
         """The VM's disks, each on an imported volume."""
@@ -222,20 +220,6 @@ def _targets(domain_xml: str) -> list[str]:
         target = disk.find("target")
         out.append(target.get("dev", "") if target is not None else "")
     return out
-
-
-#: Devices virtplan renders itself or that libvirt adds on its own.
-_MODELED = {"disk", "interface", "serial", "console", "graphics", "video", "memballoon", "controller", "input",
-            "emulator", "audio"}  # fmt: skip
-
-
-def _unmodeled(domain_xml: str) -> list[str]:
-    """Device kinds of a domain that virtplan's templates do not produce (a note for the reader)."""
-    import xml.etree.ElementTree as ET
-
-    devices = ET.fromstring(domain_xml).find("devices")
-    found = {d.tag for d in devices} - _MODELED if devices is not None else set()
-    return sorted(found)
 
 
 def declare(state: HostState, choice: Choice, host_name: str, uri: str, excluded: dict[Key, str],

@@ -24,8 +24,9 @@ def import_program(declarer: Declarer, uri: str, patterns: list[str], skipped: d
         "",
         "Planning this program changes nothing: each declaration matches the host exactly.",
         "The objects are not virtplan's yet; `virtplan adopt` on this file takes ownership, after",
-        "which plan/apply manage them like any stack's. Beware: after adoption a change",
-        "re-renders a domain from virtplan's templates, dropping devices it does not model.",
+        "which plan/apply manage them like any stack's. A change re-renders a domain from",
+        "virtplan's templates and keeps what virtplan does not model (CPU model, clock, boot",
+        "order, controllers, channels, ...) as the host has it; the comment above each VM says what.",
     ]
     if skipped:
         header += ["", "Left out (they would not round-trip, or depend on something that does not):"]

@@ -108,6 +108,11 @@ while read -r module; do
 done < /etc/probe/modules
 
 acpid -d -c /etc/acpi -p /run/acpid.pid >/dev/null 2>&1 &
+# commands typed on the serial console run (`virtplan console`), from here on even if the
+# steps below fail; no prompt and no line editing, so the report stays the console's last
+# line until someone types there (Enter on a terminal sends CR: the line discipline makes
+# it a newline)
+sh -c 'stty icrnl onlcr; while IFS= read -r line; do eval "$line"; done' </dev/ttyS0 >/dev/ttyS0 2>&1 &
 
 seed_dev=$(find_seed) || fail no-seed
 mount -t iso9660 -o ro "$seed_dev" /seed || fail seed-mount
