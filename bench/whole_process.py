@@ -1,0 +1,381 @@
+"""virtplan as users feel it: whole processes with default flags, next to raw libvirt-python floors.
+
+On one private libvirt host (virtplan_lab.testbed.PrivateHost; domain type qemu, i.e. TCG)
+this times whole processes, interpreter start-up included, from start to exit:
+
+- converge / destroy, N running VMs (one NAT network, one dir pool, one 16 MiB qcow2
+  volume per VM; 64 MiB blank guests, `shutdown_timeout=0`): `virtplan apply --yes` and
+  `virtplan destroy --yes --allow-destroy` next to `bench/raw_floor.py converge|destroy`,
+  which defines the same documents (virtplan's rendering, unmarked) with 8 threads;
+- no-op plan: `virtplan plan` on the converged stack (N running VMs, and N defined but
+  stopped VMs for larger N) next to `bench/raw_floor.py read`: python + libvirt-python
+  listing every kind and fetching every declared object's XML;
+- memory: the peak RSS of `virtplan plan` for N resources (N/4 stopped VMs with 3 volumes
+  each, a network and a pool), on an empty host (everything to create) and once deployed
+  (no changes).
+
+Runs alternate (A B A B ..., the order rotating every round) so that load from other work
+on the machine falls on every side alike; every figure is a median with its spread, and
+the load average is printed with each phase. `--before REV` adds the same runs of another
+commit of this repository (unpacked with `git archive`) as a "before" column.
+
+Every process runs with byte-code caching on (PYTHONDONTWRITEBYTECODE is removed from its
+environment, and each checkout is compiled first, as `pip install` does), its own virtplan
+cache folder, and one untimed warm-up run per side and phase.
+
+    .venv/bin/python bench/whole_process.py                    # all phases (about an hour here)
+    .venv/bin/python bench/whole_process.py --quick            # N=10 and a no-op at N=50 (minutes)
+    .venv/bin/python bench/whole_process.py --before 27d6b17 --phases noop --noop-sizes 50 1000
+    options: --sizes 10 50  --noop-sizes 50 1000  --memory-sizes 1000 5000 10000  --rounds 5
+             --phases converge,noop,memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # measure this checkout, installed or not
+RAW = REPO / "bench" / "raw_floor.py"
+FLOOR_THREADS = 8
+
+STACK = '''\
+"""Benchmark stack (written by bench/whole_process.py)."""
+import os
+from virtplan import VM, Host, Network, Pool, Volume
+
+Host("bench", uri="qemu:///system", domain_type="qemu")
+net = Network("wp-net", mode="nat", cidr="10.126.0.0/16")
+pool = Pool("wp-pool", path=os.environ["WP_POOL"])
+state = os.environ.get("WP_STATE", "running")
+for i in range(int(os.environ["WP_VMS"])):
+    disks = [Volume(f"wp-{i:05d}-{d}.qcow2", pool=pool, size="16MiB") for d in range(int(os.environ["WP_DISKS"]))]
+    VM(f"wp-{i:05d}", memory="64MiB", disks=disks, nics=[net], state=state, shutdown_timeout=0)
+'''
+
+
+@dataclass
+class Run:
+    seconds: float
+    rss_mb: float
+
+
+@dataclass
+class Side:
+    """One way of doing the work: a virtplan checkout, or the raw floor."""
+
+    name: str
+    checkout: Path | None  # None: the raw floor
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def add(self, phase: str, run: Run) -> None:
+        self.runs.setdefault(phase, []).append(run)
+
+
+def timed(command: list[str], env: dict[str, str], cwd: Path) -> Run:
+    """Run a whole process; its wall time and peak RSS (raises with its output on failure)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output.decode(errors='replace')}")
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+class Bench:
+    def __init__(self, host: Any, workdir: Path):
+        self.host, self.workdir = host, workdir
+        self.stack_file = workdir / "wp.py"
+        self.stack_file.write_text(STACK)
+        self.pool_path = host.workdir / "wp-pool"
+
+    def env(self, vms: int, disks: int = 1, state: str = "running", side: Side | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "VIRTPLAN_URI")}
+        env.update(WP_VMS=str(vms), WP_DISKS=str(disks), WP_STATE=state, WP_POOL=str(self.pool_path))
+        env.update(VIRTPLAN_URI=self.host.uri, VIRTPLAN_STATE_DIR=str(self.workdir / "state"), NO_COLOR="1")
+        if side is not None and side.checkout is not None:
+            env["PYTHONPATH"] = str(side.checkout)
+            env["VIRTPLAN_CACHE_DIR"] = str(self.workdir / f"cache-{side.name}")
+        return env
+
+    def virtplan(self, side: Side, env: dict[str, str], *args: str) -> Run:
+        assert side.checkout is not None
+        command = [sys.executable, "-m", "virtplan.cli", *args]
+        return timed(command, env, side.checkout)
+
+    def floor(self, action: str, spec: Path) -> Run:
+        env = self.env(0)
+        return timed([sys.executable, str(RAW), action, str(spec), "--threads", str(FLOOR_THREADS)], env, REPO)
+
+    def spec(self, vms: int, state: str = "running") -> Path:
+        """virtplan's documents for the stack (no ownership marks) for the raw floor (untimed)."""
+        from virtplan.engine import Engine
+        from virtplan.model import load_stack
+
+        path = self.workdir / f"spec-{vms}-{state}.json"
+        if path.exists():
+            return path
+        saved = dict(os.environ)
+        os.environ.update(self.env(vms, state=state))
+        try:
+            with Engine(load_stack(self.stack_file, {"bench": self.host.uri})) as engine:
+                renderer = engine.observe().renderer
+                stack = engine.stack
+                [net], [pool] = stack.networks, stack.pools
+                vms_out = []
+                for vm in stack.vms:
+                    root = ET.fromstring(renderer.domain_xml(vm))
+                    for metadata in root.findall("metadata"):
+                        root.remove(metadata)
+                    volume = vm.disks[0].volume
+                    vms_out.append({
+                        "name": vm.name, "xml": ET.tostring(root, encoding="unicode"), "running": vm.state == "running",
+                        "volume": {"name": volume.name, "xml": renderer.volume_xml(volume)},
+                    })  # fmt: skip
+                doc = {
+                    "uri": self.host.uri,
+                    "network": {"name": net.name, "xml": _unmarked(renderer.network_xml(net))},
+                    "pool": {"name": pool.name, "xml": renderer.pool_xml(pool)},
+                    "vms": vms_out,
+                }
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        path.write_text(json.dumps(doc))
+        return path
+
+    def assert_empty(self) -> None:
+        """Nothing of the benchmark is left on the host (each run starts from empty)."""
+        import libvirt
+
+        conn = libvirt.open(self.host.uri)
+        try:
+            doms = [d.name() for d in conn.listAllDomains() if d.name().startswith("wp-")]
+            nets = [n.name() for n in conn.listAllNetworks() if n.name() == "wp-net"]
+            pools = [p.name() for p in conn.listAllStoragePools() if p.name() == "wp-pool"]
+        finally:
+            conn.close()
+        if doms or nets or pools:
+            raise SystemExit(f"the host is not empty: {len(doms)} domains, networks {nets}, pools {pools}")
+
+
+def _unmarked(xml: str) -> str:
+    root = ET.fromstring(xml)
+    for metadata in root.findall("metadata"):
+        root.remove(metadata)
+    return ET.tostring(root, encoding="unicode")
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def rotate(items: list[Side], by: int) -> list[Side]:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+# -- phases ----------------------------------------------------------------------------
+def phase_converge(bench: Bench, sides: list[Side], n: int, rounds: int) -> None:
+    spec = bench.spec(n)
+    env = bench.env(n)
+    print(f"\n== converge / destroy, N={n} (load {load()})", flush=True)
+    bench.assert_empty()
+    for side in sides:  # warm-up: byte-code, caches, virtplan's records pool
+        if side.checkout is None:
+            bench.floor("converge", spec), bench.floor("destroy", spec)
+        else:
+            bench.virtplan(side, env, "apply", str(bench.stack_file), "--yes")
+            bench.virtplan(side, env, "destroy", str(bench.stack_file), "--yes", "--allow-destroy")
+        bench.assert_empty()
+    for round_ in range(rounds):
+        for side in rotate(sides, round_):
+            if side.checkout is None:
+                up, down = bench.floor("converge", spec), bench.floor("destroy", spec)
+            else:
+                up = bench.virtplan(side, env, "apply", str(bench.stack_file), "--yes")
+                down = bench.virtplan(side, env, "destroy", str(bench.stack_file), "--yes", "--allow-destroy")
+            bench.assert_empty()
+            side.add(f"converge {n}", up)
+            side.add(f"destroy {n}", down)
+            print(f"  round {round_ + 1} {side.name:<8} converge {up.seconds:6.2f} s  destroy {down.seconds:6.2f} s"
+                  f"  (load {load()})", flush=True)  # fmt: skip
+
+
+def phase_noop(bench: Bench, sides: list[Side], n: int, rounds: int) -> None:
+    state = "running" if n <= 50 else "stopped"
+    spec = bench.spec(n, state)
+    env = bench.env(n, state=state)
+    after = next(s for s in sides if s.checkout is not None)
+    print(f"\n== no-op plan, N={n} {state} VMs (load {load()})", flush=True)
+    bench.assert_empty()
+    deployed = bench.virtplan(after, env, "apply", str(bench.stack_file), "--yes")
+    print(f"  deployed with virtplan apply in {deployed.seconds:.1f} s", flush=True)
+    try:
+        for side in sides:  # warm-up
+            run_noop(bench, side, env, spec)
+        for round_ in range(rounds):
+            for side in rotate(sides, round_):
+                run = run_noop(bench, side, env, spec)
+                side.add(f"no-op {n}", run)
+            line = "  ".join(f"{s.name} {s.runs[f'no-op {n}'][-1].seconds:.3f} s" for s in sides)
+            print(f"  round {round_ + 1}: {line}  (load {load()})", flush=True)
+    finally:
+        bench.virtplan(after, env, "destroy", str(bench.stack_file), "--yes", "--allow-destroy")
+    bench.assert_empty()
+
+
+def run_noop(bench: Bench, side: Side, env: dict[str, str], spec: Path) -> Run:
+    if side.checkout is None:
+        return bench.floor("read", spec)
+    return bench.virtplan(side, env, "plan", str(bench.stack_file))
+
+
+def phase_memory(bench: Bench, sides: list[Side], n: int) -> list[str]:
+    """Peak RSS of `virtplan plan` for n resources: on an empty host, then deployed."""
+    vms = n // 4
+    env = bench.env(vms, disks=3, state="stopped")
+    virtplan_sides = [s for s in sides if s.checkout is not None]
+    after = virtplan_sides[0]
+    rows = []
+    print(f"\n== memory, {vms * 4 + 2} resources ({vms} stopped VMs x 3 volumes, a network, a pool; load {load()})",
+          flush=True)  # fmt: skip
+    bench.assert_empty()
+    for side in virtplan_sides:
+        bench.virtplan(side, env, "plan", str(bench.stack_file))  # warm-up (byte-code)
+        empty = bench.virtplan(side, env, "plan", str(bench.stack_file))
+        side.add(f"rss empty {n}", empty)
+        print(f"  {side.name:<8} plan, empty host:  {empty.rss_mb:6.1f} MB  {empty.seconds:6.2f} s", flush=True)
+    deployed = bench.virtplan(after, env, "apply", str(bench.stack_file), "--yes")
+    print(f"  deployed with virtplan apply in {deployed.seconds:.1f} s", flush=True)
+    try:
+        for side in virtplan_sides:
+            bench.virtplan(side, env, "plan", str(bench.stack_file))  # warm-up (caches)
+            noop = bench.virtplan(side, env, "plan", str(bench.stack_file))
+            side.add(f"rss deployed {n}", noop)
+            print(f"  {side.name:<8} plan, deployed:    {noop.rss_mb:6.1f} MB  {noop.seconds:6.2f} s", flush=True)
+    finally:
+        bench.virtplan(after, env, "destroy", str(bench.stack_file), "--yes", "--allow-destroy")
+    bench.assert_empty()
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------
+def spread(runs: list[Run]) -> str:
+    xs = sorted(r.seconds for r in runs)
+    return f"{statistics.median(xs):.3f}" if xs[-1] < 1 else f"{statistics.median(xs):.1f}"
+
+
+def report(sides: list[Side]) -> None:
+    floor = next((s for s in sides if s.checkout is None), None)
+    virtplans = [s for s in sides if s.checkout is not None]
+    phases = [p for p in (floor.runs if floor else {}) if not p.startswith("rss")]
+    if phases and floor is not None:
+        print("\nWhole process, default flags: median seconds [min-max] (ratio to the floor)")
+        header = f"{'phase':<16}" + "".join(f"{s.name:>30}" for s in virtplans) + f"{'raw floor':>22}"
+        print(header)
+        for phase in phases:
+            base = statistics.median(r.seconds for r in floor.runs[phase])
+            cells = []
+            for side in virtplans:
+                runs = side.runs.get(phase, [])
+                if not runs:
+                    cells.append(f"{'-':>30}")
+                    continue
+                med = statistics.median(r.seconds for r in runs)
+                cells.append(f"{_fmt(runs):>22} ({med / base:4.2f}x)")
+            print(f"{phase:<16}" + "".join(cells) + f"{_fmt(floor.runs[phase]):>22}")
+        print(f"runs per cell: {len(floor.runs[phases[0]])}; floor: bench/raw_floor.py with {FLOOR_THREADS} threads")
+    rss = [p for s in virtplans for p in s.runs if p.startswith("rss")]
+    if rss:
+        print("\nPeak RSS of `virtplan plan` (MB; seconds)")
+        for phase in dict.fromkeys(rss):
+            n = int(phase.rsplit(" ", 1)[1])
+            cells = []
+            for side in virtplans:
+                run = side.runs.get(phase, [None])[0]
+                cells.append(f"{side.name} {run.rss_mb:6.1f} MB ({run.rss_mb * 1024 / n:5.1f} KB/resource, "
+                             f"{run.seconds:5.2f} s)" if run else f"{side.name} -")  # fmt: skip
+            print(f"  {phase:<20} " + "   ".join(cells))
+
+
+def _fmt(runs: list[Run]) -> str:
+    xs = sorted(r.seconds for r in runs)
+    med = statistics.median(xs)
+    digits = 3 if xs[-1] < 1 else 1
+    return f"{med:.{digits}f} [{xs[0]:.{digits}f}-{xs[-1]:.{digits}f}]"
+
+
+def checkout_of(rev: str, workdir: Path) -> Path:
+    """Another commit of this repository, unpacked (not a worktree) and byte-compiled."""
+    target = workdir / f"checkout-{rev}"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    compileall.compile_dir(str(target / "virtplan"), quiet=1)
+    return target
+
+
+def main() -> None:
+    from virtplan_lab.testbed import PrivateHost
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[10, 50])
+    parser.add_argument("--noop-sizes", nargs="*", type=int, default=[50, 1000])
+    parser.add_argument("--memory-sizes", nargs="*", type=int, default=[1000, 5000, 10000])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--phases", default="converge,noop,memory")
+    parser.add_argument("--before", metavar="REV", help="also run this commit of the repository (a 'before' column)")
+    parser.add_argument("--quick", action="store_true", help="--sizes 10 --noop-sizes 50 --phases converge,noop")
+    options = parser.parse_args()
+    if options.quick:
+        options.sizes, options.noop_sizes, options.phases = [10], [50], "converge,noop"
+    phases = set(options.phases.split(","))
+
+    workdir = Path(tempfile.mkdtemp(prefix="vp-whole-", dir="/var/tmp"))  # short: socket paths
+    compileall.compile_dir(str(REPO / "virtplan"), quiet=1)
+    sides = [Side("virtplan", REPO)]
+    if options.before:
+        sides = [Side("before", checkout_of(options.before, workdir)), Side("after", REPO)]
+    sides.append(Side("floor", None))
+    host = PrivateHost(workdir / "h", "bench", qemu_caps_cache=Path("/var/tmp/virtplan-qemu-caps"))
+    host.start()
+    print(f"{os.cpu_count()} CPUs; {len(sides)} sides: {', '.join(s.name for s in sides)}; load {load()}", flush=True)
+    try:
+        bench = Bench(host, workdir)
+        steps: list[Callable[[], Any]] = []
+        if "converge" in phases:
+            steps += [lambda n=n: phase_converge(bench, sides, n, options.rounds) for n in options.sizes]
+        if "noop" in phases:
+            steps += [lambda n=n: phase_noop(bench, sides, n, max(options.rounds, 5)) for n in options.noop_sizes]
+        if "memory" in phases:
+            steps += [lambda n=n: phase_memory(bench, sides, n) for n in options.memory_sizes]
+        for step in steps:
+            step()
+    finally:
+        host.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        report(sides)
+        print(f"load average at the end: {load()}")
+
+
+if __name__ == "__main__":
+    main()
