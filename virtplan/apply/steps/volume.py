@@ -81,6 +81,7 @@ class CopyRenamed(Operation):
                 f"virsh vol-create-from {q(self.vol.pool.name)} {q(path)} {q(old)}"]  # fmt: skip
 
 
+@dataclass(frozen=True)
 class FetchImage(Operation):
     """The image at the volume's URL, in the local cache and verified: downloaded, resumed
     or already there (the CLI fetches before applying, with a progress bar)."""
