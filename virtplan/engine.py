@@ -21,7 +21,6 @@ from virtplan.errors import ConfirmationRequired, FieldError
 from virtplan.hosts.cache import stack_cache
 from virtplan.hosts.connection import Opening, connect
 from virtplan.hosts.ledger import HostLedger, store_for
-from virtplan.hosts.locks import HostLocks
 from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate
 from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
@@ -32,8 +31,9 @@ from virtplan.model.secrets import PROCESS_KEY, keyed_digest
 from virtplan.plan.planner import Plan, PlanError, make_plan
 from virtplan.plan.protection import check_plan
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # apply and lock machinery: imported by the commands that apply (not by plan)
     from virtplan.apply.executor import ApplyReport, Control, ProgressFn
+    from virtplan.hosts.locks import HostLocks
     from virtplan.plan.drift import DriftReport
 
 
@@ -301,6 +301,8 @@ class Engine:
         """Hold the stack's lock on each of its hosts (waiting up to `timeout` s, telling
         `waiting` what it waits for); yields notes about stale locks released. Every command
         that changes the hosts (apply, destroy, clone, snapshot, adopt) runs inside it."""
+        from virtplan.hosts.locks import HostLocks
+
         hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
         with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
             self._locks = locks

@@ -1,6 +1,7 @@
 """Execute a plan through libvirt.
 
-Hosts are applied in parallel, each with a bounded pool of workers (`Host(workers=)`),
+Hosts are applied in parallel, each with a bounded pool of workers (`Host(workers=)`, else
+sized from the host: `virtplan.apply.concurrency`),
 and at most `limit` changes run at once over all hosts (the global limit: `apply
 --parallel`, default `DEFAULT_LIMIT`). A change starts once the changes it depends on are
 done, on its host or on another (a pool emptied by a migration waits for it), and is
@@ -24,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtplan.apply.concurrency import workers_for
 from virtplan.apply.steps import Context, Runtime, operations
 from virtplan.documents.render import Renderer
 from virtplan.errors import ApplyError, ApplyInterrupted, HostLost
@@ -231,10 +233,11 @@ def apply_plan(
     board = Board(limit if limit is not None else default_limit())
     everywhere = {c.address for c in plan.changes}
 
-    def run_host(name: str, uri: str, workers: int) -> None:
+    def run_host(name: str) -> None:
         changes = plan.for_host(name)
         applier: HostApplier | None = None
         try:
+            workers = workers_for(stack.host(name), connections[name], len(changes))  # Host.workers, or from the host
             context = Context.at(stack, renderer, observed[name], store, plan, observed)
             applier = HostApplier(connections[name], context, control, board, connections)
             outcomes = applier.run(changes, workers, progress, everywhere)
@@ -248,10 +251,7 @@ def apply_plan(
         with lock:
             report.outcomes.extend(outcomes)
 
-    threads = [
-        threading.Thread(target=run_host, args=(h.name, h.uri, h.workers), name=f"apply-{h.name}", daemon=True)
-        for h in hosts
-    ]
+    threads = [threading.Thread(target=run_host, args=(h.name,), name=f"apply-{h.name}", daemon=True) for h in hosts]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):  # short joins: a signal handler runs in between

@@ -11,13 +11,15 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from virtplan.documents.capabilities import HostFacts
 from virtplan.model import VM, Network, Pool, Stack, Volume
 from virtplan.model.resources import RAW_DOCUMENTS
 from virtplan.model.secrets import PROCESS_KEY, Secret, keyed_digest
+
+if TYPE_CHECKING:
+    import jinja2
 
 NAMESPACE = "https://virtplan.dev/xmlns/owner/1"
 #: The built-in templates: the repository's `templates/` folder (a wheel ships it as
@@ -36,7 +38,11 @@ def template_dirs(override: Path | None = None) -> list[Path]:
 
 @cache
 def environment(override: Path | None = None) -> jinja2.Environment:
-    """The jinja2 environment for a template folder (cached per folder)."""
+    """The jinja2 environment for a template folder (cached per folder). jinja2 is imported
+    here, the one place that needs it: planning with the built-in templates renders nothing
+    (virtplan.documents.fastspec), so a plan does not pay for it."""
+    import jinja2
+
     loader = jinja2.FileSystemLoader([str(p) for p in template_dirs(override)])
     return jinja2.Environment(
         loader=loader,
@@ -180,7 +186,6 @@ class Renderer:
         self.facts = facts
         self.identities = identities or {}
         self.keys: dict[str, bytes] = dict(keys or {})
-        self.env = environment(stack.template_dir)
 
     def secret_digest(self, vm: VM, value: str) -> str:
         """The keyed digest of a secret of `vm` under its host's key."""
@@ -214,6 +219,11 @@ class Renderer:
     # -- documents --------------------------------------------------------------------
     def _render(self, template: str, **context: object) -> str:
         return self.env.get_template(template).render(**context)
+
+    @property
+    def env(self) -> jinja2.Environment:
+        """The templates' environment, built on the first render (a plan renders nothing)."""
+        return environment(self.stack.template_dir)
 
     def network_xml(self, net: Network) -> str:
         return self._render("network.xml.j2", net=net, n=self.network_context(net))

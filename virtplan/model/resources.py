@@ -104,6 +104,8 @@ class Host(Resource):
     may use: `memory` and `vcpus`, times `memory_overcommit` and `cpu_overcommit`. For
     live migration, `migration_uri` is how the *other* hosts reach this one (libvirt's
     peer-to-peer migration connects from the source host); by default its `uri`.
+    `workers` bounds the changes applied at once on this host; None (the default) sizes it
+    from the host (`virtplan.apply.concurrency`).
     """
 
     kind: ClassVar[str] = "host"
@@ -115,7 +117,7 @@ class Host(Resource):
         uri: str = "qemu:///system",
         *,
         domain_type: str | None = None,
-        workers: int = 4,
+        workers: int | None = None,
         records_pool: str = "virtplan",
         records_path: str = "/var/lib/libvirt/virtplan",
         memory: int | str | None = None,

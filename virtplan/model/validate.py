@@ -257,8 +257,9 @@ def _check_host(host: Host, errors: _Errors) -> None:
         _check_text(host, "uri", host.uri, errors, multiline=False)
     if host.domain_type is not None and host.domain_type not in DOMAIN_TYPES:
         errors.add(host, "domain_type", f"{host.domain_type!r} is not one of {', '.join(DOMAIN_TYPES)}")
-    if not _is_int(host.workers) or not 1 <= host.workers <= 256:
-        errors.add(host, "workers", f"must be a whole number from 1 to 256, {got(host.workers)}")
+    if host.workers is not None and (not _is_int(host.workers) or not 1 <= host.workers <= 256):
+        errors.add(host, "workers", f"must be a whole number from 1 to 256, or None to size it from the host, "
+                                    f"{got(host.workers)}")  # fmt: skip
     if not isinstance(host.records_pool, str) or not _POOL_NAME.match(host.records_pool):
         errors.add(host, "records_pool", f"{host.records_pool!r} is not a pool name (letters, digits, '.', '-', '_')")
     if not isinstance(host.records_path, str) or not host.records_path.startswith("/"):

@@ -70,8 +70,10 @@ def describe(resource: Resource, stack: Stack) -> Inputs:
     out: Inputs = {
         "stack": stack.name,
         "name": resource.name,
-        "host": {"name": host.name, "uri": host.uri, "domainType": host.domain_type, "workers": host.workers},
+        "host": {"name": host.name, "uri": host.uri, "domainType": host.domain_type},
     }
+    if host.workers is not None:  # else sized from the host (virtplan.apply.concurrency)
+        out["host"]["workers"] = host.workers
     if stack.project:
         out["project"] = stack.project
     if (host.records_pool, host.records_path) != (DEFAULT_POOL, DEFAULT_PATH):
@@ -371,7 +373,7 @@ def _rebuild(kind: str, inputs: Inputs, template_dir: str | None) -> Rebuilt:
     with collecting(context):
         host = Host(
             _req(h, "name", "host"), uri=_req(h, "uri", "host"), domain_type=h.get("domainType"),
-            workers=int(_num(h.get("workers") or 4)),
+            workers=int(_num(h["workers"])) if h.get("workers") else None,
             records_pool=h.get("recordsPool") or DEFAULT_POOL, records_path=h.get("recordsPath") or DEFAULT_PATH,
         )  # fmt: skip
         b = _Builder(host)

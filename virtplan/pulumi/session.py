@@ -10,9 +10,11 @@ ownership records: all the CLI's).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from virtplan.apply.concurrency import workers_for
 from virtplan.engine import Engine, Observation
 from virtplan.errors import VirtplanError
 from virtplan.hosts.observe import ObservedObject, dhcp_leases
@@ -32,10 +34,11 @@ _slots: dict[str, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
 
 
-def _slot(uri: str, workers: int) -> threading.BoundedSemaphore:
+def _slot(uri: str, workers: Callable[[], int]) -> threading.BoundedSemaphore:
+    """The host's bound, sized once per process by `workers()`."""
     with _slots_lock:
         if uri not in _slots:
-            _slots[uri] = threading.BoundedSemaphore(max(1, workers))
+            _slots[uri] = threading.BoundedSemaphore(max(1, workers()))
         return _slots[uri]
 
 
@@ -105,7 +108,7 @@ class Session:
         whole-stack bookkeeping is left out, as the stack here is this one resource."""
         plan = Plan(self.rebuilt.plan.name, "", [change], {self.rebuilt.host.name: self.rebuilt.host.uri})
         host = self.rebuilt.host
-        with _slot(host.uri, host.workers):
+        with _slot(host.uri, lambda: workers_for(host, self.engine.connection(host.name))):
             self.engine.apply(plan, observation, bookkeeping=False)
         self.engine.tidy()
 
