@@ -7,6 +7,7 @@ error that lists the accepted units.
 
 from __future__ import annotations
 
+import functools
 import re
 
 _UNITS = {
@@ -39,6 +40,12 @@ def parse_size(value: int | str) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a size such as '2GiB', got {value!r}")
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(value: str) -> int:
+    """parse_size of a string; remembered, as a stack repeats a few sizes many times."""
     match = _SIZE.match(value)
     if not match:
         raise ValueError(f"cannot read size {value!r}; write a number and a unit such as '2GiB'")

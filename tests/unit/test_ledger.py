@@ -178,3 +178,84 @@ def test_a_slow_writer_never_reuses_a_folded_name() -> None:
     slow.update({"y": {"v": 2}})  # it writes seq 2 again, under a new name
     del slow.store_segments
     assert HostLedger(store, "s").records() == {"x": {"v": 1}, "y": {"v": 2}}
+
+
+class SlowerStore(SlowStore):
+    """Each write takes a while (as an upload to the host does); `fail` makes writes fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creates = 0
+        self.fail = False
+
+    def create(self, name: str, data: bytes) -> bool:
+        import time
+
+        time.sleep(0.02)
+        if self.fail:
+            raise OSError("the host went away")
+        self.creates += 1
+        return super().create(name, data)
+
+
+def test_concurrent_writes_of_one_process_share_segments() -> None:
+    store = SlowerStore()
+    ledger = HostLedger(store, "s")
+    ledger.records()
+    start = threading.Barrier(16)
+
+    def write(i: int) -> None:
+        start.wait()
+        ledger.update({f"a{i}": {"n": i}}, drops=[f"gone{i}"])
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {f"a{i}": {"n": i} for i in range(16)}
+    assert ledger.records() == HostLedger(store, "s").records() == expected
+    assert store.creates < 16  # written together, not one segment per call
+
+
+def test_merged_writes_equal_the_writes_one_after_the_other() -> None:
+    batch = [
+        ledger_mod._Write({"a": {"x": 1}, "b": {"x": 1}}, []),
+        ledger_mod._Write({}, ["a", "c"]),
+        ledger_mod._Write({"a": {"y": 2}, "b": {"y": 2}}, []),
+    ]
+    sets, drops = ledger_mod._merged(batch)
+    assert sets == {"a": {"y": 2}, "b": {"x": 1, "y": 2}} and drops == ["a", "c"]
+    store = SlowStore()
+    one, each = HostLedger(store, "one"), HostLedger(store, "each")
+    one.update({"a": {"old": 0}, "c": {"old": 0}, "d": {"old": 0}})
+    each.update({"a": {"old": 0}, "c": {"old": 0}, "d": {"old": 0}})
+    one.update(sets, drops)
+    for write in batch:
+        each.update(write.sets, write.drops)
+    assert HostLedger(store, "one").records() == HostLedger(store, "each").records()
+
+
+def test_a_failed_shared_write_fails_every_caller() -> None:
+    store = SlowerStore()
+    ledger = HostLedger(store, "s")
+    ledger.records()
+    store.fail = True
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        start.wait()
+        try:
+            ledger.update({f"a{i}": {"n": i}})
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 6
+    store.fail = False
+    assert HostLedger(store, "s").records() == {}

@@ -316,11 +316,15 @@ def _writer() -> str:
 class HostLedger:
     """One stack's records on one host: read once, then kept in step with every write.
 
-    Thread-safe. Writes are durable on the host when the call returns."""
+    Thread-safe. Writes are durable on the host when the call returns. Writes that
+    threads of this process make at the same time are written together, in one segment
+    (see `update`)."""
 
     def __init__(self, store: _Store, stack_key: str):
         self.store, self.stack_key, self.key = store, stack_key, file_key(stack_key)
         self._lock = threading.RLock()
+        self._queue: list[_Write] = []  # updates waiting for the next segment (guarded by _queue_lock)
+        self._queue_lock = threading.Lock()
         self._records: dict[str, Record] | None = None
         self._segments: list[Segment] = []
         self._neighbours: set[str] = set()
@@ -427,10 +431,37 @@ class HostLedger:
 
     # writing
     def update(self, sets: dict[str, Record] | None = None, drops: Iterable[str] = ()) -> None:
-        """Merge `sets` (address -> fields) into the records and drop `drops`, in one write."""
+        """Merge `sets` (address -> fields) into the records and drop `drops`, in one write.
+
+        Group commit: an update made while another thread of this process is writing waits
+        for it, then writes every update that queued meanwhile as one delta (merged in the
+        order they queued, as if written one after the other), and each call returns once
+        that delta is written, or raises what the write raised. Apply's workers (one write
+        per object made or deleted) then share writes instead of queueing one by one."""
         sets, drops = dict(sets or {}), sorted(set(drops))
         if not sets and not drops:
             return
+        mine = _Write(sets, drops)
+        with self._queue_lock:
+            self._queue.append(mine)
+        with self._lock:
+            if mine.done:  # another thread wrote it along with its own
+                if mine.error is not None:
+                    raise mine.error
+                return
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            try:
+                self._write_delta(*_merged(batch))
+            except BaseException as exc:
+                for write in batch:
+                    write.error = exc
+                raise
+            finally:
+                for write in batch:
+                    write.done = True
+
+    def _write_delta(self, sets: dict[str, Record], drops: list[str]) -> None:
         with self._lock:
             records = self._load()
             existing = self.store_segments()
@@ -532,6 +563,31 @@ class HostLedger:
 
 class _Vanished(Exception):
     """A segment listed a moment ago is gone (compacted by another writer)."""
+
+
+@dataclass
+class _Write:
+    """One `update` call waiting to be written."""
+
+    sets: dict[str, Record]
+    drops: list[str]
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _merged(batch: list[_Write]) -> tuple[dict[str, Record], list[str]]:
+    """One delta equal to the updates of `batch` applied in order. A delta drops first,
+    then sets; so a drop cancels earlier sets of the address, and sets after a drop start
+    the record afresh."""
+    sets: dict[str, Record] = {}
+    drops: set[str] = set()
+    for write in batch:
+        for address in write.drops:
+            sets.pop(address, None)
+            drops.add(address)
+        for address, fields in write.sets.items():
+            sets.setdefault(address, {}).update(fields)
+    return sets, sorted(drops)
 
 
 def stacks_on(store: _Store) -> set[str]:

@@ -416,21 +416,18 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
 
 
 def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
-    import libvirt
-
-    for vol in pool.listAllVolumes():
-        xml = _inactive_xml(vol, 0)
+    """One list call and one XML per volume (fetched like domains' XML); a volume's identity,
+    its path, is read from that XML (`target/path`, what virStorageVolGetPath returns)
+    rather than with one more call per volume."""
+    volumes = pool.listAllVolumes()
+    xmls = fetch_all(volumes, lambda v: _inactive_xml(v, 0))  # None: deleted since listed (Pulumi deletes in parallel)
+    for vol, xml in zip(volumes, xmls, strict=True):
         if xml is None:
             continue
-        try:
-            path = vol.path()
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() in GONE:  # deleted since it was listed (Pulumi deletes in parallel)
-                continue
-            raise
+        root = ET.fromstring(xml)
+        path = root.findtext("target/path") or vol.path()
         key = f"{pool_name}/{vol.name()}"
-        spec = parse_volume(ET.fromstring(xml))
-        state.objects[("volume", key)] = ObservedObject("volume", key, path, xml, generic(spec))
+        state.objects[("volume", key)] = ObservedObject("volume", key, path, xml, generic(parse_volume(root)))
 
 
 def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ cloud-init changes) and its console log (claimed when the VM is defined); both g
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from virtplan.model import VM, Secret
 from virtplan.model.resources import RAW_DOCUMENTS
 
 _SEED_SECRET = re.compile(r"\(sensitive:[0-9a-f]+\)")
+_refresh_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class DeleteVmVolume(Operation):
         try:
             pool = rt.handle("pool", pool_name)
             if self.log:
-                refresh_pool(pool)  # libvirt learns of files virtlogd created only on refresh
+                _refresh_once(rt, pool_name, pool)  # libvirt learns of files virtlogd created only on refresh
             pool.storageVolLookupByName(name).delete(0)
         except libvirt.libvirtError as exc:
             gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
@@ -140,3 +142,16 @@ class DeleteVmVolume(Operation):
             return [f"virsh pool-refresh {q(pool)}",
                     f"virsh vol-delete --pool {q(pool)} {q(name)} 2>/dev/null || true  # console log"]  # fmt: skip
         return [f"virsh vol-delete --pool {q(pool)} {q(name)}"]
+
+
+def _refresh_once(rt: Runtime, pool_name: str, pool: Any) -> None:
+    """Refresh `pool` once per apply run before its console logs are deleted. A refresh
+    rescans every file of the pool (one probe each), so one per deleted VM made destroying
+    N VMs cost N x N probes. Once is enough: the logs of the VMs a run deletes were created
+    when those VMs started, before the run (a log that is not there is tolerated)."""
+    with _refresh_lock:
+        done: set[str] = getattr(rt.run, "_refreshed_log_pools", set())
+        if pool_name not in done:
+            refresh_pool(pool)
+            done.add(pool_name)
+            setattr(rt.run, "_refreshed_log_pools", done)  # noqa: B010 - per-run state, as apply.protection keeps
