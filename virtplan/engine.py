@@ -63,6 +63,7 @@ class Engine:
         if self.legacy is not None:  # records of virtplan 0.1 not moved to the hosts yet
             self.store = Overlay(self.host_records, legacy_records(self.legacy))
         self._conns: dict[str, Any] = {}
+        self._records_conns: dict[str, Any] = {}  # the ledgers' own connections during apply
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
@@ -80,10 +81,11 @@ class Engine:
             self.cache.save()
         if self._opening is not None:
             self._opening.close()
-        for conn in self._conns.values():
+        for conn in [*self._conns.values(), *self._records_conns.values()]:
             with contextlib.suppress(Exception):
                 conn.close()
         self._conns.clear()
+        self._records_conns.clear()
 
     def connection(self, host: str) -> Any:
         """The host's connection, opened on first use. Hosts connect in parallel (a lock per
@@ -448,6 +450,9 @@ class Engine:
             self.ensure_keys(observation.renderer, _hosts_with_secrets(self.stack, plan))
             names = {c.host for c in plan.changes} | {c.move["source"] for c in plan.changes if c.move}
             conns = {name: self.connection(name) for name in sorted(names)}
+            for name in conns:
+                if len(plan.for_host(name)) > 1:
+                    self._own_records_connection(name)
             report = apply_plan(plan, self.stack, observation.renderer, observation.hosts, self.store, conns, progress,
                                 control, limit)  # fmt: skip
         if self._locks is not None:
@@ -503,6 +508,22 @@ class Engine:
             except LockBusy:
                 notes.append(f"stack {key!r} is busy; its layers are merged back by its next clone or snapshot delete")
         return notes
+
+    def _own_records_connection(self, host: str) -> None:
+        """Give the host's ledger a connection of its own for an apply. libvirtd serves only
+        a few calls of one connection at a time (`max_client_requests`, 5 by default), and
+        apply's workers keep them busy with slow calls (starting or stopping a guest takes
+        seconds); each records write (about ten short calls) queued behind those for
+        seconds, and every worker waits for its records."""
+        if host in self._records_conns:
+            return
+        uri = self.stack.host(host).uri
+
+        def open_one() -> Any:
+            self._records_conns[host] = connect(uri, host)
+            return self._records_conns[host]
+
+        self.host_records.reconnect(uri, open_one)
 
     def tidy(self) -> None:
         """Compact the stack's ledgers if many writes piled up (or delete one left empty),

@@ -96,6 +96,12 @@ def segment_name(key: str, seq: int, type_: str) -> str:
 class _Store:
     """Named blobs on one host: create-if-absent, read, delete, list."""
 
+    #: Whether it talks to libvirt over a connection (that `reconnect` can replace).
+    uses_connection = False
+
+    def reconnect(self, conn: Any) -> None:
+        """Go on over `conn`, another connection to the same host."""
+
     def names(self) -> list[str]:
         raise NotImplementedError
 
@@ -115,9 +121,14 @@ class _Store:
 class _PoolStore(_Store):
     """Segments as volumes of the host's virtplan `dir` pool, moved with volume streams."""
 
+    uses_connection = True
+
     def __init__(self, conn: Any, pool_name: str, pool_path: str):
         self.conn, self.pool_name, self.pool_path = conn, pool_name, pool_path
         self._pool: Any = None
+
+    def reconnect(self, conn: Any) -> None:
+        self.conn, self._pool = conn, None
 
     def pool(self, create: bool) -> Any:
         """The ledger pool, active; None when it does not exist and `create` is False."""

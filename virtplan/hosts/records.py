@@ -99,6 +99,13 @@ class HostRecords:
             data = store.read(name)
         return data
 
+    def reconnect(self, uri: str, connect: Callable[[], Any]) -> None:
+        """Move the ledger of the host at `uri` to the connection `connect()` opens, if the
+        ledger talks to libvirt (see Engine.apply)."""
+        ledger = self.ledger(uri)
+        if ledger.store.uses_connection:
+            ledger.store.reconnect(connect())
+
     def neighbours(self, uri: str) -> set[str]:
         """The other stacks that keep records on the host at `uri`."""
         return self.ledger(uri).neighbours()
