@@ -1,19 +1,21 @@
 """How many changes virtplan applies at once on one host, unless `Host(workers=N)` says.
 
 Most of a change's time is spent waiting, not computing here: libvirtd spawns QEMU and
-talks to its monitor, QEMU sets a guest up, a stopped guest's process is reaped, a
-storage pool allocates. So the right number is a multiple of what the *host* can run at
-once (its CPU count, as libvirt reports it in `virConnectGetInfo`), not of this machine's
-cores, and never more than the changes there are:
+talks to its monitor, QEMU sets a guest up, a stopped guest's process is reaped, a pool
+allocates a volume. So the number follows what the *host* can run at once (its CPU count
+as libvirt reports it, `virConnectGetInfo`), not this machine's cores, and is never more
+than the changes there are:
 
     workers = min(changes, clamp(PER_CPU * host CPUs, AT_LEAST, AT_MOST))
 
-Measured with bench/whole_process.py on a 2-CPU host (50 blank TCG guests): 4 at once
-left converge at 1.3x and destroy at 1.6x the 8-thread raw libvirt floor; 8 brought both
-near 1.0x, and more than 8 gained nothing there (one connection's calls are served by
-at most `max_client_requests`, 5 by default, of libvirtd's workers at a time, so the
-extra ones only queue). AT_MOST keeps a big host from getting hundreds of threads
-queued on one connection.
+Measured on a 2-CPU host (50 blank TCG guests, bench/whole_process.py's workload, two
+alternating rounds while other work loaded the machine, medians; ratios to the 8-thread
+raw libvirt floor, converge / destroy): 4 at once 1.28x / 1.53x, 6 1.22x / 1.09x, 8 1.01x
+/ 1.07x, 16 1.41x / 1.11x. One connection's calls are served by at most
+`max_client_requests` of libvirtd's workers at a time (5 by default), so past about 8 the
+extra workers only queue on the connection: AT_MOST keeps big hosts from queueing dozens.
+A host with more CPUs gets more, as its QEMU starts run side by side; set `workers` on a
+host whose libvirtd allows more calls per client.
 
 A host that cannot tell (a driver without node info) gets AT_LEAST. The choice costs one
 libvirt call per host and apply.
@@ -30,8 +32,8 @@ from virtplan.model import Host
 PER_CPU = 4
 #: Never fewer, whatever the host says (unless there are fewer changes).
 AT_LEAST = 8
-#: Never more.
-AT_MOST = 32
+#: Never more (one connection serves 5 calls at a time with libvirtd's defaults).
+AT_MOST = 16
 
 
 def host_cpus(conn: Any) -> int | None:
