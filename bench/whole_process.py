@@ -403,7 +403,11 @@ def _fmt(runs: list[Run]) -> str:
 
 
 def checkout_of(rev: str, workdir: Path) -> Path:
-    """Another commit of this repository, unpacked (not a worktree) and byte-compiled."""
+    """Another commit of this repository, unpacked (not a worktree) and byte-compiled; or
+    an unpacked checkout, if `rev` is a directory."""
+    if Path(rev).is_dir():
+        compileall.compile_dir(str(Path(rev) / "virtplan"), quiet=1)
+        return Path(rev).resolve()
     target = workdir / f"checkout-{rev}"
     target.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
@@ -421,7 +425,7 @@ def main() -> None:
     parser.add_argument("--memory-sizes", nargs="*", type=int, default=[1000, 5000, 10000])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--phases", default="converge,noop,memory")
-    parser.add_argument("--before", metavar="REV", help="also run this commit of the repository (a 'before' column)")
+    parser.add_argument("--before", metavar="REV", help="also run this commit (or checkout folder): a 'before' column")
     parser.add_argument("--quick", action="store_true", help="--sizes 10 --noop-sizes 50 --phases converge,noop")
     options = parser.parse_args()
     if options.quick:
