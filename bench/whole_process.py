@@ -17,7 +17,10 @@ this times whole processes, interpreter start-up included, from start to exit:
 Runs alternate (A B A B ..., the order rotating every round) so that load from other work
 on the machine falls on every side alike; every figure is a median with its spread, and
 the load average is printed with each phase. `--before REV` adds the same runs of another
-commit of this repository (unpacked with `git archive`) as a "before" column.
+commit of this repository (unpacked with `git archive`, or a folder holding a checkout) as
+a "before" column; commits before the CLI left typer need `.venv/bin/pip install typer`.
+The larger no-op and memory stacks are deployed and removed by virtplan's engine in this
+process with their records written at once (set-up, untimed: see `Bench.deploy`).
 
 Every process runs with byte-code caching on (PYTHONDONTWRITEBYTECODE is removed from its
 environment, and each checkout is compiled first, as `pip install` does), its own virtplan
@@ -72,8 +75,9 @@ for i in range(int(os.environ["WP_VMS"])):
 
 @dataclass
 class Run:
-    seconds: float
-    rss_mb: float
+    seconds: float  # wall clock, start to exit
+    rss_mb: float  # peak resident set size
+    cpu: float = 0.0  # user + system CPU seconds of the process (what load on the machine does not inflate)
 
 
 @dataclass
@@ -99,7 +103,7 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output.decode(errors='replace')}")
-    return Run(seconds, usage.ru_maxrss / 1024)
+    return Run(seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 class Bench:
@@ -382,6 +386,14 @@ def report(sides: list[Side]) -> None:
                 cells.append(f"{_fmt(runs):>22} ({med / base:4.2f}x)")
             print(f"{phase:<16}" + "".join(cells) + f"{_fmt(floor.runs[phase]):>22}")
         print(f"runs per cell: {len(floor.runs[phases[0]])}; floor: bench/raw_floor.py with {FLOOR_THREADS} threads")
+        print("CPU seconds of the process (user + system), medians:")
+        for phase in phases:
+            cells = [
+                f"{side.name} {statistics.median(r.cpu for r in side.runs[phase]):.3f}"
+                for side in sides
+                if side.runs.get(phase)
+            ]
+            print(f"  {phase:<16}" + "   ".join(cells))
     rss = [p for s in virtplans for p in s.runs if p.startswith("rss")]
     if rss:
         print("\nPeak RSS of `virtplan plan` (MB; seconds)")
