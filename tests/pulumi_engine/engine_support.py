@@ -145,7 +145,8 @@ def summary(text: str) -> dict[str, int]:
     """The counts in Pulumi's "Resources:" summary: {'create': 3, 'unchanged': 1, ...}."""
     counts: dict[str, int] = {}
     section = text.rsplit("Resources:", 1)[-1]  # `up` prints its preview's summary first
-    for n, what in re.findall(r"^\s+(?:[+~\-]+ |\+-)?\s*(\d+) (to create|created|to update|updated|to delete|"
+    # one count per line ("    ~ 2 to update"), except that Pulumi ends with "3 changes. 6 unchanged"
+    for n, what in re.findall(r"^\s+(?:[+~\-]+ |\+-|\d+ changes?\. )?\s*(\d+) (to create|created|to update|updated|to delete|"
                               r"deleted|to replace|replaced|unchanged|to refresh|refreshed)", section, re.M):  # fmt: skip
         key = what.removeprefix("to ").replace("created", "create").replace("updated", "update")
         key = key.replace("deleted", "delete").replace("replaced", "replace").replace("refreshed", "refresh")

@@ -63,9 +63,9 @@ def test_apply_uses_the_choice_per_host(build: Any, monkeypatch: pytest.MonkeyPa
     seen: dict[str, int] = {}
     run = executor.HostApplier.run
 
-    def spy(self: executor.HostApplier, changes: list[Any], workers: int, progress: Any) -> Any:
+    def spy(self: executor.HostApplier, changes: list[Any], workers: int, *rest: Any) -> Any:
         seen[self.host.name] = workers
-        return run(self, changes, workers, progress)
+        return run(self, changes, workers, *rest)
 
     monkeypatch.setattr(executor.HostApplier, "run", spy)
     asked: list[int | None] = []

@@ -7,6 +7,7 @@ names and descriptions containing `<`, `&` or quotes can neither break nor injec
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -191,6 +192,14 @@ class Renderer:
         """The keyed digest of a secret of `vm` under its host's key."""
         host = vm.host.name if vm.host is not None else ""
         return keyed_digest(self.keys.get(host, PROCESS_KEY), value)
+
+    def keyed_as_on(self, vm: VM, host: str) -> Renderer:
+        """This renderer, digesting `vm`'s secrets under `host`'s key: a VM that moves from
+        `host` is compared with what it has there."""
+        twin = copy.copy(self)
+        if vm.host is not None:
+            twin.keys = {**self.keys, vm.host.name: self.keys.get(host, PROCESS_KEY)}
+        return twin
 
     # -- identities -------------------------------------------------------------------
     def macs(self, vm: VM) -> list[str]:

@@ -419,7 +419,14 @@ def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
     """One list call and one XML per volume (fetched like domains' XML); a volume's identity,
     its path, is read from that XML (`target/path`, what virStorageVolGetPath returns)
     rather than with one more call per volume."""
-    volumes = pool.listAllVolumes()
+    import libvirt
+
+    try:
+        volumes = pool.listAllVolumes()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
+            return  # stopped or deleted since it was listed (Pulumi deletes in parallel)
+        raise
     xmls = fetch_all(volumes, lambda v: _inactive_xml(v, 0))  # None: deleted since listed (Pulumi deletes in parallel)
     for vol, xml in zip(volumes, xmls, strict=True):
         if xml is None:

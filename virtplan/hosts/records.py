@@ -50,9 +50,14 @@ class HostRecords:
 
     def ledger(self, uri: str) -> HostLedger:
         with self._lock:
-            if uri not in self._ledgers:
-                self._ledgers[uri] = self._open(uri)
-            return self._ledgers[uri]
+            ledger = self._ledgers.get(uri)
+        if ledger is None:
+            # Opened outside the lock: it may connect to the host (hundreds of ms over ssh),
+            # and the hosts of a stack are read in parallel.
+            opened = self._open(uri)
+            with self._lock:
+                ledger = self._ledgers.setdefault(uri, opened)
+        return ledger
 
     def records(self, uri: str) -> dict[str, Record]:
         return self.ledger(uri).records()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -42,7 +43,17 @@ def where_called(depth: int = 2) -> str:
         frame = frame.f_back  # type: ignore[assignment]
     if frame is None:
         return "?"
-    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    return f"{shown_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def shown_path(filename: str) -> str:
+    """A stack file's path as the user would write it: relative to the working folder
+    when it is inside it (stacks run with an absolute `__file__`)."""
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if relative.startswith("..") else relative
 
 
 def problems(obj: object) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from virtplan.errors import StackLoadError
-from virtplan.model.fields import escape_controls
+from virtplan.model.fields import escape_controls, shown_path
 from virtplan.model.identity import check_identity_part, project_of
 from virtplan.model.registry import _current, collecting
 from virtplan.model.resources import Host
@@ -119,7 +119,7 @@ def _innermost_frame_in(exc: BaseException, file: Path) -> str:
     """ "file:line" of the last frame of the stack file in the exception's traceback, or ""."""
     target = file.resolve()
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == target]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{shown_path(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
 
 
 def _suggestion(exc: BaseException) -> str:

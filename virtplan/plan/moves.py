@@ -99,12 +99,12 @@ def find_moves(
     renderer: Renderer,
     observed: dict[str, HostState],
     store: Records,
-    desired: Callable[[VM], dict[str, Any]],
+    desired: Callable[[VM, Renderer], dict[str, Any]],
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Move], list[FieldError]]:
     """The VMs of `stack` that move, by their (destination) address, and what refuses a
-    move; `desired` gives a VM's comparable spec (the planner's); VMs named in `skip` are
-    left out."""
+    move; `desired` gives a VM's comparable spec (the planner's) with a renderer; VMs named
+    in `skip` are left out."""
     declared = stack.by_address()
     moves: dict[str, Move] = {}
     errors: list[FieldError] = []
@@ -130,7 +130,9 @@ def find_moves(
                                      "delete all but one of them (virsh undefine), then plan again"))  # fmt: skip
             continue
         source, obj = found[0]
-        move, problems = _move(vm, source, obj, dest, stack, renderer, store, declared, desired(vm))
+        move, problems = _move(
+            vm, source, obj, dest, stack, renderer, store, declared, desired(vm, renderer.keyed_as_on(vm, source.name))
+        )  # its secrets as keyed there
         errors += problems
         if move is not None and not problems:
             moves[vm.address] = move

@@ -133,7 +133,7 @@ class _Planner:
             self.renderer,
             self.observed,
             self.store,
-            lambda vm: desired_spec(vm, self.renderer),
+            desired_spec,
             self.unknown_vms,
         )
         self.errors += errors

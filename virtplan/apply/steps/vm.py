@@ -248,7 +248,7 @@ def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
         yield WriteSeed(vm)
     if console_log_path(vm) is not None:
         yield ClaimConsoleLog(vm)
-    yield DefineDomain(vm, keep_from=obj.xml)
+    yield DefineDomain(vm, keep_from=_keepable(obj))
     yield DomainAutostart(vm.name, vm.autostart)
     if vm.state == "running":
         yield StartDomain(vm.name)
@@ -256,6 +256,12 @@ def rename(change: ResourceChange, ctx: Context) -> Iterator[Operation]:
         if old_address in (record.get("seed_of"), record.get("log_of")):
             yield DeleteVmVolume(address, log=bool(record.get("log_of")))
     yield Recorded(change)
+
+
+def _keepable(obj: ObservedObject) -> str | None:
+    """The definition a redefinition keeps from; none when libvirt's XML does not parse (the
+    stack's definition then replaces it whole)."""
+    return obj.xml if obj.problem is None else None
 
 
 def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Operation]:
@@ -278,7 +284,7 @@ def _change(change: ResourceChange, ctx: Context, restart: bool) -> Iterator[Ope
             yield WriteSeed(vm)
         if "console_log" in fields and console_log_path(vm) is not None:
             yield ClaimConsoleLog(vm)
-        define = DefineDomain(vm, keep_from=obj.xml)
+        define = DefineDomain(vm, keep_from=_keepable(obj))
         yield define
         if running and not restart:
             for name in hot_fields("vm", fields):
