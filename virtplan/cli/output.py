@@ -36,6 +36,9 @@ def print_plan(the_plan: Any, drift: Any = None) -> None:
     """The drift section (if any) and the plan, as text."""
     from virtplan.views.text import plan_text
 
+    if the_plan.empty and (drift is None or drift.empty) and not the_plan.targets:
+        print(plan_text(the_plan))  # plain text: a no-op plan does not pay for rich's import
+        return
     out = console()
     if drift is not None and not drift.empty:
         from virtplan.views.drift import drift_lines

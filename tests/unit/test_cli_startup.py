@@ -1,0 +1,40 @@
+"""A command imports what it needs: a no-op `virtplan plan` pays for neither the apply
+machinery nor the libraries only printing or rendering needs (speed is measured in bench/,
+this only pins what gets imported)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import atexit, json, sys
+atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = ["virtplan", *sys.argv[1:]]
+from virtplan.cli import main
+main()
+"""
+
+
+def _modules(tmp_path: Path, *args: str) -> tuple[set[str], str]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})  # fmt: skip
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("MODULES "))
+    return set(json.loads(line.removeprefix("MODULES "))), proc.stdout
+
+
+def test_a_no_op_plan_imports_no_apply_machinery_rendering_or_styling(tmp_path):
+    (tmp_path / "empty.py").write_text('from virtplan import Host\nHost("local", "test:///default")\n')
+    modules, out = _modules(tmp_path, "plan", "empty.py")
+    assert "No changes." in out
+    assert "virtplan.engine" in modules  # it did plan
+    for heavy in ("pydantic", "rich", "jinja2", "virtplan.apply.executor", "virtplan.hosts.locks"):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
+
+
+def test_version_reports_versions_without_loading_the_engine(tmp_path):
+    modules, out = _modules(tmp_path, "--version")
+    assert out.startswith("virtplan ") and "libvirt library" in out  # what a bug report needs
+    assert "virtplan.engine" not in modules and "virtplan.plan.planner" not in modules
