@@ -489,7 +489,7 @@ class Engine:
 
     def _release_on(self, host_name: str, paths: set[str]) -> list[str]:
         from virtplan.apply.layers import compact_host, release_freezes
-        from virtplan.hosts.locks import LockBusy
+        from virtplan.hosts.locks import HostLocks, LockBusy
 
         host = self.stack.host(host_name)
         conn = self.connection(host_name)

@@ -137,7 +137,7 @@ def test_destroy_of_an_imported_stack_says_it_owns_none_of_its_objects(cli, conn
     net.setAutostart(1)
     conn.defineXML(IMPORTED_VM)
     stack = home / "imported-gap.py"
-    cli("import", "--host", cli.uri, "--out", str(stack), "--name-pattern", "imp-*", "--host-name", "h")
+    cli("import", "--host", f"h={cli.uri}", "--out", str(stack), "--name-pattern", "imp-*")
     assert cli.run("plan", str(stack), "--detailed-exitcode").returncode == 0
     out = cli("destroy", str(stack), "--yes", "--allow-destroy", rc=1)
     assert "this stack owns none of its 2 objects on its hosts" in out and "virtplan adopt" in out, out

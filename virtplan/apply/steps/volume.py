@@ -200,9 +200,16 @@ class DeleteVolume(Operation):
     key: str
 
     def run(self, rt: Runtime) -> None:
+        import libvirt
+
         from virtplan.apply.protection import refuse_if_backing
 
-        vol = rt.handle("volume", self.key)
+        try:
+            vol = rt.handle("volume", self.key)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return  # gone already (a snapshot's layer, merged back when the plan deleted the snapshot)
+            raise
         refuse_if_backing(rt.run, self.address, vol.path())  # overlays of other stacks (clones)
         vol.delete(0)
 

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 import tty
 
                 saved = termios.tcgetattr(fd_in)
-                tty.setraw(fd_in)
+                tty.setraw(fd_in, termios.TCSANOW)  # not TCSAFLUSH: what was typed already goes to the guest
             try:
                 why = attach_console(conn, target.name, fd_in, fd_out)
             finally:
