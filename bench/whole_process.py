@@ -18,7 +18,7 @@ Runs alternate (A B A B ..., the order rotating every round) so that load from o
 on the machine falls on every side alike; every figure is a median with its spread, and
 the load average is printed with each phase. `--before REV` adds the same runs of another
 commit of this repository (unpacked with `git archive`, or a folder holding a checkout) as
-a "before" column; commits before the CLI left typer need `.venv/bin/pip install typer`.
+a "before" column, run with this checkout's virtual environment.
 The larger no-op and memory stacks are deployed and removed by virtplan's engine in this
 process with their records written at once (set-up, untimed: see `Bench.deploy`).
 
