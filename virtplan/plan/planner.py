@@ -117,15 +117,21 @@ class _Planner:
         self.move_deps: dict[str, list[str]] = {}  # VM address -> changes its moved disks wait for
         self.aliases: dict[str, str] = {}  # a source address a move takes care of -> the move's address
         self.unknown_vms: set[str] = set()  # VMs that may be on a host that was not read
+        self._unknown_disks: set[str] | None = None
 
     def unknown(self, resource: Resource) -> bool:
         """A VM (or one of its disks) that may be on a host that was not read."""
         if isinstance(resource, VM):
             return resource.name in self.unknown_vms
-        return any(resource.key in keys for keys in self._unknown_disks().values())
+        return resource.key in self.unknown_disks()
 
-    def _unknown_disks(self) -> dict[str, set[str]]:
-        return {vm.name: {d.volume.key for d in vm.disks} for vm in self.stack.vms if vm.name in self.unknown_vms}
+    def unknown_disks(self) -> set[str]:
+        """The volume keys of the disks of `unknown_vms` (worked out once: planning asks per object)."""
+        if self._unknown_disks is None:
+            self._unknown_disks = {
+                d.volume.key for vm in self.stack.vms if vm.name in self.unknown_vms for d in vm.disks
+            }  # fmt: skip
+        return self._unknown_disks
 
     def find_moves(self) -> None:
         self.moves, errors = find_moves(
@@ -486,7 +492,7 @@ class _Planner:
                 if address in declared or address in seeds or address in self.aliases or address in self.moved:
                     continue  # declared, owned through its VM, moved away by a migrate, or renamed
                 if (obj.kind == "vm" and obj.key in self.unknown_vms) or (
-                    obj.kind == "volume" and any(obj.key in k for k in self._unknown_disks().values())
+                    obj.kind == "volume" and obj.key in self.unknown_disks()
                 ):
                     continue  # a VM whose place cannot be known now (a host was not read)
                 if not self.owned(obj, address, host):
@@ -603,6 +609,23 @@ def _wait_for_what_frees(
     observed object, unless the stack keeps the same thing on it."""
     declared = stack.by_address()
     changes = [*deletes, *kept.values()]
+    # What each change gives up, indexed once (a plan of thousands of objects would
+    # otherwise compare every pair): exact items by value, CIDRs (which overlap) apart.
+    by_item: dict[tuple[str, str, tuple[str, str]], list[int]] = {}
+    cidrs: dict[tuple[str, str], list[tuple[int, set[tuple[str, str]]]]] = {}
+    for i, other in enumerate(changes):
+        obj = observed[other.host].get(other.kind, other.key)
+        if obj is None:
+            continue
+        given_up = _held(other.kind, obj.spec)
+        still = declared.get(other.address)
+        if still is not None and other.action != Action.DELETE and other.action != Action.REPLACE:
+            given_up -= _taken(still)  # what the other keeps is not freed
+        for item in given_up:
+            if item[0] == "cidr":
+                cidrs.setdefault((other.host, other.kind), []).append((i, {item}))
+            else:
+                by_item.setdefault((other.host, other.kind, item), []).append(i)
     for change in kept.values():
         resource = declared.get(change.address)
         if resource is None or change.action == Action.DELETE:
@@ -610,17 +633,11 @@ def _wait_for_what_frees(
         wanted = _taken(resource)
         if not wanted:
             continue
-        for other in changes:
-            if other is change or other.host != change.host or other.kind != change.kind:
-                continue
-            obj = observed[other.host].get(other.kind, other.key)
-            if obj is None:
-                continue
-            given_up = _held(other.kind, obj.spec)
-            still = declared.get(other.address)
-            if still is not None and other.action != Action.DELETE and other.action != Action.REPLACE:
-                given_up -= _taken(still)  # what the other keeps is not freed
-            if _clash(wanted, given_up) and other.address not in change.depends_on:
+        found = {i for item in wanted for i in by_item.get((change.host, change.kind, item), [])}
+        found |= {i for i, held in cidrs.get((change.host, change.kind), []) if _clash(wanted, held)}
+        for i in sorted(found):
+            other = changes[i]
+            if other is not change and other.address not in change.depends_on:
                 change.depends_on.append(other.address)
 
 
