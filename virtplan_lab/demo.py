@@ -74,6 +74,7 @@ def wait_for_guests(uri: str, timeout: float = 90) -> bool:
     deadline = time.monotonic() + timeout
     with Engine(load_stack(STACK, {"local": uri})) as engine:
         pending = {vm.name for vm in engine.stack.vms if vm.state == "running"}
+        reported: set[str] = set()
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
                 report = engine.guest_report("local", name)
@@ -81,6 +82,17 @@ def wait_for_guests(uri: str, timeout: float = 90) -> bool:
                     print(f"  {name}: ip={report.get('ip')} hostname={report.get('hostname')} "
                           f"instance-id={report.get('instance-id')} says {report.get('value')!r}")  # fmt: skip
                     pending.discard(name)
+                    reported.add(str(report.get("ip")))
+            time.sleep(0.5)
+        # dnsmasq hands the lease to libvirt a moment after the guest has it: wait for those
+        # too (briefly), so that `show` below can confirm each address
+        from virtplan.hosts.observe import dhcp_leases
+
+        networks = [n.name for n in engine.stack.networks]
+        settle = time.monotonic() + 15
+        while not pending and time.monotonic() < settle:
+            if reported <= set(dhcp_leases(engine.connection("local"), networks).values()):
+                break
             time.sleep(0.5)
     if pending:
         print(f"error: no report from {', '.join(sorted(pending))} within {timeout:.0f} s; "
@@ -103,7 +115,9 @@ def main() -> int:
         print("The test driver cannot upload images or boot guests: the demo VMs are declared without one.")
     host = ["--host", f"local={uri}"]
     stack = str(STACK.relative_to(Path.cwd())) if STACK.is_relative_to(Path.cwd()) else str(STACK)
-    for argv in (["apply", stack, "--yes", *host], ["plan", stack, *host]):
+    # --allow-destroy: the demo converges its own stack, whose only destructive change is
+    # uploading its boot images again once the probe guest was rebuilt (new Debian packages).
+    for argv in (["apply", stack, "--yes", "--allow-destroy", *host], ["plan", stack, *host]):
         rc = run(argv)
         if rc != 0:
             return rc

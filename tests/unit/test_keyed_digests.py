@@ -64,3 +64,24 @@ def test_a_seed_of_virtplan_0_1_is_recognised_by_its_old_digest():
     host.objects[("vm", "v")].spec["cloud_init"] = "something else"
     _recognise_legacy_seeds(s, {"h": host}, r)
     assert host.objects[("vm", "v")].spec["cloud_init"] == "something else"
+
+
+def test_a_seed_recorded_by_virtplan_0_1_is_not_drift():
+    from virtplan.plan.drift import detect
+
+    s = stack(user="ops", password="pw")
+    r = Renderer(s, {"h": QEMU_FACTS}, keys={"h": b"k" * 32})
+    vm = s.vms[0]
+    host = HostState("h", "test:///default", QEMU_FACTS)
+    host.objects[("vm", "v")] = ObservedObject(
+        "vm", "v", "u", "<domain/>", {"cloud_init": r.seed_digest(vm, legacy=True)}
+    )
+    _recognise_legacy_seeds(s, {"h": host}, r)  # as observe does
+
+    class Store:
+        def records(self, uri):
+            return {"h/vm/v": {"kind": "vm", "applied": {"cloud_init": r.seed_digest(vm, legacy=True)}}}
+
+    assert detect(s, {"h": host}, Store(), r).empty  # type: ignore[arg-type]
+    host.objects[("vm", "v")].spec["cloud_init"] = "a seed changed since"
+    assert not detect(s, {"h": host}, Store(), r).empty

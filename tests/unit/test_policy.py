@@ -114,3 +114,10 @@ def test_reason_text(kind, action, reason, fields, changed, text):
     change = ResourceChange(f"h/{kind}/x", "h", kind, "x", action, reason,
                             [FieldChange(f, 1, 2, "live") for f in changed], reason_fields=fields)  # fmt: skip
     assert reason_text(change) == change.why == text
+
+
+@pytest.mark.parametrize(("before", "after"), [(1673533, 1674215), (1674215, 1673533)])
+def test_an_uploaded_volume_whose_image_changed_size_is_replaced_not_resized(before, after):
+    # its capacity is its image's size: a new image is uploaded again (libvirt would refuse to
+    # resize below the old file's allocation, and a resize would keep the old content anyway)
+    assert field_policy("volume", "capacity", before, after, uploaded=True) == Policy.REPLACE

@@ -126,12 +126,14 @@ def detect(
                 continue
             if kind == "vm" and obj.spec.get("unplugged"):
                 applied = {"unplugged": [], **applied}  # virtplan never leaves a NIC off its bridge
+            resource = declared.get(address)
+            if kind == "vm" and resource is not None:
+                applied = _keyed_seed(resource, applied, renderer)
             # `applied` comes from JSON; the observed spec is compared as JSON would have it
             changed = [
                 (name, value) for name, value in sorted(applied.items())
                 if differs(obj.spec, name, value) and _norm(obj.spec.get(name)) != value
             ]  # fmt: skip
-            resource = declared.get(address)
             wanted = _wanted(resource, renderer) if resource is not None and (changed or pending) else {}
             if changed:
                 fields = [
@@ -143,6 +145,20 @@ def detect(
                 if moved:
                     report.pending.append(Pending(address, moved))
     return report
+
+
+def _keyed_seed(vm: Any, applied: dict[str, Any], renderer: Renderer) -> dict[str, Any]:
+    """`applied` with a seed digest virtplan 0.1 recorded (unkeyed) read as the keyed digest of
+    the same seed, as observe reads the domain's own (`Engine.observe`): not a change."""
+    ci = getattr(vm, "cloud_init", None)
+    if ci is None or not ci.has_secret or not applied.get("cloud_init"):
+        return applied
+    try:
+        if applied["cloud_init"] == renderer.seed_digest(vm, legacy=True):
+            return {**applied, "cloud_init": renderer.seed_digest(vm)}
+    except ValueError:
+        pass  # the planner reports why the seed cannot be made
+    return applied
 
 
 def _wanted(resource: Any, renderer: Renderer) -> dict[str, Any]:

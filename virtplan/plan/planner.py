@@ -266,11 +266,13 @@ class _Planner:
         """The declared fields that differ from the observed object, each with its policy
         (NICs that only follow their network's rename are re-plugged live)."""
         before = obj.spec
+        uploaded = isinstance(resource, Volume) and resource.source is not None
         out = [
-            FieldChange(name, before.get(name), value, field_policy(resource.kind, name, before.get(name), value).value)
+            FieldChange(name, before.get(name), value,
+                        field_policy(resource.kind, name, before.get(name), value, uploaded=uploaded).value)
             for name, value in desired.items()
             if differs(before, name, value)
-        ]
+        ]  # fmt: skip
         renames = self.network_renames.get(host.name, {})
         for fc in out:
             if fc.field == "nics" and renames and _follow_renames(fc.before or [], fc.after or [], renames):

@@ -83,10 +83,14 @@ def policy(kind: str, field: str) -> Policy:
     return FIELDS[kind][field]
 
 
-def field_policy(kind: str, field: str, before: Any, after: Any) -> Policy:
+def field_policy(kind: str, field: str, before: Any, after: Any, *, uploaded: bool = False) -> Policy:
     """The policy of one field change, refined by its values: disks and NICs appended at
     the end are hot-plugged, data disks removed (the first disk stays) hot-unplugged, while
-    any other change to them restarts; a volume shrink is refused."""
+    any other change to them restarts; a volume shrink is refused. The capacity of a volume
+    `uploaded` from an image (`source=`) is the image's size: when it changes, the image did,
+    and the volume is replaced (uploaded again) rather than resized around old content."""
+    if kind == "volume" and field == "capacity" and uploaded:
+        return Policy.REPLACE
     if LIVE.get(kind, {}).get(field) == Delivery.PLUG:
         kept = before or []
         if kept != after[: len(kept)] and not (field == "disks" and data_disks_removed(kept, after)):
