@@ -659,17 +659,10 @@ def _recognise_legacy_seeds(stack: Stack, observed: dict[str, HostState], render
     is the digest of the seed the stack declares now, it is that seed (no restart for the
     change of digest); the next redefinition writes the keyed one."""
     for vm in stack.vms:
-        if vm.cloud_init is None or vm.host is None or not vm.cloud_init.has_secret:
-            continue
-        host = observed.get(vm.host.name)
+        host = observed.get(vm.host.name) if vm.host is not None else None
         obj = host.get("vm", vm.name) if host is not None else None
-        if obj is None or not obj.spec.get("cloud_init"):
-            continue
-        try:
-            if obj.spec["cloud_init"] == renderer.seed_digest(vm, legacy=True):
-                obj.spec["cloud_init"] = renderer.seed_digest(vm)
-        except ValueError:
-            continue  # reported by the planner
+        if obj is not None and obj.spec.get("cloud_init"):
+            obj.spec["cloud_init"] = renderer.upgraded_seed_digest(vm, obj.spec["cloud_init"])
 
 
 def _unreachable_line(host: Any, exc: BaseException) -> str:

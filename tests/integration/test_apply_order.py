@@ -20,23 +20,6 @@ HEADER = (
 )
 
 
-@pytest.fixture(scope="module")
-def conn(private_host):
-    c = private_host.connect()
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("order")
-
-
-@pytest.fixture(scope="module")
-def cli(private_host, home) -> Cli:
-    return Cli(private_host.uri, home / "user", cwd=home)
-
-
 def done_order(out: str) -> list[str]:
     return [" ".join(line.split()[1:3]) for line in out.splitlines() if line.strip().startswith("done ")]
 

@@ -46,23 +46,6 @@ def header(workers: int = 4) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def conn(private_host):
-    c = private_host.connect()
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("honest")
-
-
-@pytest.fixture(scope="module")
-def cli(private_host, home) -> Cli:
-    return Cli(private_host.uri, home / "user", cwd=home)
-
-
 def lines_of(text: str, word: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip().startswith(word)]
 

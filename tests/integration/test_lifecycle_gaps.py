@@ -27,23 +27,6 @@ HEADER = (
 )
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("gaps")
-
-
-@pytest.fixture(scope="module")
-def cli(private_host, home) -> Cli:
-    return Cli(private_host.uri, home / "user", cwd=home)
-
-
-@pytest.fixture(scope="module")
-def conn(private_host):
-    c = private_host.connect()
-    yield c
-    c.close()
-
-
 def live_disks(conn, name: str) -> list[str]:
     xml = conn.lookupByName(name).XMLDesc(0)
     return [line.strip() for line in xml.splitlines() if "<source pool=" in line]

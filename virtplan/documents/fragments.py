@@ -124,16 +124,7 @@ def layer_disk(disk: ET.Element, chain: list[str], volume_key: str, base_format:
     """Rewrite one <disk> element in place: its source is chain[0] (the top layer), with the
     backing chain down to the declared volume `volume_key` ("pool/name")."""
     pool, _, name = volume_key.partition("/")
-    for tag in ("source", "backingStore"):
-        for el in disk.findall(tag):
-            disk.remove(el)
-    disk.set("type", "file")
-    driver = disk.find("driver")
-    if driver is None:
-        driver = ET.Element("driver", {"name": "qemu"})
-        disk.insert(0, driver)
-    driver.set("type", LAYER_FORMAT)
-    at = list(disk).index(driver) + 1
+    at = _bare_disk(disk, "file", LAYER_FORMAT)
     disk.insert(at, ET.Element("source", {"file": chain[0]}))
     parent = ET.Element("backingStore", {"type": "file"})
     disk.insert(at + 1, parent)
@@ -151,16 +142,22 @@ def unlayer_disk(disk: ET.Element, volume_key: str, base_format: str) -> None:
     """Rewrite one <disk> element in place: the declared volume `volume_key` itself again
     (its layers were merged back into it)."""
     pool, _, name = volume_key.partition("/")
+    disk.insert(_bare_disk(disk, "volume", base_format), ET.Element("source", {"pool": pool, "volume": name}))
+
+
+def _bare_disk(disk: ET.Element, disk_type: str, image_format: str) -> int:
+    """Strip a <disk> of its source and backing chain, set its type and its driver's image
+    format; returns where its new <source> goes (right after the driver)."""
     for tag in ("source", "backingStore"):
         for el in disk.findall(tag):
             disk.remove(el)
-    disk.set("type", "volume")
+    disk.set("type", disk_type)
     driver = disk.find("driver")
     if driver is None:
         driver = ET.Element("driver", {"name": "qemu"})
         disk.insert(0, driver)
-    driver.set("type", base_format)
-    disk.insert(list(disk).index(driver) + 1, ET.Element("source", {"pool": pool, "volume": name}))
+    driver.set("type", image_format)
+    return list(disk).index(driver) + 1
 
 
 def domain_with_disk(disk: ET.Element) -> str:

@@ -344,6 +344,17 @@ class Renderer:
             files["network-config"] = raw["network_config"]
         return files
 
+    def upgraded_seed_digest(self, vm: VM, digest: str) -> str:
+        """`digest` of `vm`'s seed, read as this version writes it: a digest virtplan 0.1 wrote
+        (unkeyed) of the seed the stack declares now is that seed's keyed digest."""
+        ci = vm.cloud_init
+        if ci is None or not ci.has_secret or not digest:
+            return digest
+        try:
+            return self.seed_digest(vm) if digest == self.seed_digest(vm, legacy=True) else digest
+        except ValueError:
+            return digest  # the planner reports why the seed cannot be made
+
     def seed_digest(self, vm: VM, legacy: bool = False) -> str:
         """A digest of the seed files: plain sha256 when they hold no secret; keyed (under the
         host's key, over the files with each secret masked by its keyed digest) when they do,

@@ -29,6 +29,7 @@ there the ledger lives in the connection's memory, as the driver's objects do.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import getpass
 import hashlib
@@ -93,29 +94,34 @@ def segment_name(key: str, seq: int, type_: str) -> str:
 
 
 # -- where segments live ----------------------------------------------------------------
-class _Store:
+class _Store(abc.ABC):
     """Named blobs on one host: create-if-absent, read, delete, list."""
 
     #: Whether it talks to libvirt over a connection (that `reconnect` can replace).
     uses_connection = False
 
-    def reconnect(self, conn: Any) -> None:
+    def reconnect(self, conn: Any) -> None:  # noqa: B027  (a store without a connection ignores it)
         """Go on over `conn`, another connection to the same host."""
 
+    @abc.abstractmethod
     def names(self) -> list[str]:
-        raise NotImplementedError
+        """The blobs' names."""
 
+    @abc.abstractmethod
     def read(self, name: str) -> bytes | None:
-        raise NotImplementedError
+        """A blob's bytes; None if there is none."""
 
+    @abc.abstractmethod
     def create(self, name: str, data: bytes) -> bool:
-        raise NotImplementedError
+        """Write a new blob; False if one of that name exists already."""
 
+    @abc.abstractmethod
     def delete(self, name: str) -> None:
-        raise NotImplementedError
+        """Remove a blob (none is fine)."""
 
+    @abc.abstractmethod
     def mtime(self, name: str) -> float | None:
-        raise NotImplementedError
+        """When a blob was written; None if there is none."""
 
 
 class _PoolStore(_Store):

@@ -22,7 +22,7 @@ from typing import Any
 from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
-from virtplan.model import Stack
+from virtplan.model import VM, Stack
 from virtplan.plan.planner import desired_spec, differs
 
 MISSING = "missing (deleted outside virtplan)"
@@ -148,17 +148,11 @@ def detect(
 
 
 def _keyed_seed(vm: Any, applied: dict[str, Any], renderer: Renderer) -> dict[str, Any]:
-    """`applied` with a seed digest virtplan 0.1 recorded (unkeyed) read as the keyed digest of
-    the same seed, as observe reads the domain's own (`Engine.observe`): not a change."""
-    ci = getattr(vm, "cloud_init", None)
-    if ci is None or not ci.has_secret or not applied.get("cloud_init"):
+    """`applied` with a seed digest virtplan 0.1 recorded read as this version writes it, as
+    observe reads the domain's own (`Engine.observe`): not a change."""
+    if not isinstance(vm, VM) or not applied.get("cloud_init"):
         return applied
-    try:
-        if applied["cloud_init"] == renderer.seed_digest(vm, legacy=True):
-            return {**applied, "cloud_init": renderer.seed_digest(vm)}
-    except ValueError:
-        pass  # the planner reports why the seed cannot be made
-    return applied
+    return {**applied, "cloud_init": renderer.upgraded_seed_digest(vm, applied["cloud_init"])}
 
 
 def _wanted(resource: Any, renderer: Renderer) -> dict[str, Any]:

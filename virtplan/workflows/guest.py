@@ -16,7 +16,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from virtplan.errors import StackLoadError, VirtplanError
 
@@ -38,6 +38,13 @@ def declared_vm(stack: Stack, name: str) -> VM:
     if len(matches) > 1:
         raise StackLoadError(f"several hosts have a VM {name!r}; this command takes a unique name")
     return matches[0]
+
+
+def vm_on_its_host(engine: Engine, name: str) -> tuple[VM, Any]:
+    """The declared VM `name` and the connection to its host (opened by `engine`)."""
+    vm = declared_vm(engine.stack, name)
+    assert vm.host is not None  # validation gave every VM a host
+    return vm, engine.connection(vm.host.name)
 
 
 @dataclass

@@ -8,6 +8,7 @@ what can only be known while running is decided inside an operation, in both for
 
 from __future__ import annotations
 
+import abc
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,11 +125,13 @@ class Runtime:
         return self._handles[(kind, key)]
 
 
-class Operation:
-    """One thing done to a host, in its two forms."""
+class Operation(abc.ABC):
+    """One thing done to a host, in its two forms: the libvirt calls, and their virsh twin."""
 
+    @abc.abstractmethod
     def run(self, rt: Runtime) -> None:
-        raise NotImplementedError
+        """Do it through libvirt."""
 
+    @abc.abstractmethod
     def shell(self, ctx: Context) -> list[str]:
-        raise NotImplementedError
+        """The same as shell lines (`plan --commands`)."""

@@ -32,13 +32,11 @@ def register(app: typer.Typer) -> None:
         import time
 
         from virtplan.hosts.console import console_log_bytes, tail
-        from virtplan.workflows.guest import declared_vm
+        from virtplan.workflows.guest import vm_on_its_host
 
         set_debug(debug)
         with open_engine(stack, host) as engine:
-            target = declared_vm(engine.stack, vm)
-            assert target.host is not None
-            conn = engine.connection(target.host.name)
+            target, conn = vm_on_its_host(engine, vm)
             data, offset = console_log_bytes(conn, target, 0)
             text = tail(data.decode(errors="replace"), tail_lines)
             if text:

@@ -71,13 +71,11 @@ def register(app: typer.Typer) -> None:
         import sys
 
         from virtplan.hosts.console import attach_console
-        from virtplan.workflows.guest import declared_vm
+        from virtplan.workflows.guest import vm_on_its_host
 
         set_debug(debug)
         with open_engine(stack, host) as engine:
-            target = declared_vm(engine.stack, vm)
-            assert target.host is not None
-            conn = engine.connection(target.host.name)
+            target, conn = vm_on_its_host(engine, vm)
             fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
             print(f"Connected to the serial console of {target.address}; Ctrl-] leaves.", file=sys.stderr)
             saved = None
