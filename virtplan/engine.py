@@ -151,8 +151,9 @@ class Engine:
             key = self.host_records.secret_key(host.uri)
             if key is not None:
                 keys[host_name] = key
+            conn = self.connection(host_name)
             state = observe_host(
-                self.connection(host_name),
+                conn,
                 host_name,
                 host.uri,
                 self.wanted(host_name, host.uri),
@@ -160,6 +161,7 @@ class Engine:
                 cache=self.cache,
                 hidden_pools=frozenset({host.records_pool}),
                 secret_digest=functools.partial(keyed_digest, key or PROCESS_KEY),
+                ahead=self._opening.ahead(host_name) if self._opening is not None else None,
             )
             observe_snapshots(self.connection(host_name), state, self.stack, self.store)
             return state

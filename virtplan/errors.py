@@ -47,6 +47,10 @@ class ConnectionFailed(VirtplanError):
     """A libvirt host could not be reached."""
 
 
+class ConnectionTimedOut(ConnectionFailed):
+    """A libvirt host did not answer within the connect timeout."""
+
+
 class ConfirmationRequired(VirtplanError):
     """A destructive plan was not confirmed."""
 

@@ -7,7 +7,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from virtplan.hosts.observe import HostState, _read_volumes
+from virtplan.hosts.observe import HostState, _read_volumes, list_volumes
 
 VOLUME_XML = "<volume><name>{0}</name><capacity>1048576</capacity><target><path>/p/{0}</path></target></volume>"
 
@@ -50,11 +50,11 @@ def state() -> HostState:
 
 def test_a_volume_deleted_after_listing_is_skipped() -> None:
     found = state()
-    _read_volumes(Pool(Vol("a"), Vol("gone", libvirt.VIR_ERR_NO_STORAGE_VOL), Vol("b")), "p", found)
+    _read_volumes(list_volumes(Pool(Vol("a"), Vol("gone", libvirt.VIR_ERR_NO_STORAGE_VOL), Vol("b"))), "p", found)
     assert sorted(found.objects) == [("volume", "p/a"), ("volume", "p/b")]
     assert found.objects[("volume", "p/a")].uuid == "/p/a"
 
 
 def test_other_errors_still_fail() -> None:
     with pytest.raises(libvirt.libvirtError):
-        _read_volumes(Pool(Vol("a", libvirt.VIR_ERR_INTERNAL_ERROR)), "p", state())
+        list_volumes(Pool(Vol("a", libvirt.VIR_ERR_INTERNAL_ERROR)))

@@ -1,5 +1,5 @@
 """`python -m virtplan.cli`: the same as the `virtplan` command."""
 
-from virtplan.cli.app import main
+from virtplan.cli import main
 
 main()

@@ -112,18 +112,21 @@ def unreachable(lines: dict[str, str]) -> None:
 
 
 def open_engine(stack_file: Path, hosts: list[str] | None, connect_early: bool = False) -> Engine:
-    """Load and validate the stack (no host is contacted before it is valid), then its engine.
+    """Load and validate the stack, then its engine.
 
-    With `connect_early` (commands that read every host), the hosts' connections start
-    opening as soon as the stack is valid, while the rest of virtplan is imported."""
+    With `connect_early` (commands that read every host), the hosts' connections are
+    opened, and their domains and volumes read, in the background while the rest of
+    virtplan is imported; possibly since start-up, see `virtplan.cli.early` (no host is
+    contacted for a stack file that has not validated as it is)."""
+    from virtplan.cli import early
     from virtplan.model import load_stack
 
-    stack = load_stack(stack_file, host_overrides(hosts))
-    opening = None
-    if connect_early:
-        from virtplan.hosts.connection import Opening
-
-        opening = Opening([(h.name, h.uri) for h in stack.hosts])
+    try:
+        stack = load_stack(stack_file, host_overrides(hosts))
+    except BaseException:
+        early.forget()
+        raise
+    opening = early.opening(stack, remember=not hosts) if connect_early else None
     from virtplan.engine import Engine
 
     return Engine(stack, opening=opening)

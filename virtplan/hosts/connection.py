@@ -21,9 +21,13 @@ import os
 import re
 import sys
 import threading
-from typing import Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
-from virtplan.errors import ConnectionFailed
+from virtplan.errors import ConnectionFailed, ConnectionTimedOut
+
+if TYPE_CHECKING:
+    from virtplan.hosts.readahead import ReadAhead
 
 TIMEOUT_ENV = "VIRTPLAN_CONNECT_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
@@ -79,7 +83,7 @@ def connect(uri: str, host: str = "", timeout: float | None = None) -> Any:
     try:
         return _open_within(uri, limit)
     except TimeoutError:
-        raise ConnectionFailed(
+        raise ConnectionTimedOut(
             f"cannot connect to {label}: timed out: no answer within {limit:g} s "
             f"(host down or address unreachable? {TIMEOUT_ENV} sets the limit)"
         ) from None
@@ -88,40 +92,107 @@ def connect(uri: str, host: str = "", timeout: float | None = None) -> Any:
 
 
 class Opening:
-    """Connections to a stack's hosts, opened in the background from now on, one thread
-    each, so that their handshakes (a few hundred milliseconds over ssh) overlap with what
-    the caller does meanwhile, such as importing the planner. `take` hands each one over
-    (raising its ConnectionFailed); `close` closes those never taken."""
+    """Connections to a stack's hosts, opened in the background from now on, one daemon
+    thread each, so that their handshakes (a few hundred milliseconds over ssh) overlap with
+    what the caller does meanwhile, such as importing the planner or running the stack
+    program. Once a host is connected, its domains and the volumes of the pools named for
+    it start being read ahead (`virtplan.hosts.readahead`). `take` hands each connection
+    over (raising its ConnectionFailed), `ahead` its reads; `close` closes those never
+    taken and stops the reads not handed over."""
 
-    def __init__(self, hosts: list[tuple[str, str]]):  # (name, URI)
-        from concurrent.futures import ThreadPoolExecutor
-
+    def __init__(self, hosts: list[tuple[str, str]] | None = None, pools: dict[str, list[str]] | None = None):
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, Any]] = {}
-        if not hosts:
-            return
-        pool = ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix="connect")
+        self._pending: dict[str, tuple[str, Future[Any]]] = {}
+        self._ahead: dict[str, Future[ReadAhead]] = {}
+        self.add(hosts or [], pools or {})
+
+    def add(self, hosts: list[tuple[str, str]], pools: dict[str, list[str]]) -> None:
+        """Start opening (name, URI) hosts not opening yet; `pools`: host -> pools to read."""
         for name, uri in hosts:
-            self._pending[name] = (uri, pool.submit(connect, uri, name))
-        pool.shutdown(wait=False)
+            with self._lock:
+                if name in self._pending and self._pending[name][0] == uri:
+                    continue
+                stale = self._pending.pop(name, None)
+            if stale is not None:  # opened for the URI the host had before: not this one
+                self._stop(name)
+                stale[1].add_done_callback(_close_result)
+            with self._lock:
+                opened: Future[Any] = Future()
+                ahead: Future[ReadAhead] = Future()
+                self._pending[name], self._ahead[name] = (uri, opened), ahead
+            threading.Thread(
+                target=_open_and_read, args=(name, uri, pools.get(name, []), opened, ahead), name="connect", daemon=True
+            ).start()
+
+    def uris(self) -> dict[str, str]:
+        """Host name -> URI of the connections not taken yet."""
+        with self._lock:
+            return {name: uri for name, (uri, _) in self._pending.items()}
 
     def take(self, name: str, uri: str) -> Any | None:
-        """The connection opened for host `name` (None if none was, or for another URI)."""
+        """The connection opened for host `name` (None if none was, or for another URI, or
+        if opening it failed other than by timing out: the caller tries once more, as the
+        attempt may have been made before the command even read its stack)."""
         with self._lock:
             item = self._pending.pop(name, None)
         if item is None:
             return None
         opened_uri, future = item
         if opened_uri != uri:
+            self._stop(name)
             future.add_done_callback(_close_result)
+            return None
+        failure = future.exception()
+        if failure is not None and not isinstance(failure, ConnectionTimedOut):
+            return None
+        return future.result()
+
+    def ahead(self, name: str) -> ReadAhead | None:
+        """What is being read ahead on host `name`'s connection (once; None if nothing)."""
+        with self._lock:
+            future = self._ahead.pop(name, None)
+        if future is None or future.exception() is not None:
             return None
         return future.result()
 
     def close(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            names = list(self._ahead)
+        for name in names:
+            self._stop(name)
         for _, future in pending.values():
             future.add_done_callback(_close_result)
+
+    def _stop(self, name: str) -> None:
+        with self._lock:
+            future = self._ahead.pop(name, None)
+        if future is not None:
+            future.add_done_callback(_cancel_reads)
+
+
+def _cancel_reads(future: Future[ReadAhead]) -> None:
+    if future.exception() is None:
+        future.result().cancel()
+
+
+def _open_and_read(name: str, uri: str, pools: list[str], opened: Future[Any], ahead: Future[ReadAhead]) -> None:
+    try:
+        conn = connect(uri, name)
+    except BaseException as exc:  # handed over by Opening.take
+        opened.set_exception(exc)
+        ahead.set_exception(exc)
+        return
+    opened.set_result(conn)
+    try:
+        import libvirt
+
+        from virtplan.hosts.readahead import ReadAhead
+
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE  # as the engine reads them
+        ahead.set_result(ReadAhead(conn, flags, pools))
+    except BaseException as exc:  # nothing read ahead: observe reads for itself
+        ahead.set_exception(exc)
 
 
 def _close_result(future: Any) -> None:

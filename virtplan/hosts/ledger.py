@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import getpass
 import hashlib
 import json
 import os
 import re
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -90,7 +87,7 @@ def parse_name(name: str) -> Segment | None:
 
 
 def segment_name(key: str, seq: int, type_: str) -> str:
-    return f"{key}.{seq:012d}.{secrets.token_hex(4)}.{type_}.json"
+    return f"{key}.{seq:012d}.{os.urandom(4).hex()}.{type_}.json"
 
 
 # -- where segments live ----------------------------------------------------------------
@@ -323,6 +320,9 @@ def _checksum(doc: dict[str, Any]) -> str:
 
 
 def _writer() -> str:
+    import getpass
+    import socket
+
     try:
         user = getpass.getuser()
     except Exception:  # no passwd entry for this uid

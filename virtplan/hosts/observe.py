@@ -17,13 +17,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from virtplan.documents.capabilities import HostFacts, parse_capabilities
 from virtplan.documents.parse import Owner, owner_of, parse_domain, parse_network, parse_pool, parse_volume
 from virtplan.documents.render import NAMESPACE
 from virtplan.documents.specs import GraphicsSpec, Spec, VMSpec, generic
 from virtplan.hosts.speccache import SpecCache, xml_key
+
+if TYPE_CHECKING:
+    from virtplan.hosts.readahead import ReadAhead
 
 
 @dataclass
@@ -80,16 +83,23 @@ def observe_host(
     cache: SpecCache | None = None,
     hidden_pools: frozenset[str] = frozenset(),
     secret_digest: Callable[[str], str] | None = None,
+    ahead: ReadAhead | None = None,
 ) -> HostState:
     """Read one host. `wanted` maps kind -> keys the stack declares or recorded; `cache`
     remembers parsed domain specs by XML hash; `hidden_pools` (virtplan's records pool) are
     not part of any stack's view. With `secret_digest`, a domain's console password is read
     from libvirt (the secure XML) and kept only as that digest, so a password changed
-    outside virtplan is seen; the password itself is removed from the XML kept."""
+    outside virtplan is seen; the password itself is removed from the XML kept. `ahead`:
+    the domains and volumes already being read on this connection (used once, if it
+    read them the same way; otherwise they are read now)."""
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    running_nics = _read_domains(conn, libvirt, state, wanted.get("vm", set()), stack_name, cache, secret_digest)
+    xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secret_digest else 0)
+    listing = ahead.domains(xml_flags) if ahead is not None else None
+    if listing is None:
+        listing = list_domains(conn, xml_flags)
+    running_nics = _read_domains(listing, state, wanted.get("vm", set()), stack_name, cache, secret_digest)
     _read_networks(conn, libvirt, state)
     _read_links(conn, libvirt, state, running_nics)
     if wanted.get("bridge"):
@@ -99,7 +109,8 @@ def observe_host(
     for pool_name in pool_names:
         pool = pools.get(pool_name)
         if pool is not None and pool.isActive():
-            _read_volumes(pool, pool_name, state)
+            volumes = ahead.volumes(pool_name) if ahead is not None else None
+            _read_volumes(volumes if volumes is not None else list_volumes(pool), pool_name, state)
     _disks_as_pool_volumes(state)
     return state
 
@@ -224,9 +235,44 @@ def _metadata_owner(xml: str) -> Owner | None:
         return None
 
 
+@dataclass
+class DomainListing:
+    """A host's persistent domains with their XML (None: deleted while being read), and
+    the UUIDs of those running and those started at boot."""
+
+    active: set[str]
+    autostart: set[str]
+    xmls: list[tuple[Any, str | None]]
+
+
+def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:
+    """The round trips of reading a host's domains: three lists and one XML each (`fetch`
+    replaces the XML call, e.g. to stop early)."""
+    import libvirt
+
+    active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
+    domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+    xmls = fetch_all(domains, fetch or (lambda d: _inactive_xml(d, xml_flags)))
+    return DomainListing(active, autostart, list(zip(domains, xmls, strict=True)))
+
+
+def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[Any, str | None]]:
+    """The round trips of reading a pool's volumes: one list and one XML each (None:
+    deleted while being read); nothing if the pool stopped or went away meanwhile."""
+    import libvirt
+
+    try:
+        volumes = pool.listAllVolumes()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
+            return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
+        raise
+    return list(zip(volumes, fetch_all(volumes, fetch or (lambda v: _inactive_xml(v, 0))), strict=True))
+
+
 def _read_domains(
-    conn: Any,
-    libvirt: Any,
+    listing: DomainListing,
     state: HostState,
     wanted: set[str],
     stack_name: str,
@@ -235,15 +281,9 @@ def _read_domains(
 ) -> Counter[str]:
     """Read the domains of interest into `state`; returns how many NICs of running domains
     (all of them, foreign ones too) each libvirt network should have ports for."""
-    flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
-    active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
-    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
-    domains = conn.listAllDomains(flags)
-    xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secret_digest else 0)
-    # Only the round trips run in threads; parsing there would just fight over the GIL.
-    xmls = fetch_all(domains, lambda d: _inactive_xml(d, xml_flags))
+    active, autostart = listing.active, listing.autostart
     running_nics: Counter[str] = Counter()
-    for dom, xml in zip(domains, xmls, strict=True):
+    for dom, xml in listing.xmls:
         name = dom.name()
         if xml is None:
             continue
@@ -415,20 +455,11 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
     return pools
 
 
-def _read_volumes(pool: Any, pool_name: str, state: HostState) -> None:
-    """One list call and one XML per volume (fetched like domains' XML); a volume's identity,
-    its path, is read from that XML (`target/path`, what virStorageVolGetPath returns)
-    rather than with one more call per volume."""
-    import libvirt
-
-    try:
-        volumes = pool.listAllVolumes()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
-            return  # stopped or deleted since it was listed (Pulumi deletes in parallel)
-        raise
-    xmls = fetch_all(volumes, lambda v: _inactive_xml(v, 0))  # None: deleted since listed (Pulumi deletes in parallel)
-    for vol, xml in zip(volumes, xmls, strict=True):
+def _read_volumes(volumes: list[tuple[Any, str | None]], pool_name: str, state: HostState) -> None:
+    """A pool's volumes from one list call and one XML per volume (`list_volumes`); a
+    volume's identity, its path, is read from that XML (`target/path`, what
+    virStorageVolGetPath returns) rather than with one more call per volume."""
+    for vol, xml in volumes:
         if xml is None:
             continue
         root = ET.fromstring(xml)

@@ -11,7 +11,7 @@ The API is keyed by host URI and object address, as the planner and apply use it
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -95,7 +95,7 @@ class HostRecords:
         deadline = time.monotonic() + KEY_WAIT
         while data is None or len(data) != KEY_BYTES:
             if data is None:
-                store.create(name, secrets.token_bytes(KEY_BYTES))  # False: another process made it meanwhile
+                store.create(name, os.urandom(KEY_BYTES))  # False: another process made it meanwhile
             elif time.monotonic() > deadline:  # a writer that died before the bytes were in: start again
                 store.delete(name)
                 deadline = time.monotonic() + KEY_WAIT

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,8 @@ class SpecCache:
                 return
             entries = {k: v for k, v in self._entries.items() if k in self._used}
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile
+
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cache-")
             with os.fdopen(fd, "w") as f:
                 json.dump({"version": 1, "entries": entries}, f)

@@ -15,7 +15,6 @@ never be taken for each other, and renaming or moving a stack file must keep its
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 from virtplan.errors import StackLoadError
@@ -58,6 +57,8 @@ def project_of(stack_file: Path) -> str:
     for folder in [stack_file.parent, *stack_file.parent.parents]:
         pyproject = folder / "pyproject.toml"
         if pyproject.is_file():
+            import tomllib
+
             try:
                 data = tomllib.loads(pyproject.read_text())
             except (OSError, ValueError) as exc:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets as _random
+import os
 
 MASK = "(sensitive)"
 #: The key of keyed digests for which no host key is known: new in every process, never kept.
-PROCESS_KEY = _random.token_bytes(32)
+PROCESS_KEY = os.urandom(32)  # what secrets.token_bytes gives, without importing `secrets` (and `random`) at start-up
 
 
 def keyed_digest(key: bytes, value: str | bytes) -> str:

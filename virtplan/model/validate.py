@@ -752,9 +752,11 @@ def _ref_field(resource: Resource, dep: Resource) -> str:
 
 
 def _check_cycles(stack: Stack, errors: _Errors) -> None:
-    graph = {r.address: [d.address for d in r.dependencies()] for r in stack.managed()}
+    # By object, not address: addresses are computed, and only a cycle needs them.
+    graph = {id(r): [id(d) for d in r.dependencies()] for r in stack.managed()}
     try:
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as exc:
-        cycle = " -> ".join(exc.args[1])
-        errors.add(exc.args[1][0], "dependencies", f"dependency cycle: {cycle}")
+        by_id = {id(r): r for r in stack.managed()}
+        path = [by_id[i].address if i in by_id else "?" for i in exc.args[1]]
+        errors.add(path[0], "dependencies", f"dependency cycle: {' -> '.join(path)}")

@@ -168,11 +168,12 @@ class _Planner:
 
     # desired side
     def plan_resource(self, resource: Resource) -> None:
+        address = resource.address
         try:
-            self._plan_resource(resource)
+            self._plan_resource(resource, address)
         except ValueError as exc:  # what the host cannot do (arch, machine, domain type)
-            self.errors.append(FieldError(resource.address, getattr(exc, "field", "host"), str(exc)))
-        if resource.address in self.changes:
+            self.errors.append(FieldError(address, getattr(exc, "field", "host"), str(exc)))
+        if address in self.changes:
             self.check_bridges(resource)
 
     def check_bridges(self, resource: Resource) -> None:
@@ -195,21 +196,21 @@ class _Planner:
                     "create the bridge on the host first, or use a virtplan Network"
                 )))  # fmt: skip
 
-    def _plan_resource(self, resource: Resource) -> None:
+    def _plan_resource(self, resource: Resource, address: str) -> None:
         assert resource.host is not None
         if resource.host.name not in self.observed or self.unknown(resource):
             return  # its host (or one it may be on) was not read: `plan --keep-going`
         host = self.observed[resource.host.name]
         obj = host.get(resource.kind, resource.key)
-        deps = [d.address for d in resource.dependencies() if d.address in self.changes]
-        if resource.address in self.moved_disks and obj is None:  # made by its VM's move
-            self.move_deps.setdefault(self.moved_disks[resource.address], []).extend(deps)
+        deps = [a for a in (d.address for d in resource.dependencies()) if a in self.changes]
+        if address in self.moved_disks and obj is None:  # made by its VM's move
+            self.move_deps.setdefault(self.moved_disks[address], []).extend(deps)
             return
         if isinstance(resource, VM):
             self.check_seed(resource, host)
             self.check_existing_networks(resource, host)
-        if isinstance(resource, VM) and resource.address in self.moves:
-            self.add_move(resource, self.moves[resource.address], deps)
+        if isinstance(resource, VM) and address in self.moves:
+            self.add_move(resource, self.moves[address], deps)
             return
         if obj is None and resource.renamed_from:
             old = self.rename_source(resource, host)
@@ -223,7 +224,7 @@ class _Planner:
                 fields.append(FieldChange("image", None, resource.image.as_record(), "create"))
             self.add(resource, Action.CREATE, Reason.MISSING, [], fields, deps)
             return
-        if not self.owned(obj, resource.address, host):
+        if not self.owned(obj, address, host):
             if not self.imported(resource, obj, host):
                 self.clash(resource, obj, host, resource.kind, resource.key)
             return
@@ -231,7 +232,7 @@ class _Planner:
         if obj.problem is not None:
             self.redefine_unreadable(resource, obj, desired, deps)
             return
-        record = self.store.get(host.uri, resource.address) if resource.kind == "volume" else None
+        record = self.store.get(host.uri, address) if resource.kind == "volume" else None
         if record is not None and record.get("pending") and record.get("stage") == "upload":
             # ours, recovered from an interrupted apply, but its bytes may be incomplete
             fields = [FieldChange(k, obj.spec.get(k), v, Policy.REPLACE.value) for k, v in desired.items()]
@@ -239,9 +240,9 @@ class _Planner:
             change.destructive = change_risk("volume", Action.REPLACE, obj.spec, [])
             return
         diffs = self.diffs(resource, obj, desired, host)
-        if resource.address in self.replace:
+        if address in self.replace:
             if resource.kind not in REPLACEABLE:
-                self.errors.append(FieldError(resource.address, "--replace", f"a {resource.kind} cannot be replaced"))
+                self.errors.append(FieldError(address, "--replace", f"a {resource.kind} cannot be replaced"))
                 return
             change = self.add(resource, Action.REPLACE, Reason.REPLACE_REQUESTED, [], diffs, deps, obj)
             users = running_users(host, resource.key) if resource.kind == "network" else []
@@ -252,9 +253,7 @@ class _Planner:
         refused = [d for d in diffs if d.policy == Policy.IMMUTABLE]
         for d in refused:
             hint = IMMUTABLE_HINTS.get((resource.kind, d.field), "declare a new resource instead")
-            self.errors.append(
-                FieldError(resource.address, d.field, f"cannot change from {d.before!r} to {d.after!r}; {hint}")
-            )
+            self.errors.append(FieldError(address, d.field, f"cannot change from {d.before!r} to {d.after!r}; {hint}"))
         if refused:
             return
         action, reason, deciding = choose_action(resource.kind, diffs, obj.spec, desired)

@@ -1,0 +1,180 @@
+"""Hosts connected, and read, before the stack program has run (`virtplan.cli.early`,
+`virtplan.hosts.readahead`): only for an unchanged stack file that validated, checked
+against the stack once it is loaded, and never changing what observe sees."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from virtplan.cli import early
+from virtplan.hosts import connection
+from virtplan.hosts.observe import list_domains, list_volumes
+from virtplan.hosts.readahead import ReadAhead
+from virtplan.model import load_stack
+
+STACK = """
+from virtplan import VM, Host, Network, Pool, Volume
+h = Host("h", uri="test:///default")
+net = Network("n", cidr="10.5.0.0/24")
+pool = Pool("p", path="/var/tmp/p")
+disk = Volume("d", pool=pool, size="1M")
+VM("v", memory="64M", disks=[disk], nics=[net])
+"""
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("VIRTPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("VIRTPLAN_URI", raising=False)
+    yield tmp_path / "cache"
+    early.forget()
+
+
+@pytest.fixture
+def stack_file(tmp_path: Path) -> Path:
+    file = tmp_path / "lab.py"
+    file.write_text(STACK)
+    return file
+
+
+def validated(file: Path) -> None:
+    """What a command that reads the hosts does once the stack loaded: remember its hosts."""
+    early.opening(load_stack(file)).close()
+
+
+def started() -> dict[str, str]:
+    return early._started.uris() if early._started is not None else {}
+
+
+def test_a_stack_that_validated_is_connected_at_start_with_its_pools(stack_file: Path, cache: Path) -> None:
+    early.start(["plan", str(stack_file)])
+    assert started() == {}  # never validated: nothing is known, nothing contacted
+    validated(stack_file)
+    (hint,) = (cache / "hosts").iterdir()
+    assert json.loads(hint.read_text())["hosts"] == [["h", "test:///default", ["p"]]]
+    for command in ("plan", "apply", "show", "drift"):
+        early.start([command, str(stack_file), "--keep-going"])
+        assert started() == {"h": "test:///default"}, command
+        early.forget()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate", "{file}"],  # validate never contacts a host
+        ["graph", "{file}"],
+        ["plan", "{file}", "--host", "h=test:///other"],  # another URI may be meant
+        ["plan", "--host=h=test:///other", "{file}"],
+        ["plan", "plan.json"],
+        [],
+    ],
+)
+def test_commands_that_do_not_read_the_remembered_hosts_connect_nothing(stack_file: Path, argv: list[str]) -> None:
+    validated(stack_file)
+    early.start([a.format(file=stack_file) for a in argv])
+    assert early._started is None
+
+
+def test_an_edited_stack_contacts_no_host_before_it_validates(stack_file: Path) -> None:
+    validated(stack_file)
+    stack_file.write_text(STACK + "VM('broken', memory='lots')\n")  # edited: invalid now
+    early.start(["plan", str(stack_file)])
+    assert early._started is None
+    with pytest.raises(Exception, match="memory"):
+        load_stack(stack_file)
+
+
+def test_another_default_uri_contacts_nothing(stack_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    validated(stack_file)
+    monkeypatch.setenv("VIRTPLAN_URI", "test:///elsewhere")
+    early.start(["plan", str(stack_file)])
+    assert early._started is None
+
+
+def test_a_run_with_host_overrides_is_not_remembered(stack_file: Path, cache: Path) -> None:
+    early.opening(load_stack(stack_file, {"h": "test:///other"}), remember=False).close()
+    assert not (cache / "hosts").exists()
+
+
+def test_a_host_whose_uri_changed_is_opened_again_and_the_stale_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed: list[str] = []
+
+    class Conn:
+        def __init__(self, uri: str) -> None:
+            self.uri = uri
+
+        def close(self) -> None:
+            closed.append(self.uri)
+
+        def getType(self) -> str:
+            raise libvirt.libvirtError("no reads in this test")
+
+    monkeypatch.setattr(connection, "connect", lambda uri, host="": Conn(uri))
+    opening = connection.Opening([("h", "test:///old")])
+    opening.add([("h", "test:///new"), ("k", "test:///k")], {})
+    assert opening.uris() == {"h": "test:///new", "k": "test:///k"}
+    assert opening.take("h", "test:///new").uri == "test:///new"
+    opening.close()
+    for _ in range(500):
+        if sorted(closed) == ["test:///k", "test:///old"]:
+            break
+        time.sleep(0.01)
+    assert sorted(closed) == ["test:///k", "test:///old"]
+
+
+def test_a_failed_early_attempt_is_tried_again_but_a_timeout_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from virtplan.errors import ConnectionFailed, ConnectionTimedOut
+
+    def refuse(uri: str, host: str = "") -> None:
+        raise (ConnectionTimedOut if "slow" in uri else ConnectionFailed)(f"cannot connect to {uri}")
+
+    monkeypatch.setattr(connection, "connect", refuse)
+    opening = connection.Opening([("a", "test:///refused"), ("b", "test:///slow")])
+    assert opening.take("a", "test:///refused") is None  # the engine connects again itself
+    with pytest.raises(ConnectionTimedOut):
+        opening.take("b", "test:///slow")
+    assert opening.ahead("a") is None
+
+
+def test_what_is_read_ahead_is_what_observe_reads_and_is_handed_over_once() -> None:
+    conn = libvirt.open("test:///default")
+    pool = conn.storagePoolLookupByName("default-pool")
+    for i in range(40):  # above the count read over several calls at once
+        pool.createXML(f"<volume><name>ra{i}.img</name><capacity>1024</capacity></volume>", 0)
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    ahead = ReadAhead(conn, flags, ["default-pool", "no-such-pool"])
+
+    listing = ahead.domains(flags)
+    direct = list_domains(conn, flags)
+    assert listing is not None
+    assert [(d.name(), x) for d, x in listing.xmls] == [(d.name(), x) for d, x in direct.xmls]
+    assert (listing.active, listing.autostart) == (direct.active, direct.autostart)
+    assert ahead.domains(flags) is None  # handed over once
+
+    volumes = ahead.volumes("default-pool")
+    assert volumes is not None
+    assert sorted((v.name(), x) for v, x in volumes) == sorted((v.name(), x) for v, x in list_volumes(pool))
+    assert len(volumes) >= 40
+    assert ahead.volumes("default-pool") is None
+    assert ahead.volumes("no-such-pool") is None  # failed: observe reads (and reports) itself
+
+    other = ReadAhead(conn, flags, [])
+    assert other.domains(libvirt.VIR_DOMAIN_XML_INACTIVE) is None  # read with other flags: not used
+
+
+def test_cancelled_reads_stop() -> None:
+    from virtplan.hosts import readahead
+
+    conn = libvirt.open("test:///default")
+    ahead = ReadAhead(conn, libvirt.VIR_DOMAIN_XML_INACTIVE, [])
+    ahead.cancel()
+    with pytest.raises(readahead._Cancelled):
+        ahead._unless_cancelled(0)(conn.listAllDomains()[0])
