@@ -309,6 +309,8 @@ class Engine:
 
         hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
         with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
+            if self._opening is not None:  # read before the lock: another apply may have changed things since
+                self._opening.drop_reads()
             self._locks = locks
             try:
                 yield locks.notes() + self._migrate()

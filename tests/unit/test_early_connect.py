@@ -98,7 +98,7 @@ def test_another_default_uri_contacts_nothing(stack_file: Path, monkeypatch: pyt
 
 
 def test_a_run_with_host_overrides_is_not_remembered(stack_file: Path, cache: Path) -> None:
-    early.opening(load_stack(stack_file, {"h": "test:///other"}), remember=False).close()
+    early.opening(load_stack(stack_file, {"h": "test:///default"}), remember=False).close()
     assert not (cache / "hosts").exists()
 
 
@@ -178,3 +178,20 @@ def test_cancelled_reads_stop() -> None:
     ahead.cancel()
     with pytest.raises(readahead._Cancelled):
         ahead._unless_cancelled(0)(conn.listAllDomains()[0])
+
+
+def test_what_was_read_before_the_stack_lock_is_dropped_when_it_is_taken(stack_file: Path) -> None:
+    """apply plans against what it reads once it holds the lock, never against a read ahead
+    made while another apply may still have been changing the hosts."""
+    from virtplan.engine import Engine
+
+    stack = load_stack(stack_file)
+    opening = early.opening(stack)
+    with Engine(stack, opening=opening) as engine:
+        engine.connection("h")
+        with engine.locked():
+            assert opening.ahead("h") is None
+    opening = early.opening(load_stack(stack_file))
+    with Engine(load_stack(stack_file), opening=opening) as engine:
+        engine.connection("h")
+        assert opening.ahead("h") is not None  # no lock taken: handed over to observe

@@ -155,12 +155,18 @@ class Opening:
             return None
         return future.result()
 
-    def close(self) -> None:
+    def drop_reads(self) -> None:
+        """Stop the reads ahead and hand none of them over: from now on, a host must be read
+        afresh (e.g. once its lock is held)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
             names = list(self._ahead)
         for name in names:
             self._stop(name)
+
+    def close(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        self.drop_reads()
         for _, future in pending.values():
             future.add_done_callback(_close_result)
 

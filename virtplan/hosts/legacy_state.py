@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +102,8 @@ class StateStore:
             self._stamp = None  # another process may have written: always re-read here
             self._refresh()
             change(self._data)
+            import tempfile
+
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
             with os.fdopen(fd, "w") as f:
                 json.dump(self._data, f, indent=2, sort_keys=True)

@@ -9,7 +9,6 @@ carry this stack's mark, so a host with thousands of foreign VMs stays cheap.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -193,10 +192,12 @@ _PASSWD = re.compile(r"""\s(passwd)=(['"])([^'"]*)\2""")
 def strip_passwords(xml: str) -> tuple[str, str | None]:
     """The XML without its console password attribute, and that password (unescaped), if any.
     libvirt writes attribute values escaped, so a quote never occurs inside one."""
+    if "passwd=" not in xml:  # most domains: no need to scan with the expression
+        return xml, None
     found: list[str] = []
 
     def drop(m: re.Match[str]) -> str:
-        found.append(html.unescape(m.group(3)))
+        found.append(_unescape(m.group(3)))
         return ""
 
     return _PASSWD.sub(drop, xml), (found[0] if found else None)
@@ -288,7 +289,7 @@ def _read_domains(
         if xml is None:
             continue
         if dom.UUIDString() in active:
-            running_nics.update(html.unescape(n) for n in _NETWORK_SOURCE.findall(xml))
+            running_nics.update(_unescape(n) for n in _NETWORK_SOURCE.findall(xml))
         xml, password = strip_passwords(xml) if secret_digest else (xml, None)
         if name not in wanted and not _mine(xml, stack_name):
             state.foreign[name] = xml  # none of this stack's business, unless it uses what the stack deletes
@@ -322,6 +323,15 @@ def _read_domains(
         spec["unplugged"] = []
         state.objects[("vm", name)] = ObservedObject("vm", name, uuid, xml, generic(spec), owner)
     return running_nics
+
+
+def _unescape(text: str) -> str:
+    """XML text as written (entities replaced); `html` is imported only when there are any."""
+    if "&" not in text:
+        return text
+    import html
+
+    return html.unescape(text)
 
 
 #: How libvirt writes a NIC's network in a domain's XML (and nowhere else).

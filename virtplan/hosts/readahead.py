@@ -8,7 +8,8 @@ Python work instead of following it.
 What is read ahead is exactly what `virtplan.hosts.observe` would read itself, on the
 same connection, in this same process, a moment earlier; it is handed over once. If the
 read ahead failed, or read other flags or pools than asked, observe reads for itself, so
-the result never depends on it.
+the result never depends on it. A command that takes the stack's lock (apply) drops what
+was read before it: another apply may have changed the hosts while it waited.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ host keeps.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import os
@@ -109,6 +108,8 @@ def lenient(init: F) -> F:
 
 
 def unknown_field(owner: str, key: str, names: list[str], site: str) -> str:
+    import difflib
+
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else f"{owner}() takes {', '.join(names)}"
     return f"{owner}() has no field {key!r} ({site}); {hint}"
