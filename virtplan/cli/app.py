@@ -365,12 +365,32 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def _command_tree(argv: list[str]) -> Any:
+    """The click command tree of `app`; for `virtplan COMMAND ...`, only that command's branch.
+
+    typer builds a command by reading its function's signature and evaluating its
+    annotations, some milliseconds per command; a command line runs one of them."""
+    import copy
+
+    name = argv[0] if argv else ""
+    chosen = [c for c in app.registered_commands if _command_name(c) == name]
+    if len(chosen) != 1:  # help, a group (snapshot, stack), a typo: the whole tree says what there is
+        return typer.main.get_command(app)
+    branch = copy.copy(app)  # the same settings and root options
+    branch.registered_commands, branch.registered_groups = chosen, []
+    return typer.main.get_command(branch)
+
+
+def _command_name(info: Any) -> str:
+    return str(info.name or typer.main.get_command_name(getattr(info.callback, "__name__", "")))
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one-line messages."""
     try:
         from virtplan.cli.helptext import tidy
 
-        command = tidy(typer.main.get_command(app))
+        command = tidy(_command_tree(sys.argv[1:]))
         rc = command.main(prog_name="virtplan", standalone_mode=False)  # the code of typer.Exit in this mode
         sys.exit(rc if isinstance(rc, int) else 0)
     except typer.Exit as exc:
