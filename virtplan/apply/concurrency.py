@@ -11,11 +11,11 @@ than the changes there are:
 Measured on a 2-CPU host (50 blank TCG guests, bench/whole_process.py's workload, two
 alternating rounds while other work loaded the machine, medians; ratios to the 8-thread
 raw libvirt floor, converge / destroy): 4 at once 1.28x / 1.53x, 6 1.22x / 1.09x, 8 1.01x
-/ 1.07x, 16 1.41x / 1.11x. One connection's calls are served by at most
-`max_client_requests` of libvirtd's workers at a time (5 by default), so past about 8 the
-extra workers only queue on the connection: AT_MOST keeps big hosts from queueing dozens.
-A host with more CPUs gets more, as its QEMU starts run side by side; set `workers` on a
-host whose libvirtd allows more calls per client.
+/ 1.07x, 16 1.41x / 1.11x (all over one connection). One connection's calls are served
+by at most `max_client_requests` of libvirtd's workers at a time (5 by default), so the
+workers of a host are spread over one connection per 5 (`virtplan.apply.lanes`). A host
+with more CPUs gets more, as its QEMU starts run side by side; AT_MOST bounds what one
+apply asks of one libvirtd.
 
 A host that cannot tell (a driver without node info) gets AT_LEAST. The choice costs one
 libvirt call per host and apply.
@@ -32,7 +32,7 @@ from virtplan.model import Host
 PER_CPU = 4
 #: Never fewer, whatever the host says (unless there are fewer changes).
 AT_LEAST = 8
-#: Never more (one connection serves 5 calls at a time with libvirtd's defaults).
+#: Never more (4 connections' worth of calls with libvirtd's defaults).
 AT_MOST = 16
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from virtplan.apply.concurrency import workers_for
+from virtplan.apply.lanes import Lanes
 from virtplan.apply.steps import Context, Runtime, operations
 from virtplan.documents.render import Renderer
 from virtplan.errors import ApplyError, ApplyInterrupted, HostLost
@@ -236,10 +237,13 @@ def apply_plan(
     def run_host(name: str) -> None:
         changes = plan.for_host(name)
         applier: HostApplier | None = None
+        lanes: Lanes | None = None
         try:
-            workers = workers_for(stack.host(name), connections[name], len(changes))  # Host.workers, or from the host
+            host = stack.host(name)
+            workers = workers_for(host, connections[name], len(changes))  # Host.workers, or from the host
+            lanes = Lanes(connections[name], host.uri, name, workers)
             context = Context.at(stack, renderer, observed[name], store, plan, observed)
-            applier = HostApplier(connections[name], context, control, board, connections)
+            applier = HostApplier(connections[name], context, control, board, connections, lanes)
             outcomes = applier.run(changes, workers, progress, everywhere)
         except BaseException as exc:  # a bug or a dead connection outside any change: no outcome may be lost
             control.stop("failed")
@@ -248,6 +252,9 @@ def apply_plan(
             seen = {o.address for o in outcomes}
             outcomes += [Outcome(c.address, c.action.value, FAILED, message) for c in changes if c.address not in seen]
             board.gave_up([c.address for c in changes])  # never leave the other hosts waiting for this one
+        finally:
+            if lanes is not None:
+                lanes.close()
         with lock:
             report.outcomes.extend(outcomes)
 
@@ -286,8 +293,9 @@ def lost_message(report: ApplyReport) -> str:
 
 
 class HostApplier:
-    """Applies the changes of one host over one libvirt connection, and keeps what the run
-    learns across them (the specs applied, the host's backing map for the last guard)."""
+    """Applies the changes of one host over its libvirt connection (or `lanes` of them, see
+    virtplan.apply.lanes), and keeps what the run learns across them (the specs applied,
+    the host's backing map for the last guard)."""
 
     def __init__(
         self,
@@ -296,8 +304,10 @@ class HostApplier:
         control: Control | None = None,
         board: Board | None = None,
         peers: dict[str, Any] | None = None,
+        lanes: Lanes | None = None,
     ):
         self.conn, self.context = conn, context
+        self.lanes = lanes
         self.host, self.store = context.host, context.store
         self.control = control or Control()
         self.board = board if board is not None else Board(default_limit())
@@ -406,8 +416,8 @@ class HostApplier:
 
     def execute(self, change: ResourceChange) -> None:
         """Run the operations of the change's step (virtplan.apply.steps), one after the other."""
-        rt = Runtime(self.context, self, say=lambda text: self.say(change, text))
-        with self.board.slot():
+        with self.board.slot(), self._lane() as conn:
+            rt = Runtime(self.context, self, say=lambda text: self.say(change, text), conn=conn)
             try:
                 for op in operations(change, self.context):
                     op.run(rt)
@@ -415,6 +425,14 @@ class HostApplier:
                 with contextlib.suppress(Exception):  # the undo must not hide why the change failed
                     rt.undo()  # e.g. drop an intent whose create failed: nothing of ours was made
                 raise
+
+    @contextlib.contextmanager
+    def _lane(self) -> Iterator[Any]:
+        if self.lanes is None:
+            yield self.conn
+        else:
+            with self.lanes.lane() as conn:
+                yield conn
 
     def peer(self, host: str) -> Any:
         """The connection to another host of the plan (the source of a VM moved here)."""

@@ -81,8 +81,9 @@ class Runtime:
     looked up or created so far, facts its operations learnt (say, that a pool's
     directory was built), and the apply run's bookkeeping."""
 
-    def __init__(self, ctx: Context, run: Bookkeeping, say: Callable[[str], None] | None = None):
-        self.ctx, self.run, self.conn = ctx, run, run.conn
+    def __init__(self, ctx: Context, run: Bookkeeping, say: Callable[[str], None] | None = None, conn: Any = None):
+        self.ctx, self.run = ctx, run
+        self.conn = conn if conn is not None else run.conn  # every call of one change goes over one connection
         self._say = say
         self.facts: dict[str, Any] = {}
         self._handles: dict[tuple[str, str], Any] = {}
