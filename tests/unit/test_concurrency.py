@@ -71,7 +71,9 @@ def test_apply_uses_the_choice_per_host(build: Any, monkeypatch: pytest.MonkeyPa
     asked: list[int | None] = []
     choose_ = concurrency.choose
     monkeypatch.setattr(
-        concurrency, "choose", lambda cpus, changes=None: asked.append(changes) or choose_(cpus, changes)
+        concurrency,
+        "choose",
+        lambda cpus, changes=None, deleting=False: asked.append(changes) or choose_(cpus, changes, deleting),
     )
 
     def program() -> None:
@@ -87,3 +89,10 @@ def test_apply_uses_the_choice_per_host(build: Any, monkeypatch: pytest.MonkeyPa
         assert asked == [5] and seen == {"h": 5}  # 16 CPUs on the test driver: bounded by the 5 changes
     else:
         assert asked == [] and seen == {"h": 2}
+
+
+def test_a_host_that_only_deletes_gets_twice_the_workers_within_the_bound() -> None:
+    """Deleting waits on QEMU processes exiting, not on this machine or the host's CPUs."""
+    assert choose(2, deleting=True) == 2 * choose(2) == 16
+    assert choose(4, deleting=True) == AT_MOST
+    assert choose(2, changes=5, deleting=True) == 5

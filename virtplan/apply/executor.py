@@ -33,7 +33,7 @@ from virtplan.errors import ApplyError, ApplyInterrupted, HostLost
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
 from virtplan.model import Stack
-from virtplan.plan.changes import Plan, ResourceChange
+from virtplan.plan.changes import Action, Plan, ResourceChange
 
 #: progress(event, change, text): "start", "done", "failed" (text: the error) and "wait"
 #: (text: what an operation waits for, e.g. a guest's shutdown).
@@ -240,7 +240,8 @@ def apply_plan(
         lanes: Lanes | None = None
         try:
             host = stack.host(name)
-            workers = workers_for(host, connections[name], len(changes))  # Host.workers, or from the host
+            deleting = all(c.action == Action.DELETE for c in changes)
+            workers = workers_for(host, connections[name], len(changes), deleting)  # Host.workers, or from the host
             lanes = Lanes(connections[name], host.uri, name, workers)
             context = Context.at(stack, renderer, observed[name], store, plan, observed)
             applier = HostApplier(connections[name], context, control, board, connections, lanes)
