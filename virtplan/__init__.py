@@ -9,11 +9,12 @@ connecting to hosts before it (see `virtplan.cli.early`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from virtplan._version import __version__
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see virtplan.cli.early)
 if TYPE_CHECKING:
+    from typing import Any
+
     from virtplan.model import (
         NIC,
         VM,

@@ -49,7 +49,8 @@ def validated(file: Path) -> None:
 
 
 def started() -> dict[str, str]:
-    return early._started.uris() if early._started is not None else {}
+    """The hosts being dialled since start-up, by name."""
+    return {name: dial.uri for name, dial in early._dials.items()}
 
 
 def test_a_stack_that_validated_is_connected_at_start_with_its_pools(stack_file: Path, cache: Path) -> None:
@@ -78,14 +79,14 @@ def test_a_stack_that_validated_is_connected_at_start_with_its_pools(stack_file:
 def test_commands_that_do_not_read_the_remembered_hosts_connect_nothing(stack_file: Path, argv: list[str]) -> None:
     validated(stack_file)
     early.start([a.format(file=stack_file) for a in argv])
-    assert early._started is None
+    assert started() == {}
 
 
 def test_an_edited_stack_contacts_no_host_before_it_validates(stack_file: Path) -> None:
     validated(stack_file)
     stack_file.write_text(STACK + "VM('broken', memory='lots')\n")  # edited: invalid now
     early.start(["plan", str(stack_file)])
-    assert early._started is None
+    assert started() == {}
     with pytest.raises(Exception, match="memory"):
         load_stack(stack_file)
 
@@ -94,7 +95,7 @@ def test_another_default_uri_contacts_nothing(stack_file: Path, monkeypatch: pyt
     validated(stack_file)
     monkeypatch.setenv("VIRTPLAN_URI", "test:///elsewhere")
     early.start(["plan", str(stack_file)])
-    assert early._started is None
+    assert started() == {}
 
 
 def test_a_run_with_host_overrides_is_not_remembered(stack_file: Path, cache: Path) -> None:
@@ -195,3 +196,24 @@ def test_what_was_read_before_the_stack_lock_is_dropped_when_it_is_taken(stack_f
     with Engine(load_stack(stack_file), opening=opening) as engine:
         engine.connection("h")
         assert opening.ahead("h") is not None  # no lock taken: handed over to observe
+
+
+def test_the_connection_dialled_at_start_up_is_the_one_used(stack_file: Path) -> None:
+    validated(stack_file)
+    early.start(["plan", str(stack_file)])
+    (dial,) = early._dials.values()
+    opening = early.opening(load_stack(stack_file))
+    assert early._dials == {}  # handed over
+    assert opening.take("h", "test:///default") is dial.result(5)
+    opening.close()
+
+
+def test_dials_for_hosts_the_stack_no_longer_has_or_for_other_uris_are_abandoned() -> None:
+    from virtplan.hosts.dialing import Dial
+
+    kept, moved, gone = Dial("test:///default"), Dial("test:///default"), Dial("test:///default")
+    opening = connection.Opening()
+    opening.add([("h", "test:///default"), ("m", "test:///elsewhere")], {}, {"h": kept, "m": moved, "x": gone})
+    assert (kept._abandoned, moved._abandoned, gone._abandoned) == (False, True, True)
+    assert opening.take("h", "test:///default") is kept.result(5)
+    opening.close()

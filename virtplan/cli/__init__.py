@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see virtplan.cli.early)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["app", "main"]
 

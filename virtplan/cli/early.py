@@ -21,62 +21,70 @@ import contextlib
 import hashlib
 import json
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+from virtplan.hosts.cache import cache_folder
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the hosts are dialled
 if TYPE_CHECKING:
+    from typing import Any
+
     from virtplan.hosts.connection import Opening
+    from virtplan.hosts.dialing import Dial
     from virtplan.model.stack import Stack
 
 #: Commands that read every host of the stack named by their first argument.
 READERS = frozenset({"plan", "apply", "show", "drift"})
 URI_ENV = "VIRTPLAN_URI"
 
-_started: Opening | None = None
+_dials: dict[str, Dial] = {}
 
 
 def start(argv: list[str]) -> None:
     """From the command line (before it is parsed): start opening the hosts the last valid
-    run of this stack file read, if this command reads hosts and the file is unchanged."""
-    global _started
+    run of this stack file read, if this command reads hosts and the file is unchanged.
+    Only the standard library and libvirt are imported before the attempts start."""
     file = _stack_file(argv)
     if file is None:
         return
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        hint = json.loads(_hint_path(file).read_text())
-        if hint["sha256"] != hashlib.sha256(file.read_bytes()).hexdigest():
-            return  # edited since it last validated
+    try:
+        with open(_hint_path(file), encoding="utf-8") as f:
+            hint = json.load(f)
+        with open(file, "rb") as f:
+            if hint["sha256"] != hashlib.sha256(f.read()).hexdigest():
+                return  # edited since it last validated
         if hint["uri_env"] != os.environ.get(URI_ENV):
             return
-        hosts = [(str(name), str(uri)) for name, uri, _ in hint["hosts"]]
-        pools = {str(name): [str(p) for p in pools] for name, _, pools in hint["hosts"]}
-        from virtplan.hosts.connection import Opening
+        hosts = {str(name): str(uri) for name, uri, _ in hint["hosts"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        return
+    from virtplan.hosts.dialing import Dial
 
-        _started = Opening(hosts, pools)
+    for name, uri in hosts.items():
+        _dials[name] = Dial(uri)
 
 
 def opening(stack: Stack, remember: bool = True) -> Opening:
     """The connections to `stack`'s hosts, opening since start-up or from now on; with
     `remember`, the hosts and pools are kept for the next command on the same file."""
-    global _started
     from virtplan.hosts.connection import Opening
 
     hosts = [(h.name, h.uri) for h in stack.hosts]
     pools = pools_to_read(stack)
-    started, _started = _started, None
-    result = started if started is not None else Opening()
-    result.add(hosts, pools)
+    dials = dict(_dials)
+    _dials.clear()
+    result = Opening()
+    result.add(hosts, pools, dials)  # each attempt for the host's URI is taken over, the others abandoned
     if remember and stack.path is not None:
         _remember(stack, [[name, uri, pools.get(name, [])] for name, uri in hosts])
     return result
 
 
 def forget() -> None:
-    """Close what `start` opened (the command did not need it after all)."""
-    global _started
-    started, _started = _started, None
-    if started is not None:
-        started.close()
+    """Abandon what `start` began (the command did not need it after all)."""
+    dials = list(_dials.values())
+    _dials.clear()
+    for dial in dials:
+        dial.abandon()
 
 
 def pools_to_read(stack: Stack) -> dict[str, list[str]]:
@@ -88,7 +96,7 @@ def pools_to_read(stack: Stack) -> dict[str, list[str]]:
     return {name: sorted(names) for name, names in pools.items()}
 
 
-def _stack_file(argv: list[str]) -> Path | None:
+def _stack_file(argv: list[str]) -> str | None:
     if not argv or argv[0] not in READERS:
         return None
     if any(a == "--host" or a.startswith("--host=") for a in argv):
@@ -96,28 +104,26 @@ def _stack_file(argv: list[str]) -> Path | None:
     name = next((a for a in argv[1:] if a.endswith(".py") and not a.startswith("-")), None)
     if name is None:
         return None
-    file = Path(name).resolve()
-    return file if file.is_file() else None
+    file = os.path.realpath(name)
+    return file if os.path.isfile(file) else None
 
 
-def _hint_path(file: Path) -> Path:
-    from virtplan.hosts.cache import cache_dir
-
-    return cache_dir() / "hosts" / f"{hashlib.sha256(str(file).encode()).hexdigest()[:24]}.json"
+def _hint_path(file: str | os.PathLike[str]) -> str:
+    return os.path.join(cache_folder(), "hosts", f"{hashlib.sha256(str(file).encode()).hexdigest()[:24]}.json")
 
 
 def _remember(stack: Stack, hosts: list[list[Any]]) -> None:
     assert stack.path is not None
     hint = {"file": str(stack.path), "sha256": stack.source_hash, "uri_env": os.environ.get(URI_ENV), "hosts": hosts}
     path = _hint_path(stack.path)
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text()) == hint:
+    with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as f:
+        if json.load(f) == hint:
             return
     import tempfile
 
     with contextlib.suppress(OSError):  # the cache is disposable: never fail on it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hint-")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hint-")
         with os.fdopen(fd, "w") as out:
             json.dump(hint, out)
         os.replace(tmp, path)

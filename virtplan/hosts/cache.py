@@ -2,24 +2,35 @@
 
 Nothing here is needed for a correct result: deleting the folder (or running with another
 HOME, on another machine) only makes the next command slower. `$VIRTPLAN_CACHE_DIR`, else
-`$XDG_CACHE_HOME/virtplan`, else `~/.cache/virtplan`.
+`$XDG_CACHE_HOME/virtplan`, else `~/.cache/virtplan`. Light on purpose (the command line
+reads it before importing the rest of virtplan).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CACHE_DIR_ENV = "VIRTPLAN_CACHE_DIR"
 
 
-def cache_dir() -> Path:
+def cache_folder() -> str:
+    """The cache folder's path."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
-        return Path(env)
+        return env
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "virtplan"
+    return os.path.join(xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache"), "virtplan")
+
+
+def cache_dir() -> Path:
+    from pathlib import Path
+
+    return Path(cache_folder())
 
 
 def stack_cache(stack_key: str, name: str) -> Path:

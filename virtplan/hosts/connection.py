@@ -19,41 +19,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from virtplan.errors import ConnectionFailed, ConnectionTimedOut
+from virtplan.hosts.dialing import Dial, quiet_libvirt
 
 if TYPE_CHECKING:
     from virtplan.hosts.readahead import ReadAhead
 
 TIMEOUT_ENV = "VIRTPLAN_CONNECT_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
-
-_quiet = threading.Lock()
-_quieted = False
-
-
-def quiet_libvirt() -> None:
-    """Keep libvirt from printing to stderr: virtplan reports each failure itself, in one line.
-
-    libvirt prints errors through its default error handler (replaced here) and some
-    warnings through its log, e.g. three lines about a certificate that failed
-    validation. Unless ``LIBVIRT_LOG_OUTPUTS`` or ``LIBVIRT_DEBUG`` says otherwise, the
-    log goes to /dev/null; libvirt reads that setting once, when it is first imported,
-    so this only takes effect in a process (like the CLI) that has not imported it yet.
-    """
-    global _quieted
-    with _quiet:
-        if not _quieted:
-            if "libvirt" not in sys.modules and not {"LIBVIRT_LOG_OUTPUTS", "LIBVIRT_DEBUG"} & os.environ.keys():
-                os.environ["LIBVIRT_LOG_OUTPUTS"] = "4:file:/dev/null"
-            import libvirt
-
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            _quieted = True
 
 
 def connect_timeout() -> float:
@@ -70,18 +47,20 @@ def connect_timeout() -> float:
     return value
 
 
-def connect(uri: str, host: str = "", timeout: float | None = None) -> Any:
+def connect(uri: str, host: str = "", timeout: float | None = None, dial: Dial | None = None) -> Any:
     """Open a libvirt connection, or raise ConnectionFailed naming the host and URI.
 
-    Waits at most ``timeout`` seconds (default :func:`connect_timeout`).
+    Waits at most ``timeout`` seconds (default :func:`connect_timeout`), counted from the
+    start of `dial` if given (an attempt started earlier, see virtplan.cli.early).
     """
     limit = connect_timeout() if timeout is None else timeout
     quiet_libvirt()
     import libvirt
 
     label = f"host {host!r} at {uri}" if host else uri
+    attempt = dial if dial is not None else Dial(uri)
     try:
-        return _open_within(uri, limit)
+        return attempt.result(max(0.0, limit - attempt.age()))
     except TimeoutError:
         raise ConnectionTimedOut(
             f"cannot connect to {label}: timed out: no answer within {limit:g} s "
@@ -106,8 +85,12 @@ class Opening:
         self._ahead: dict[str, Future[ReadAhead]] = {}
         self.add(hosts or [], pools or {})
 
-    def add(self, hosts: list[tuple[str, str]], pools: dict[str, list[str]]) -> None:
-        """Start opening (name, URI) hosts not opening yet; `pools`: host -> pools to read."""
+    def add(
+        self, hosts: list[tuple[str, str]], pools: dict[str, list[str]], dials: dict[str, Dial] | None = None
+    ) -> None:
+        """Start opening (name, URI) hosts not opening yet; `pools`: host -> pools to read;
+        `dials`: host -> an attempt to open its URI already under way (see virtplan.cli.early)."""
+        dials = dict(dials or {})
         for name, uri in hosts:
             with self._lock:
                 if name in self._pending and self._pending[name][0] == uri:
@@ -120,9 +103,18 @@ class Opening:
                 opened: Future[Any] = Future()
                 ahead: Future[ReadAhead] = Future()
                 self._pending[name], self._ahead[name] = (uri, opened), ahead
+            dial = dials.pop(name, None)
+            if dial is not None and dial.uri != uri:
+                dial.abandon()
+                dial = None
             threading.Thread(
-                target=_open_and_read, args=(name, uri, pools.get(name, []), opened, ahead), name="connect", daemon=True
+                target=_open_and_read,
+                args=(name, uri, pools.get(name, []), opened, ahead, dial),
+                name="connect",
+                daemon=True,
             ).start()
+        for dial in dials.values():  # hosts the stack no longer has
+            dial.abandon()
 
     def uris(self) -> dict[str, str]:
         """Host name -> URI of the connections not taken yet."""
@@ -182,9 +174,11 @@ def _cancel_reads(future: Future[ReadAhead]) -> None:
         future.result().cancel()
 
 
-def _open_and_read(name: str, uri: str, pools: list[str], opened: Future[Any], ahead: Future[ReadAhead]) -> None:
+def _open_and_read(
+    name: str, uri: str, pools: list[str], opened: Future[Any], ahead: Future[ReadAhead], dial: Dial | None = None
+) -> None:
     try:
-        conn = connect(uri, name)
+        conn = connect(uri, name) if dial is None else connect(uri, name, dial=dial)
     except BaseException as exc:  # handed over by Opening.take
         opened.set_exception(exc)
         ahead.set_exception(exc)
@@ -205,44 +199,6 @@ def _close_result(future: Any) -> None:
     if future.exception() is None:
         with contextlib.suppress(Exception):
             future.result().close()
-
-
-def _open_within(uri: str, timeout: float) -> Any:
-    """``libvirt.open(uri)``, or TimeoutError after ``timeout`` seconds.
-
-    The attempt cannot be cancelled: it goes on in a daemon thread, which closes the
-    connection if it opens after all.
-    """
-    import libvirt
-
-    lock = threading.Lock()
-    done = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def attempt() -> None:
-        try:
-            conn = libvirt.open(uri)
-        except BaseException as exc:  # handed over to the caller
-            outcome["error"] = exc
-        else:
-            with lock:
-                if outcome.get("abandoned"):
-                    with contextlib.suppress(libvirt.libvirtError):
-                        conn.close()
-                    return
-                outcome["conn"] = conn
-        finally:
-            done.set()
-
-    threading.Thread(target=attempt, name=f"libvirt.open({uri})", daemon=True).start()
-    done.wait(timeout)
-    with lock:
-        if "conn" in outcome:
-            return outcome["conn"]
-        if "error" in outcome:
-            raise outcome["error"]
-        outcome["abandoned"] = True
-    raise TimeoutError(uri)
 
 
 #: (pattern in libvirt's or ssh's text, what went wrong in plain words); first match wins.
