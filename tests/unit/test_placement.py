@@ -342,3 +342,14 @@ def test_a_saved_move_stays_current_while_the_guest_writes_to_its_disk(tmp_path:
     with pytest.raises(StalePlan):
         check_current(doc, make_plan(moved, renderer_after_move(moved, observed), observed, store), moved, observed,
                       store)  # fmt: skip
+
+
+def test_a_mistake_in_a_nic_or_disk_is_reported_when_the_stack_spans_hosts() -> None:
+    """The objects of each host are copies of the declared ones; the copies keep what their
+    construction found (they were constructed again, and an unknown field was lost)."""
+    with declare() as stack:
+        a, b = Host("a", "test:///default"), Host("b", "test:///default")
+        net = Network("n", host=[a, b], cidr="10.9.0.0/24")
+        VM("v", host=a, memory="64MiB", nics=[NIC(network=net, bogus=1)])  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match=r"a/vm/v: nics\[0\]\.bogus: NIC\(\) has no field 'bogus'"):
+        validate(stack)

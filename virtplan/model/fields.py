@@ -70,9 +70,20 @@ def lenient(init: F) -> F:
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     required = [p.name for p in params if p.default is p.empty]
     owner = init.__qualname__.split(".")[0]
+    known_names, required_names = frozenset(names), frozenset(required)
+    given_by_count = [frozenset(positional[:n]) for n in range(len(positional) + 1)]
 
     @functools.wraps(init)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) < len(given_by_count):  # the usual call, checked with set operations only
+            given_now = given_by_count[len(args)]
+            if (
+                known_names.issuperset(kwargs)
+                and given_now.isdisjoint(kwargs)
+                and required_names.issubset(given_now.union(kwargs))
+            ):
+                init(self, *args, **kwargs)
+                return
         found: list[tuple[str, str]] = []
         site = None
         if len(args) > len(positional):

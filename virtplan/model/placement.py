@@ -28,9 +28,9 @@ and the engine again with what it observed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from virtplan.errors import FieldError
 from virtplan.model.resources import VM, Host, Network, Pool, Resource, Volume
@@ -394,6 +394,7 @@ def realize(stack: Stack, chosen: dict[str, Choice]) -> Stack:
 
 
 On = Callable[[Resource, Host], Resource]
+T = TypeVar("T")
 
 
 def _volume_copies(vol: Volume, disk_host: Host | None, on: On) -> list[tuple[Host | None, Volume]]:
@@ -416,13 +417,22 @@ def _vm_on(vm: VM, host: Host, on: On, reason: str | None) -> VM:
     """The VM on `host`, its disks, NICs and boot volumes the objects there."""
     out = copy.copy(vm)
     out._host = host
-    out.disks = [dataclasses.replace(d, volume=_volume(on(d.volume, host))) if isinstance(d.volume, Volume) else d
+    out.disks = [_with(d, volume=_volume(on(d.volume, host))) if isinstance(d.volume, Volume) else d
                  for d in vm.disks]  # fmt: skip
-    out.nics = [dataclasses.replace(n, network=_network(on(n.network, host))) if isinstance(n.network, Network)
+    out.nics = [_with(n, network=_network(on(n.network, host))) if isinstance(n.network, Network)
                 else n for n in vm.nics]  # fmt: skip
     out.kernel = _volume(on(vm.kernel, host)) if isinstance(vm.kernel, Volume) else vm.kernel
     out.initrd = _volume(on(vm.initrd, host)) if isinstance(vm.initrd, Volume) else vm.initrd
     out.placement, out.placed = None, reason  # placed: the stack as written keeps the placement
+    return out
+
+
+def _with(item: T, **changes: object) -> T:
+    """A copy of a disk or NIC with `changes` (not constructed again: what its construction
+    found is kept, and nothing is checked twice)."""
+    out = copy.copy(item)
+    for name, value in changes.items():
+        object.__setattr__(out, name, value)
     return out
 
 
