@@ -202,34 +202,36 @@ def _close_result(future: Any) -> None:
 
 
 #: (pattern in libvirt's or ssh's text, what went wrong in plain words); first match wins.
+#: Compiled when a connection fails (re's cache), not by every command at start-up.
 _CAUSES = (
     (
-        re.compile(r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.IGNORECASE),
+        (r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED", re.IGNORECASE),
         "ssh host key verification failed",
     ),
-    (re.compile(r"Permission denied \(|Too many authentication failures"), "ssh authentication failed"),
+    ((r"Permission denied \(|Too many authentication failures", 0), "ssh authentication failed"),
     (
-        re.compile(
+        (
             r"Could not resolve hostname|Unable to resolve address|Name or service not known|"
-            r"Temporary failure in name resolution|No address associated with hostname"
+            r"Temporary failure in name resolution|No address associated with hostname",
+            0,
         ),
         "host name not found",
     ),
-    (re.compile(r"Connection refused"), "connection refused"),
-    (re.compile(r"No route to host|Network is unreachable|Host is unreachable"), "host unreachable"),
-    (re.compile(r"timed out", re.IGNORECASE), "timed out"),
-    (re.compile(r"Failed to verify peer's certificate|certificate .*not trusted"), "TLS certificate not trusted"),
+    ((r"Connection refused", 0), "connection refused"),
+    ((r"No route to host|Network is unreachable|Host is unreachable", 0), "host unreachable"),
+    ((r"timed out", re.IGNORECASE), "timed out"),
+    ((r"Failed to verify peer's certificate|certificate .*not trusted", 0), "TLS certificate not trusted"),
     (
-        re.compile(r"Our own certificate|Cannot read (CA )?certificate|Cannot read private key"),
+        (r"Our own certificate|Cannot read (CA )?certificate|Cannot read private key", 0),
         "TLS client certificate problem",
     ),
-    (re.compile(r"[Cc]ertificate"), "TLS failed"),
-    (re.compile(r"authentication failed|Authentication failed"), "authentication failed"),
-    (re.compile(r"Cannot recv data|Connection reset by peer|End of file while reading"), "connection closed"),
+    ((r"[Cc]ertificate", 0), "TLS failed"),
+    ((r"authentication failed|Authentication failed", 0), "authentication failed"),
+    ((r"Cannot recv data|Connection reset by peer|End of file while reading", 0), "connection closed"),
 )
 
 #: The parts of ssh's changed-host-key warning that say nothing beyond its last lines.
-_SSH_NOISE = re.compile(
+_SSH_NOISE = (  # a pattern, compiled on use
     r"^(@+|@.*@|IT IS POSSIBLE THAT SOMEONE.*|Someone could be eavesdropping.*|It is also possible that a host key.*|"
     r"Please contact your system administrator\.|Add correct host key in .*|remove with:|ssh-keygen -f .*)$"
 )
@@ -238,8 +240,8 @@ _SSH_NOISE = re.compile(
 def explain(message: str) -> str:
     """libvirt's failure text as one line, led by what went wrong in plain words."""
     detail = _one_line(message)
-    for pattern, cause in _CAUSES:
-        if pattern.search(message):
+    for (pattern, flags), cause in _CAUSES:
+        if re.search(pattern, message, flags):
             return f"{cause}: {detail}"
     return detail
 
@@ -252,5 +254,5 @@ def _one_line(message: str) -> str:
         text = text.removeprefix("Cannot recv data: ")
         text = re.sub(r":\s*Connection reset by peer$", "", text)
     lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
-    kept = [line for line in lines if line and not _SSH_NOISE.match(line)]
+    kept = [line for line in lines if line and not re.match(_SSH_NOISE, line)]
     return " ".join(kept) or message.strip()
