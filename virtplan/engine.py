@@ -34,6 +34,7 @@ from virtplan.plan.protection import check_plan
 if TYPE_CHECKING:  # apply and lock machinery: imported by the commands that apply (not by plan)
     from virtplan.apply.executor import ApplyReport, Control, ProgressFn
     from virtplan.hosts.locks import HostLocks
+    from virtplan.hosts.readahead import ReadAhead
     from virtplan.plan.drift import DriftReport
 
 
@@ -64,6 +65,7 @@ class Engine:
             self.store = Overlay(self.host_records, legacy_records(self.legacy))
         self._conns: dict[str, Any] = {}
         self._records_conns: dict[str, Any] = {}  # the ledgers' own connections during apply
+        self._ahead: dict[str, ReadAhead | None] = {}  # read ahead per host, once taken from the opening
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
@@ -107,9 +109,23 @@ class Engine:
             return conn
 
     def _ledger(self, uri: str) -> HostLedger:
-        """This stack's ledger on the host at `uri` (see virtplan.hosts.ledger)."""
+        """This stack's ledger on the host at `uri` (see virtplan.hosts.ledger): the one read
+        ahead on its connection if there is one, else opened now."""
         host = next(h for h in self.stack.hosts if h.uri == uri)
-        return HostLedger(store_for(self.connection(host.name), host.records_pool, host.records_path), self.stack.key)
+        conn = self.connection(host.name)
+        ahead = self._read_ahead(host.name)
+        ledger = ahead.ledger(host.records_pool, host.records_path, self.stack.key) if ahead is not None else None
+        return ledger or HostLedger(store_for(conn, host.records_pool, host.records_path), self.stack.key)
+
+    def _read_ahead(self, host: str) -> ReadAhead | None:
+        """What is being read ahead on the host's connection (virtplan.hosts.readahead), if
+        anything; asked for once, after the connection is taken."""
+        with self._lock:
+            if host in self._ahead:
+                return self._ahead[host]
+        ahead = self._opening.ahead(host) if self._opening is not None else None
+        with self._lock:
+            return self._ahead.setdefault(host, ahead)
 
     # -- observe ------------------------------------------------------------------------
     def wanted(self, host: str, uri: str) -> dict[str, set[str]]:
@@ -161,7 +177,7 @@ class Engine:
                 cache=self.cache,
                 hidden_pools=frozenset({host.records_pool}),
                 secret_digest=functools.partial(keyed_digest, key or PROCESS_KEY),
-                ahead=self._opening.ahead(host_name) if self._opening is not None else None,
+                ahead=self._read_ahead(host_name),
             )
             observe_snapshots(self.connection(host_name), state, self.stack, self.store)
             return state
@@ -311,11 +327,19 @@ class Engine:
         with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
             if self._opening is not None:  # read before the lock: another apply may have changed things since
                 self._opening.drop_reads()
+            self._drop_read_ahead()
             self._locks = locks
             try:
                 yield locks.notes() + self._migrate()
             finally:
                 self._locks = None
+
+    def _drop_read_ahead(self) -> None:
+        with self._lock:
+            taken = [a for a in self._ahead.values() if a is not None]
+            self._ahead = dict.fromkeys([*self._ahead, *(h.name for h in self.stack.hosts)])
+        for ahead in taken:
+            ahead.cancel()
 
     def _migrate(self) -> list[str]:
         """Move records of virtplan 0.1 from the local file to the hosts (under the lock)."""

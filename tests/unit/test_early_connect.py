@@ -217,3 +217,28 @@ def test_dials_for_hosts_the_stack_no_longer_has_or_for_other_uris_are_abandoned
     assert (kept._abandoned, moved._abandoned, gone._abandoned) == (False, True, True)
     assert opening.take("h", "test:///default") is kept.result(5)
     opening.close()
+
+
+def test_the_ledger_is_read_ahead_for_the_stack_and_pool_asked_only() -> None:
+    from virtplan.hosts.ledger import HostLedger
+
+    conn = libvirt.open("test:///default")
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
+    where = ("virtplan", "/var/lib/libvirt/virtplan", "lab")
+    ahead = ReadAhead(conn, flags, [], where)
+    ledger = ahead.ledger(*where)
+    assert isinstance(ledger, HostLedger) and ledger.stack_key == "lab"
+    assert ahead.ledger(*where) is None  # handed over once
+    assert ReadAhead(conn, flags, [], where).ledger("virtplan", "/var/lib/libvirt/virtplan", "other") is None
+    assert ReadAhead(conn, flags, []).ledger(*where) is None  # none was read
+
+
+def test_a_ledger_read_ahead_is_not_used_once_the_lock_is_held(stack_file: Path) -> None:
+    from virtplan.engine import Engine
+
+    stack = load_stack(stack_file)
+    with Engine(stack, opening=early.opening(stack)) as engine:
+        engine.connection("h")
+        assert engine._read_ahead("h") is not None  # taken before the lock...
+        with engine.locked():
+            assert engine._read_ahead("h") is None  # ...and dropped once it is held

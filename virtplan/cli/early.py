@@ -72,8 +72,9 @@ def opening(stack: Stack, remember: bool = True) -> Opening:
     pools = pools_to_read(stack)
     dials = dict(_dials)
     _dials.clear()
+    ledgers = {h.name: (h.records_pool, h.records_path, stack.key) for h in stack.hosts}
     result = Opening()
-    result.add(hosts, pools, dials)  # each attempt for the host's URI is taken over, the others abandoned
+    result.add(hosts, pools, dials, ledgers)  # each attempt for the host's URI is taken over, the others abandoned
     if remember and stack.path is not None:
         _remember(stack, [[name, uri, pools.get(name, [])] for name, uri in hosts])
     return result

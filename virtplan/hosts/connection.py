@@ -86,10 +86,16 @@ class Opening:
         self.add(hosts or [], pools or {})
 
     def add(
-        self, hosts: list[tuple[str, str]], pools: dict[str, list[str]], dials: dict[str, Dial] | None = None
+        self,
+        hosts: list[tuple[str, str]],
+        pools: dict[str, list[str]],
+        dials: dict[str, Dial] | None = None,
+        ledgers: dict[str, tuple[str, str, str]] | None = None,
     ) -> None:
         """Start opening (name, URI) hosts not opening yet; `pools`: host -> pools to read;
-        `dials`: host -> an attempt to open its URI already under way (see virtplan.cli.early)."""
+        `dials`: host -> an attempt to open its URI already under way (see virtplan.cli.early);
+        `ledgers`: host -> (records pool, its path, stack key) of the ledger to read."""
+        ledgers = ledgers or {}
         dials = dict(dials or {})
         for name, uri in hosts:
             with self._lock:
@@ -109,7 +115,7 @@ class Opening:
                 dial = None
             threading.Thread(
                 target=_open_and_read,
-                args=(name, uri, pools.get(name, []), opened, ahead, dial),
+                args=(name, uri, pools.get(name, []), opened, ahead, dial, ledgers.get(name)),
                 name="connect",
                 daemon=True,
             ).start()
@@ -175,7 +181,13 @@ def _cancel_reads(future: Future[ReadAhead]) -> None:
 
 
 def _open_and_read(
-    name: str, uri: str, pools: list[str], opened: Future[Any], ahead: Future[ReadAhead], dial: Dial | None = None
+    name: str,
+    uri: str,
+    pools: list[str],
+    opened: Future[Any],
+    ahead: Future[ReadAhead],
+    dial: Dial | None = None,
+    ledger: tuple[str, str, str] | None = None,
 ) -> None:
     try:
         conn = connect(uri, name) if dial is None else connect(uri, name, dial=dial)
@@ -190,7 +202,7 @@ def _open_and_read(
         from virtplan.hosts.readahead import ReadAhead
 
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE  # as the engine reads them
-        ahead.set_result(ReadAhead(conn, flags, pools))
+        ahead.set_result(ReadAhead(conn, flags, pools, ledger))
     except BaseException as exc:  # nothing read ahead: observe reads for itself
         ahead.set_exception(exc)
 

@@ -22,19 +22,26 @@ from typing import Any, TypeVar
 
 from virtplan.hosts.observe import DomainListing, _inactive_xml, list_domains, list_volumes
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from virtplan.hosts.ledger import HostLedger
+
 T = TypeVar("T")
 
 
 class ReadAhead:
-    """Reads of one host's domains (XML with `xml_flags`) and of the volumes of `pools`,
-    each in a daemon thread from now on. `cancel` makes the remaining reads stop early."""
+    """Reads of one host's domains (XML with `xml_flags`), of the volumes of `pools` and of
+    the stack's ledger (`ledger`: records pool, its path, stack key), each in a daemon thread
+    from now on. `cancel` makes the remaining reads stop early."""
 
-    def __init__(self, conn: Any, xml_flags: int, pools: list[str]):
+    def __init__(self, conn: Any, xml_flags: int, pools: list[str], ledger: tuple[str, str, str] | None = None):
         self._cancelled = threading.Event()
         self._flags = xml_flags
         fetch = self._unless_cancelled(xml_flags)
         self._domains: Future[DomainListing] | None = self._start(lambda: list_domains(conn, xml_flags, fetch))
         self._volumes = {name: self._start(functools.partial(self._pool, conn, name)) for name in pools}
+        self._ledger_of = ledger
+        self._ledger = self._start(functools.partial(_read_ledger, conn, *ledger)) if ledger is not None else None
 
     def domains(self, xml_flags: int) -> DomainListing | None:
         """The domains read ahead (once), or None: read them now."""
@@ -44,6 +51,12 @@ class ReadAhead:
     def volumes(self, pool: str) -> list[tuple[Any, str | None]] | None:
         """The volumes of `pool` read ahead (once), or None: read them now."""
         return _outcome(self._volumes.pop(pool, None))
+
+    def ledger(self, pool: str, path: str, stack_key: str) -> HostLedger | None:
+        """The stack's ledger, read (once; None if it was read for another pool or stack, or
+        the read failed: open it now)."""
+        future, self._ledger = self._ledger, None
+        return _outcome(future) if future is not None and self._ledger_of == (pool, path, stack_key) else None
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -73,6 +86,14 @@ class ReadAhead:
         # A daemon thread: a command that ends early (an invalid stack) never waits for it.
         threading.Thread(target=run, name="read-ahead", daemon=True).start()
         return future
+
+
+def _read_ledger(conn: Any, pool: str, path: str, stack_key: str) -> HostLedger:
+    from virtplan.hosts.ledger import HostLedger, store_for
+
+    ledger = HostLedger(store_for(conn, pool, path), stack_key)
+    ledger.records()  # read now
+    return ledger
 
 
 class _Cancelled(Exception):
