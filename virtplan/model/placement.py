@@ -27,7 +27,6 @@ and the engine again with what it observed.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -362,7 +361,7 @@ def realize(stack: Stack, chosen: dict[str, Choice]) -> Stack:
     for r in stack.resources:
         if isinstance(r, (Network, Pool)) and r.replicas is not None:
             for h in r.replicas:
-                replica = copy.copy(r)
+                replica = _copy(r)
                 replica.replicas, replica._host = None, h
                 copies[(id(r), h.name)] = replica
                 out.add(replica)
@@ -381,7 +380,7 @@ def realize(stack: Stack, chosen: dict[str, Choice]) -> Stack:
             copies[(id(r), vm_on.name)] = vm
             out.add(vm)
         elif isinstance(r, Snapshot):
-            snap = copy.copy(r)
+            snap = _copy(r)
             if isinstance(r.vm, VM) and id(r.vm) in vm_host:
                 snap.vm = copies.get((id(r.vm), vm_host[id(r.vm)].name), r.vm)  # type: ignore[assignment]
             if r._after is not None:
@@ -415,7 +414,7 @@ def _volume_copies(vol: Volume, disk_host: Host | None, on: On) -> list[tuple[Ho
 
 def _vm_on(vm: VM, host: Host, on: On, reason: str | None) -> VM:
     """The VM on `host`, its disks, NICs and boot volumes the objects there."""
-    out = copy.copy(vm)
+    out = _copy(vm)
     out._host = host
     out.disks = [_with(d, volume=_volume(on(d.volume, host))) if isinstance(d.volume, Volume) else d
                  for d in vm.disks]  # fmt: skip
@@ -427,10 +426,18 @@ def _vm_on(vm: VM, host: Host, on: On, reason: str | None) -> VM:
     return out
 
 
+def _copy(item: T) -> T:
+    """A shallow copy of a model object (plain attributes, no copy hooks): what copy.copy
+    makes, five times faster (a fleet's stack copies every VM and NIC)."""
+    out = object.__new__(type(item))
+    out.__dict__.update(item.__dict__)
+    return out
+
+
 def _with(item: T, **changes: object) -> T:
     """A copy of a disk or NIC with `changes` (not constructed again: what its construction
     found is kept, and nothing is checked twice)."""
-    out = copy.copy(item)
+    out = _copy(item)
     for name, value in changes.items():
         object.__setattr__(out, name, value)
     return out
@@ -447,7 +454,7 @@ def _network(resource: Resource) -> Network:
 
 
 def _volume_on(vol: Volume, pool: Resource | None, backing: object) -> Volume:
-    out = copy.copy(vol)
+    out = _copy(vol)
     out.pool = pool  # type: ignore[assignment]
     out.backing = backing  # type: ignore[assignment]
     return out

@@ -69,17 +69,20 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     else:
         spec = fastspec.desired(resource, renderer)
     if isinstance(resource, VM):
-        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+        pinned = resource.declared()
+        spec = {k: v for k, v in spec.items() if k in pinned}
         spec.update(state=resource.state, autostart=resource.autostart, unplugged=[])
     elif isinstance(resource, Network):
-        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+        pinned = resource.declared()
+        spec = {k: v for k, v in spec.items() if k in pinned}
         spec.update(autostart=resource.autostart, active=True)
     elif isinstance(resource, Pool):
         spec.update(autostart=resource.autostart, active=True)
     elif isinstance(resource, Volume):
         if resource.format == "qcow2" and resource.source is None:
             spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
-        spec = {k: v for k, v in spec.items() if k in resource.declared()}
+        pinned = resource.declared()
+        spec = {k: v for k, v in spec.items() if k in pinned}
     else:  # pragma: no cover - the model has no other kinds
         raise TypeError(resource)
     return spec
