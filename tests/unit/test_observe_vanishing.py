@@ -58,3 +58,21 @@ def test_a_volume_deleted_after_listing_is_skipped() -> None:
 def test_other_errors_still_fail() -> None:
     with pytest.raises(libvirt.libvirtError):
         list_volumes(Pool(Vol("a", libvirt.VIR_ERR_INTERNAL_ERROR)))
+
+
+class PoolFailing:
+    """A pool whose state cannot be read (with libvirt error `code`)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def isActive(self) -> int:
+        raise libvirt_error(self.code)
+
+
+def test_a_pool_deleted_after_listing_has_no_volumes_to_read() -> None:
+    from virtplan.hosts.observe import _active
+
+    assert _active(PoolFailing(libvirt.VIR_ERR_NO_STORAGE_POOL)) is False
+    with pytest.raises(libvirt.libvirtError):
+        _active(PoolFailing(libvirt.VIR_ERR_INTERNAL_ERROR))

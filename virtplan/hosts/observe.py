@@ -107,11 +107,24 @@ def observe_host(
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
         pool = pools.get(pool_name)
-        if pool is not None and pool.isActive():
+        if pool is not None and _active(pool):
             volumes = ahead.volumes(pool_name) if ahead is not None else None
             _read_volumes(volumes if volumes is not None else list_volumes(pool), pool_name, state)
     _disks_as_pool_volumes(state)
     return state
+
+
+def _active(pool: Any) -> bool:
+    """Whether a pool listed a moment ago is running; not if it was deleted since (Pulumi
+    deletes in parallel, each delete observing the host first)."""
+    import libvirt
+
+    try:
+        return bool(pool.isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return False
+        raise
 
 
 def _disks_as_pool_volumes(state: HostState) -> None:
