@@ -73,6 +73,8 @@ def test_a_stack_that_validated_is_connected_at_start_with_its_pools(stack_file:
         ["plan", "{file}", "--host", "h=test:///other"],  # another URI may be meant
         ["plan", "--host=h=test:///other", "{file}"],
         ["plan", "plan.json"],
+        ["plan", "{file}", "--help"],  # help reads no host
+        ["apply", "-h", "{file}"],
         [],
     ],
 )

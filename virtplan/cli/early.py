@@ -102,6 +102,8 @@ def _stack_file(argv: list[str]) -> str | None:
         return None
     if any(a == "--host" or a.startswith("--host=") for a in argv):
         return None  # another URI than remembered may be meant
+    if {"-h", "--help"} & set(argv):
+        return None  # help reads no host
     name = next((a for a in argv[1:] if a.endswith(".py") and not a.startswith("-")), None)
     if name is None:
         return None
