@@ -210,9 +210,15 @@ def test_the_connection_dialled_at_start_up_is_the_one_used(stack_file: Path) ->
     opening.close()
 
 
-def test_dials_for_hosts_the_stack_no_longer_has_or_for_other_uris_are_abandoned() -> None:
+def test_dials_for_hosts_the_stack_no_longer_has_or_for_other_uris_are_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from virtplan.hosts.dialing import Dial
 
+    real = connection.connect
+    monkeypatch.setattr(  # the host moved elsewhere is not really connected to
+        connection, "connect", lambda uri, host="", dial=None: real(uri, host, dial=dial) if dial else object()
+    )
     kept, moved, gone = Dial("test:///default"), Dial("test:///default"), Dial("test:///default")
     opening = connection.Opening()
     opening.add([("h", "test:///default"), ("m", "test:///elsewhere")], {}, {"h": kept, "m": moved, "x": gone})
