@@ -325,9 +325,7 @@ class Engine:
 
         hosts = {h.name: (h.uri, self.connection(h.name)) for h in self.stack.hosts}
         with HostLocks(self.stack.key, hosts, timeout, waiting) as locks:
-            if self._opening is not None:  # read before the lock: another apply may have changed things since
-                self._opening.drop_reads()
-            self._drop_read_ahead()
+            self._drop_read_ahead()  # read before the lock: another apply may have changed things since
             self._locks = locks
             try:
                 yield locks.notes() + self._migrate()
@@ -335,6 +333,9 @@ class Engine:
                 self._locks = None
 
     def _drop_read_ahead(self) -> None:
+        """Read every host afresh from now on: stop the reads ahead, taken or not."""
+        if self._opening is not None:
+            self._opening.drop_reads()
         with self._lock:
             taken = [a for a in self._ahead.values() if a is not None]
             self._ahead = dict.fromkeys([*self._ahead, *(h.name for h in self.stack.hosts)])

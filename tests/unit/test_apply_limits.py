@@ -153,7 +153,7 @@ def test_connections_opened_early_are_handed_over_once_or_closed(monkeypatch: py
         def close(self) -> None:
             self.closed = True
 
-    monkeypatch.setattr(connection, "connect", lambda uri, host="": Conn(uri))
+    monkeypatch.setattr(connection, "connect", lambda uri, host="", dial=None: Conn(uri))
     early = connection.Opening([("a", "test:///a"), ("b", "test:///b"), ("c", "test:///c")])
     conn = early.take("a", "test:///a")
     assert isinstance(conn, Conn) and conn.uri == "test:///a"

@@ -120,7 +120,7 @@ def test_a_host_whose_uri_changed_is_opened_again_and_the_stale_connection_close
         def getType(self) -> str:
             raise libvirt.libvirtError("no reads in this test")
 
-    monkeypatch.setattr(connection, "connect", lambda uri, host="": Conn(uri))
+    monkeypatch.setattr(connection, "connect", lambda uri, host="", dial=None: Conn(uri))
     opening = connection.Opening([("h", "test:///old")])
     opening.add([("h", "test:///new"), ("k", "test:///k")], {})
     assert opening.uris() == {"h": "test:///new", "k": "test:///k"}
@@ -136,7 +136,7 @@ def test_a_host_whose_uri_changed_is_opened_again_and_the_stale_connection_close
 def test_a_failed_early_attempt_is_tried_again_but_a_timeout_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
     from virtplan.errors import ConnectionFailed, ConnectionTimedOut
 
-    def refuse(uri: str, host: str = "") -> None:
+    def refuse(uri: str, host: str = "", dial: object = None) -> None:
         raise (ConnectionTimedOut if "slow" in uri else ConnectionFailed)(f"cannot connect to {uri}")
 
     monkeypatch.setattr(connection, "connect", refuse)

@@ -67,12 +67,6 @@ class Lanes:
                 self._busy[id(conn)] -= 1
                 self._lock.notify_all()
 
-    @property
-    def count(self) -> int:
-        """Connections open now (the engine's included)."""
-        with self._lock:
-            return len(self._open)
-
     def close(self) -> None:
         """Close the extra connections (those still opening are closed once they open)."""
         with self._lock:

@@ -190,19 +190,18 @@ def _open_and_read(
     ledger: tuple[str, str, str] | None = None,
 ) -> None:
     try:
-        conn = connect(uri, name) if dial is None else connect(uri, name, dial=dial)
+        conn = connect(uri, name, dial=dial)
     except BaseException as exc:  # handed over by Opening.take
         opened.set_exception(exc)
         ahead.set_exception(exc)
         return
     opened.set_result(conn)
     try:
-        import libvirt
-
+        from virtplan.hosts.observe import domain_xml_flags
         from virtplan.hosts.readahead import ReadAhead
 
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE  # as the engine reads them
-        ahead.set_result(ReadAhead(conn, flags, pools, ledger))
+        # as the engine reads them: it always digests console passwords
+        ahead.set_result(ReadAhead(conn, domain_xml_flags(secure=True), pools, ledger))
     except BaseException as exc:  # nothing read ahead: observe reads for itself
         ahead.set_exception(exc)
 

@@ -94,7 +94,7 @@ def observe_host(
     import libvirt
 
     state = HostState(name, uri, facts or parse_capabilities(conn.getCapabilities()))
-    xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secret_digest else 0)
+    xml_flags = domain_xml_flags(secure=secret_digest is not None)
     listing = ahead.domains(xml_flags) if ahead is not None else None
     if listing is None:
         listing = list_domains(conn, xml_flags)
@@ -257,6 +257,14 @@ class DomainListing:
     active: set[str]
     autostart: set[str]
     xmls: list[tuple[Any, str | None]]
+
+
+def domain_xml_flags(secure: bool) -> int:
+    """How domains' XML is read: their persistent definition, with the console password
+    when `secure` (to be digested, then dropped; see `observe_host`)."""
+    import libvirt
+
+    return int(libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
 
 
 def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from virtplan.hosts.observe import DomainListing, _inactive_xml, list_domains, list_volumes
+from virtplan.hosts.observe import DomainListing, _active, _inactive_xml, list_domains, list_volumes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class ReadAhead:
 
     def _pool(self, conn: Any, name: str) -> list[tuple[Any, str | None]] | None:
         pool = conn.storagePoolLookupByName(name)
-        return list_volumes(pool, self._unless_cancelled(0)) if pool.isActive() else None
+        return list_volumes(pool, self._unless_cancelled(0)) if _active(pool) else None
 
     def _unless_cancelled(self, flags: int) -> Callable[[Any], str | None]:
         def fetch(obj: Any) -> str | None:

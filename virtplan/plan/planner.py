@@ -68,22 +68,16 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
         spec = rendered_spec(resource, renderer)
     else:
         spec = fastspec.desired(resource, renderer)
+    if isinstance(resource, Volume) and resource.format == "qcow2" and resource.source is None:
+        spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
+    if isinstance(resource, (VM, Network, Volume)):  # a pool's fields are all pinned
+        pinned = resource.declared()
+        spec = {k: v for k, v in spec.items() if k in pinned}
     if isinstance(resource, VM):
-        pinned = resource.declared()
-        spec = {k: v for k, v in spec.items() if k in pinned}
         spec.update(state=resource.state, autostart=resource.autostart, unplugged=[])
-    elif isinstance(resource, Network):
-        pinned = resource.declared()
-        spec = {k: v for k, v in spec.items() if k in pinned}
+    elif isinstance(resource, (Network, Pool)):
         spec.update(autostart=resource.autostart, active=True)
-    elif isinstance(resource, Pool):
-        spec.update(autostart=resource.autostart, active=True)
-    elif isinstance(resource, Volume):
-        if resource.format == "qcow2" and resource.source is None:
-            spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
-        pinned = resource.declared()
-        spec = {k: v for k, v in spec.items() if k in pinned}
-    else:  # pragma: no cover - the model has no other kinds
+    elif not isinstance(resource, Volume):  # pragma: no cover - the model has no other kinds
         raise TypeError(resource)
     return spec
 
