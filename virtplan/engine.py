@@ -83,9 +83,10 @@ class Engine:
             self.cache.save()
         if self._opening is not None:
             self._opening.close()
+        from virtplan.hosts.readahead import close_connection
+
         for conn in [*self._conns.values(), *self._records_conns.values()]:
-            with contextlib.suppress(Exception):
-                conn.close()
+            close_connection(conn)  # once the reads ahead on it, dropped or not, stopped
         self._conns.clear()
         self._records_conns.clear()
 

@@ -5,6 +5,7 @@ against the stack once it is loaded, and never changing what observe sees."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from virtplan.cli import early
 from virtplan.hosts import connection
-from virtplan.hosts.observe import list_domains, list_volumes
+from virtplan.hosts.fetch import list_domains, list_volumes
 from virtplan.hosts.readahead import ReadAhead
 from virtplan.model import load_stack
 
@@ -250,3 +251,93 @@ def test_a_ledger_read_ahead_is_not_used_once_the_lock_is_held(stack_file: Path)
         assert engine._read_ahead("h") is not None  # taken before the lock...
         with engine.locked():
             assert engine._read_ahead("h") is None  # ...and dropped once it is held
+
+
+def test_the_dial_at_start_up_reads_ahead_what_the_last_run_read_and_the_opening_keeps_it(stack_file: Path) -> None:
+    validated(stack_file)
+    early.start(["plan", str(stack_file)])
+    (dial,) = early._dials.values()
+    dial.result(5)
+    started_reads = dial.ahead
+    assert isinstance(started_reads, ReadAhead) and started_reads.pools == ["p"]  # as soon as it connected
+    opening = early.opening(load_stack(stack_file))
+    opening.take("h", "test:///default")
+    assert opening.ahead("h") is started_reads  # the same pools: kept, not read twice
+    opening.close()
+
+
+def test_reads_started_for_other_pools_than_the_stack_names_now_are_replaced(stack_file: Path, cache: Path) -> None:
+    validated(stack_file)
+    (hint_file,) = (cache / "hosts").iterdir()
+    hint = json.loads(hint_file.read_text())
+    hint["hosts"][0][2] = ["elsewhere"]  # what a run whose program chose other pools read
+    hint_file.write_text(json.dumps(hint))
+    early.start(["plan", str(stack_file)])
+    (dial,) = early._dials.values()
+    dial.result(5)
+    stale = dial.ahead
+    assert isinstance(stale, ReadAhead) and stale.pools == ["elsewhere"]
+    opening = early.opening(load_stack(stack_file), remember=False)
+    opening.take("h", "test:///default")
+    reads = opening.ahead("h")
+    assert reads is not None and reads is not stale and reads.pools == ["p"]
+    assert stale._cancelled.is_set()
+    opening.close()
+
+
+def test_an_abandoned_dial_stops_the_reads_it_started() -> None:
+    from virtplan.hosts.dialing import Dial
+
+    dial = Dial("test:///default", then=lambda conn: ReadAhead(conn, libvirt.VIR_DOMAIN_XML_INACTIVE, []))
+    dial.result(5)
+    reads = dial.ahead
+    assert isinstance(reads, ReadAhead)
+    dial.abandon()
+    assert reads._cancelled.is_set() and dial.ahead is None
+
+
+class SlowConnection:
+    """A connection whose domain listing waits for `release`; records what is called."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls: list[str] = []
+
+    def listAllDomains(self, flags: int = 0) -> list[object]:
+        self.calls.append("listAllDomains")
+        self.release.wait(10)
+        return []
+
+    def close(self) -> int:
+        self.calls.append("close")
+        return 0
+
+
+def test_a_connection_is_closed_only_once_the_reads_on_it_finished_and_none_starts_after() -> None:
+    from virtplan.hosts.readahead import close_connection
+
+    busy = SlowConnection()
+    ReadAhead(busy, 0, [])
+    for _ in range(500):
+        if busy.calls:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=close_connection, args=(busy,))
+    closing.start()
+    time.sleep(0.1)
+    assert "close" not in busy.calls  # libvirt would free what the running call uses
+    busy.release.set()
+    closing.join(10)
+    assert busy.calls[-1] == "close"
+
+    stuck = SlowConnection()
+    ReadAhead(stuck, 0, [])
+    close_connection(stuck, wait=0.2)  # a call that does not return: the connection is left open
+    assert "close" not in stuck.calls
+    stuck.release.set()
+
+    closed = SlowConnection()
+    close_connection(closed)
+    late = ReadAhead(closed, 0, ["p"], ("virtplan", "/x", "lab"))  # e.g. started as the opening closed
+    assert late.domains(0) is None and late.volumes("p") is None and late.ledger("virtplan", "/x", "lab") is None
+    assert closed.calls == ["close"]

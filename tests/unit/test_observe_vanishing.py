@@ -7,7 +7,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from virtplan.hosts.observe import HostState, _read_volumes, list_volumes
+from virtplan.hosts.fetch import list_volumes
+from virtplan.hosts.observe import HostState, _read_volumes
 
 VOLUME_XML = "<volume><name>{0}</name><capacity>1048576</capacity><target><path>/p/{0}</path></target></volume>"
 
@@ -71,8 +72,8 @@ class PoolFailing:
 
 
 def test_a_pool_deleted_after_listing_has_no_volumes_to_read() -> None:
-    from virtplan.hosts.observe import _active
+    from virtplan.hosts.fetch import pool_active
 
-    assert _active(PoolFailing(libvirt.VIR_ERR_NO_STORAGE_POOL)) is False
+    assert pool_active(PoolFailing(libvirt.VIR_ERR_NO_STORAGE_POOL)) is False
     with pytest.raises(libvirt.libvirtError):
-        _active(PoolFailing(libvirt.VIR_ERR_INTERNAL_ERROR))
+        pool_active(PoolFailing(libvirt.VIR_ERR_INTERNAL_ERROR))

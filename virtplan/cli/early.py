@@ -18,6 +18,7 @@ command slower.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
     from virtplan.hosts.connection import Opening
     from virtplan.hosts.dialing import Dial
+    from virtplan.hosts.readahead import ReadAhead
     from virtplan.model.stack import Stack
 
 #: Commands that read every host of the stack named by their first argument.
@@ -54,13 +56,22 @@ def start(argv: list[str]) -> None:
                 return  # edited since it last validated
         if hint["uri_env"] != os.environ.get(URI_ENV):
             return
-        hosts = {str(name): str(uri) for name, uri, _ in hint["hosts"]}
+        hosts = {str(name): (str(uri), [str(p) for p in pools]) for name, uri, pools in hint["hosts"]}
     except (OSError, ValueError, TypeError, KeyError):
         return
     from virtplan.hosts.dialing import Dial
 
-    for name, uri in hosts.items():
-        _dials[name] = Dial(uri)
+    for name, (uri, pools) in hosts.items():
+        # as soon as it is connected, read what the last valid run read there (its domains
+        # and the volumes of `pools`); `opening` keeps these reads if the stack still names
+        # the same pools on that host
+        _dials[name] = Dial(uri, then=functools.partial(_read_ahead, pools=pools))
+
+
+def _read_ahead(conn: Any, pools: list[str]) -> ReadAhead:
+    from virtplan.hosts.readahead import as_observed
+
+    return as_observed(conn, pools)
 
 
 def opening(stack: Stack, remember: bool = True) -> Opening:

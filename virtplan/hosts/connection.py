@@ -16,7 +16,6 @@ authentication failed, host key verification failed, TLS certificate not trusted
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import threading
@@ -197,19 +196,32 @@ def _open_and_read(
         return
     opened.set_result(conn)
     try:
-        from virtplan.hosts.observe import domain_xml_flags
-        from virtplan.hosts.readahead import ReadAhead
-
-        # as the engine reads them: it always digests console passwords
-        ahead.set_result(ReadAhead(conn, domain_xml_flags(secure=True), pools, ledger))
+        read = _reads_on(conn, dial, pools)
+        if ledger is not None:
+            read.read_ledger(ledger)
+        ahead.set_result(read)
     except BaseException as exc:  # nothing read ahead: observe reads for itself
         ahead.set_exception(exc)
 
 
+def _reads_on(conn: Any, dial: Dial | None, pools: list[str]) -> ReadAhead:
+    """The reads the dial started as soon as it connected, if they are of these pools;
+    otherwise new ones (theirs are stopped)."""
+    from virtplan.hosts.readahead import ReadAhead, as_observed
+
+    started = dial.ahead if dial is not None else None
+    if isinstance(started, ReadAhead) and started.pools == sorted(pools):
+        return started
+    if started is not None:
+        started.cancel()
+    return as_observed(conn, pools)
+
+
 def _close_result(future: Any) -> None:
     if future.exception() is None:
-        with contextlib.suppress(Exception):
-            future.result().close()
+        from virtplan.hosts.readahead import close_connection
+
+        close_connection(future.result())
 
 
 #: (pattern in libvirt's or ssh's text, what went wrong in plain words); first match wins.

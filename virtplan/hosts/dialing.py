@@ -7,7 +7,6 @@ virtplan (`virtplan.cli.early`), so this module stays as light as an import can 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
@@ -15,6 +14,7 @@ import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the dial
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _quiet = threading.Lock()
@@ -43,11 +43,16 @@ def quiet_libvirt() -> None:
 
 class Dial:
     """``libvirt.open(uri)``, started in a daemon thread now. It cannot be cancelled: a
-    connection that opens after `abandon` is closed as soon as it does."""
+    connection that opens after `abandon` is closed as soon as it does. `then(conn)` is
+    called in that thread as soon as the connection opens; what it returns is `ahead` (the
+    reads started on it, see `virtplan.hosts.readahead`; `abandon` stops them, and closes the
+    connection once they have)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, then: Callable[[Any], Any] | None = None):
         quiet_libvirt()
         self.uri = uri
+        self.ahead: Any = None
+        self._then = then
         self._started = time.monotonic()
         self._lock = threading.Lock()
         self._done = threading.Event()
@@ -77,6 +82,7 @@ class Dial:
         with self._lock:
             self._abandoned = True
             conn, self._conn = self._conn, None
+            self.ahead = None
         if conn is not None:
             _close(conn)
 
@@ -88,16 +94,27 @@ class Dial:
         except BaseException as exc:  # handed over by result()
             self._error = exc
         else:
+            ahead = self._start_then(conn)
             with self._lock:
                 if not self._abandoned:
-                    self._conn = conn
+                    self._conn, self.ahead = conn, ahead
                     conn = None
             if conn is not None:
                 _close(conn)
         finally:
             self._done.set()
 
+    def _start_then(self, conn: Any) -> Any:
+        if self._then is None:
+            return None
+        try:
+            return self._then(conn)
+        except Exception:  # nothing started: the reads are made later, and report their own errors
+            return None
+
 
 def _close(conn: Any) -> None:
-    with contextlib.suppress(Exception):  # closing what nobody uses: nothing to report
-        conn.close()
+    """Close a connection nobody took, once the reads started on it stopped."""
+    from virtplan.hosts.readahead import close_connection
+
+    close_connection(conn)

@@ -14,14 +14,23 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from virtplan.documents.capabilities import HostFacts, parse_capabilities
 from virtplan.documents.parse import Owner, owner_of, parse_domain, parse_network, parse_pool, parse_volume
 from virtplan.documents.render import NAMESPACE
 from virtplan.documents.specs import GraphicsSpec, Spec, VMSpec, generic
+from virtplan.hosts.fetch import (
+    GONE,
+    DomainListing,
+    domain_xml_flags,
+    fetch_all,
+    inactive_xml,
+    list_domains,
+    list_volumes,
+    pool_active,
+)
 from virtplan.hosts.speccache import SpecCache, xml_key
 
 if TYPE_CHECKING:
@@ -107,24 +116,11 @@ def observe_host(
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
         pool = pools.get(pool_name)
-        if pool is not None and _active(pool):
+        if pool is not None and pool_active(pool):
             volumes = ahead.volumes(pool_name) if ahead is not None else None
             _read_volumes(volumes if volumes is not None else list_volumes(pool), pool_name, state)
     _disks_as_pool_volumes(state)
     return state
-
-
-def _active(pool: Any) -> bool:
-    """Whether a pool listed a moment ago is running; not if it was deleted since (Pulumi
-    deletes in parallel, each delete observing the host first)."""
-    import libvirt
-
-    try:
-        return bool(pool.isActive())
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in GONE:
-            return False
-        raise
 
 
 def _disks_as_pool_volumes(state: HostState) -> None:
@@ -141,39 +137,6 @@ def _disks_as_pool_volumes(state: HostState) -> None:
                 folder, _, name = volume.rpartition("/")
                 if folder in folders:
                     disk["volume"] = f"{folders[folder]}/{name}"
-
-
-T = TypeVar("T")
-FETCH_THREADS = 8
-_SEQUENTIAL_BELOW = 32
-
-
-def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
-    """fetch(obj) for every object, in order. Many objects are fetched over a few
-    concurrent RPCs on the same connection (libvirt multiplexes calls on one connection
-    and libvirtd serves them from a worker pool), which beats one-by-one round trips."""
-    if len(objects) < _SEQUENTIAL_BELOW:
-        return [fetch(o) for o in objects]
-    with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-        return list(pool.map(fetch, objects, chunksize=16))
-
-
-GONE = (42, 43, 49, 50)  # VIR_ERR_NO_DOMAIN, _NO_NETWORK, _NO_STORAGE_POOL, _NO_STORAGE_VOL
-
-
-def _inactive_xml(obj: Any, flags: int) -> str | None:
-    """The persistent definition, or None if the object was deleted since it was listed.
-    Drivers that lack the inactive flag give their only definition."""
-    import libvirt
-
-    try:
-        return str(obj.XMLDesc(flags))
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in GONE:
-            return None
-        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
-            raise
-        return str(obj.XMLDesc(0))
 
 
 def _written_as_is(name: str) -> bool:
@@ -247,50 +210,6 @@ def _metadata_owner(xml: str) -> Owner | None:
         return owner_of(ET.fromstring("<domain>" + xml[start.start() : end + len("</metadata>")] + "</domain>"))
     except ET.ParseError:
         return None
-
-
-@dataclass
-class DomainListing:
-    """A host's persistent domains with their XML (None: deleted while being read), and
-    the UUIDs of those running and those started at boot."""
-
-    active: set[str]
-    autostart: set[str]
-    xmls: list[tuple[Any, str | None]]
-
-
-def domain_xml_flags(secure: bool) -> int:
-    """How domains' XML is read: their persistent definition, with the console password
-    when `secure` (to be digested, then dropped; see `observe_host`)."""
-    import libvirt
-
-    return int(libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
-
-
-def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:
-    """The round trips of reading a host's domains: three lists and one XML each (`fetch`
-    replaces the XML call, e.g. to stop early)."""
-    import libvirt
-
-    active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
-    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
-    domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
-    xmls = fetch_all(domains, fetch or (lambda d: _inactive_xml(d, xml_flags)))
-    return DomainListing(active, autostart, list(zip(domains, xmls, strict=True)))
-
-
-def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[Any, str | None]]:
-    """The round trips of reading a pool's volumes: one list and one XML each (None:
-    deleted while being read); nothing if the pool stopped or went away meanwhile."""
-    import libvirt
-
-    try:
-        volumes = pool.listAllVolumes()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
-            return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
-        raise
-    return list(zip(volumes, fetch_all(volumes, fetch or (lambda v: _inactive_xml(v, 0))), strict=True))
 
 
 def _read_domains(
@@ -448,7 +367,7 @@ def _read_networks(conn: Any, libvirt: Any, state: HostState) -> None:
     active = {n.UUIDString() for n in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE)}
     autostart = {n.UUIDString() for n in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_AUTOSTART)}
     for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_PERSISTENT):
-        xml = _inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
+        xml = inactive_xml(net, libvirt.VIR_NETWORK_XML_INACTIVE)
         if xml is None:
             continue
         uuid = net.UUIDString()
@@ -474,7 +393,7 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT):
         if pool.name() in hidden:
             continue
-        xml = _inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)
+        xml = inactive_xml(pool, libvirt.VIR_STORAGE_XML_INACTIVE)
         if xml is None:
             continue
         uuid = pool.UUIDString()

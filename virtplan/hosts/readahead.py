@@ -14,78 +14,124 @@ was read before it: another apply may have changed the hosts while it waited.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, TypeVar  # imported by libvirt already
 
-from virtplan.hosts.observe import DomainListing, _active, _inactive_xml, list_domains, list_volumes
+from virtplan.hosts.fetch import DomainListing, domain_xml_flags, inactive_xml, list_domains, list_volumes, pool_active
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from virtplan.hosts.ledger import HostLedger
 
 T = TypeVar("T")
+Ledger = tuple[str, str, str]  # records pool, its path, stack key
 
 
 class ReadAhead:
     """Reads of one host's domains (XML with `xml_flags`), of the volumes of `pools` and of
-    the stack's ledger (`ledger`: records pool, its path, stack key), each in a daemon thread
-    from now on. `cancel` makes the remaining reads stop early."""
+    the stack's ledger (`ledger`: records pool, its path, stack key; or later, with
+    `read_ledger`), each in a daemon thread from now on. `cancel` makes the remaining
+    reads stop early. Imports nothing but threading and libvirt until the ledger is read."""
 
-    def __init__(self, conn: Any, xml_flags: int, pools: list[str], ledger: tuple[str, str, str] | None = None):
+    def __init__(self, conn: Any, xml_flags: int, pools: list[str], ledger: Ledger | None = None):
+        self.pools = sorted(pools)
+        self._conn = conn
         self._cancelled = threading.Event()
         self._flags = xml_flags
+        self._started: list[_Later[Any]] = []
         fetch = self._unless_cancelled(xml_flags)
-        self._domains: Future[DomainListing] | None = self._start(lambda: list_domains(conn, xml_flags, fetch))
-        self._volumes = {name: self._start(functools.partial(self._pool, conn, name)) for name in pools}
-        self._ledger_of = ledger
-        self._ledger = self._start(functools.partial(_read_ledger, conn, *ledger)) if ledger is not None else None
+        self._domains: _Later[DomainListing] | None = self._start(lambda: list_domains(conn, xml_flags, fetch))
+        self._volumes: dict[str, _Later[list[tuple[Any, str | None]] | None] | None] = {
+            name: self._start(functools.partial(self._pool, conn, name)) for name in pools
+        }
+        self._ledger_of: Ledger | None = None
+        self._ledger: _Later[HostLedger] | None = None
+        if ledger is not None:
+            self.read_ledger(ledger)
+
+    def read_ledger(self, ledger: Ledger) -> None:
+        """Start reading the stack's ledger (records pool, its path, stack key), unless one is."""
+        if self._ledger_of is None:
+            self._ledger_of = ledger
+            self._ledger = self._start(functools.partial(_read_ledger, self._conn, *ledger))
 
     def domains(self, xml_flags: int) -> DomainListing | None:
         """The domains read ahead (once), or None: read them now."""
-        future, self._domains = self._domains, None
-        return _outcome(future) if future is not None and xml_flags == self._flags else None
+        later, self._domains = self._domains, None
+        return later.outcome() if later is not None and xml_flags == self._flags else None
 
     def volumes(self, pool: str) -> list[tuple[Any, str | None]] | None:
         """The volumes of `pool` read ahead (once), or None: read them now."""
-        return _outcome(self._volumes.pop(pool, None))
+        later = self._volumes.pop(pool, None)
+        return later.outcome() if later is not None else None
 
     def ledger(self, pool: str, path: str, stack_key: str) -> HostLedger | None:
         """The stack's ledger, read (once; None if it was read for another pool or stack, or
         the read failed: open it now)."""
-        future, self._ledger = self._ledger, None
-        return _outcome(future) if future is not None and self._ledger_of == (pool, path, stack_key) else None
+        later, self._ledger = self._ledger, None
+        return later.outcome() if later is not None and self._ledger_of == (pool, path, stack_key) else None
 
     def cancel(self) -> None:
         self._cancelled.set()
 
+    def _start(self, read: Callable[[], T]) -> _Later[T] | None:
+        """`read` started in its thread, unless the connection is being closed (None)."""
+        with _lock:
+            if self._conn in _closed:
+                return None
+            _live.add(self)
+            later = _Later(read)
+            self._started.append(later)
+            return later
+
     def _pool(self, conn: Any, name: str) -> list[tuple[Any, str | None]] | None:
         pool = conn.storagePoolLookupByName(name)
-        return list_volumes(pool, self._unless_cancelled(0)) if _active(pool) else None
+        return list_volumes(pool, self._unless_cancelled(0)) if pool_active(pool) else None
 
     def _unless_cancelled(self, flags: int) -> Callable[[Any], str | None]:
         def fetch(obj: Any) -> str | None:
             if self._cancelled.is_set():
                 raise _Cancelled
-            return _inactive_xml(obj, flags)
+            return inactive_xml(obj, flags)
 
         return fetch
 
-    @staticmethod
-    def _start(read: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
 
-        def run() -> None:
-            try:
-                future.set_result(read())
-            except BaseException as exc:  # handed over as "not read ahead"
-                future.set_exception(exc)
+def as_observed(conn: Any, pools: list[str]) -> ReadAhead:
+    """Reads made the way `virtplan.engine` observes a host (it always digests console
+    passwords, so domains are read with their secure XML)."""
+    return ReadAhead(conn, domain_xml_flags(secure=True), pools)
 
-        # A daemon thread: a command that ends early (an invalid stack) never waits for it.
-        threading.Thread(target=run, name="read-ahead", daemon=True).start()
-        return future
+
+_lock = threading.Lock()
+_live: weakref.WeakSet[ReadAhead] = weakref.WeakSet()  # those that started reading
+_closed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections closed or closing: no read starts
+
+
+def close_connection(conn: Any, wait: float = 60.0) -> None:
+    """Close `conn` once no read ahead runs on it: its reads are stopped and none starts any
+    more. libvirt must not close a connection under a call in progress (it frees what the
+    call uses), so this waits for the calls running (stopped reads make no further call),
+    at most `wait` seconds; a connection still busy then is left open, to the process's end."""
+    with _lock:
+        _closed.add(conn)
+        reads = [r for r in _live if r._conn is conn]
+        running = [later for read in reads for later in read._started if not later.done()]
+    for read in reads:
+        read.cancel()
+    deadline = time.monotonic() + wait
+    if all(later.wait(deadline - time.monotonic()) for later in running):
+        _close(conn)
+
+
+def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):  # closing what nobody uses any more: nothing to report
+        conn.close()
 
 
 def _read_ledger(conn: Any, pool: str, path: str, stack_key: str) -> HostLedger:
@@ -100,10 +146,34 @@ class _Cancelled(Exception):
     """The read ahead was not needed after all."""
 
 
-def _outcome(future: Future[T] | None) -> T | None:
-    if future is None:
-        return None
-    try:
-        return future.result()
-    except Exception:  # whatever went wrong, observe reads again and reports it itself
-        return None
+class _Later(Generic[T]):
+    """`read()` run in a daemon thread from now on: a command that ends early (an invalid
+    stack) never waits for it. (concurrent.futures would import logging before the reads start.)"""
+
+    def __init__(self, read: Callable[[], T]):
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._failed = False
+        threading.Thread(target=self._run, args=(read,), name="read-ahead", daemon=True).start()
+
+    def _run(self, read: Callable[[], T]) -> None:
+        try:
+            self._value = read()
+        except BaseException:  # handed over as "not read ahead": observe reads again and reports it
+            self._failed = True
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the read finished, waiting at most `timeout` seconds."""
+        return self._done.wait(max(0.0, timeout))
+
+    def outcome(self) -> T | None:
+        """What was read, once it is (handed over once: not kept, since the libvirt objects
+        in it keep their connection alive); None if the read failed."""
+        self._done.wait()
+        value, self._value = self._value, None
+        return None if self._failed else value

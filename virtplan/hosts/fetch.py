@@ -1,0 +1,132 @@
+"""The round trips of reading a host: list calls, then one XML call per object.
+
+Only threading and libvirt are imported here: the command line starts these reads as soon
+as a host's connection opens, before it imports the rest of virtplan
+(`virtplan.cli.early`, `virtplan.hosts.readahead`); `virtplan.hosts.observe` makes specs
+of what they return.
+"""
+
+from __future__ import annotations
+
+import threading
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+#: libvirt's "no such domain / network / storage pool / storage volume": deleted meanwhile.
+GONE = (42, 43, 49, 50)
+FETCH_THREADS = 8
+_SEQUENTIAL_BELOW = 32
+_CHUNK = 16
+
+
+def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
+    """fetch(obj) for every object, in order; the first exception raised is raised. Many
+    objects are fetched over a few concurrent calls on the same connection (libvirt
+    multiplexes calls on one connection and libvirtd serves them from a worker pool),
+    which beats one-by-one round trips."""
+    if len(objects) < _SEQUENTIAL_BELOW:
+        return [fetch(o) for o in objects]
+    results: list[Any] = [None] * len(objects)
+    starts = iter(range(0, len(objects), _CHUNK))
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                start = None if failures else next(starts, None)
+            if start is None:
+                return
+            try:
+                for i in range(start, min(start + _CHUNK, len(objects))):
+                    results[i] = fetch(objects[i])
+            except BaseException as exc:  # raised by the caller's thread, below
+                with lock:
+                    failures.append(exc)
+                return
+
+    threads = [threading.Thread(target=work, name="fetch", daemon=True) for _ in range(FETCH_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results
+
+
+class DomainListing:
+    """A host's persistent domains with their XML (None: deleted while being read), and
+    the UUIDs of those running and those started at boot."""
+
+    __slots__ = ("active", "autostart", "xmls")
+
+    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[Any, str | None]]):
+        self.active, self.autostart, self.xmls = active, autostart, xmls
+
+
+def domain_xml_flags(secure: bool) -> int:
+    """How domains' XML is read: their persistent definition, with the console password
+    when `secure` (to be digested, then dropped; see `virtplan.hosts.observe`)."""
+    import libvirt
+
+    return int(libvirt.VIR_DOMAIN_XML_INACTIVE | (libvirt.VIR_DOMAIN_XML_SECURE if secure else 0))
+
+
+def inactive_xml(obj: Any, flags: int) -> str | None:
+    """The persistent definition, or None if the object was deleted since it was listed.
+    Drivers that lack the inactive flag give their only definition."""
+    import libvirt
+
+    try:
+        return str(obj.XMLDesc(flags))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return None
+        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+            raise
+        return str(obj.XMLDesc(0))
+
+
+def pool_active(pool: Any) -> bool:
+    """Whether a pool listed a moment ago is running; not if it was deleted since (Pulumi
+    deletes in parallel, each delete observing the host first)."""
+    import libvirt
+
+    try:
+        return bool(pool.isActive())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return False
+        raise
+
+
+def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:
+    """A host's domains: three lists and one XML each (`fetch` replaces the XML call, e.g.
+    to stop early)."""
+    import libvirt
+
+    active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
+    domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+    xmls = fetch_all(domains, fetch or (lambda d: inactive_xml(d, xml_flags)))
+    return DomainListing(active, autostart, list(zip(domains, xmls, strict=True)))
+
+
+def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[Any, str | None]]:
+    """A pool's volumes: one list and one XML each (None: deleted while being read);
+    nothing if the pool stopped or went away meanwhile."""
+    import libvirt
+
+    try:
+        volumes = pool.listAllVolumes()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
+            return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
+        raise
+    return list(zip(volumes, fetch_all(volumes, fetch or (lambda v: inactive_xml(v, 0))), strict=True))
