@@ -208,3 +208,16 @@ def test_stack_templates_override_builtins(tmp_path):
     stack.template_dir = tmp_path
     r = Renderer(stack, {"h": QEMU_FACTS})
     assert desired_spec(stack.pools[0], r)["path"] == "/srv/custom"  # overrides take part in diffing
+
+
+def test_a_file_in_a_folder_is_named_as_pathlib_names_it() -> None:
+    """`in_folder` (the console log's and a dir pool volume's path) joins as pathlib does,
+    for odd folders and names too."""
+    import itertools
+
+    from virtplan.documents.render import in_folder
+
+    folders = ["/", "//", "/a", "/a/", "/a//b", "/a/./b/", "a", "", ".", "./x", "/a/..", "///", "/a/b/."]
+    names = ["x", "x.qcow2", "-console.log", "a b", "é", "x/y", ".", "..", "", ".hidden", "x.", " "]
+    for folder, name in itertools.product(folders, names):
+        assert in_folder(folder, name) == str(Path(folder) / name), (folder, name)

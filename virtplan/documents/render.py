@@ -8,6 +8,7 @@ names and descriptions containing `<`, `&` or quotes can neither break nor injec
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -162,13 +163,26 @@ def console_log_path(vm: VM) -> str | None:
     """Where the serial console is logged: a file in the seed pool, or None."""
     if not (vm.serial and vm.console_log) or vm.seed_pool is None:
         return None
-    return str(Path(vm.seed_pool.path) / vm.console_log_name)
+    return in_folder(vm.seed_pool.path, vm.console_log_name)
 
 
 def volume_path(vol: Volume) -> str:
     """Where a volume of a dir pool lives on the host."""
     assert vol.pool is not None
-    return str(Path(vol.pool.path) / vol.name)
+    return in_folder(vol.pool.path, vol.name)
+
+
+def in_folder(folder: str, name: str) -> str:
+    """``str(Path(folder) / name)``, without building paths for every VM of every plan."""
+    if "/" in name or name in ("", ".", ".."):
+        return str(Path(folder) / name)
+    base = _folder(folder)
+    return name if base == "." else base + name if base.endswith("/") else f"{base}/{name}"
+
+
+@functools.lru_cache(maxsize=256)
+def _folder(path: str) -> str:
+    return str(Path(path))
 
 
 class Renderer:

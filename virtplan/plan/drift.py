@@ -23,7 +23,7 @@ from virtplan.documents.render import Renderer
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.records import Records
 from virtplan.model import VM, Stack
-from virtplan.plan.planner import desired_spec, differs
+from virtplan.plan.planner import desired_spec, differing
 
 MISSING = "missing (deleted outside virtplan)"
 
@@ -131,8 +131,8 @@ def detect(
                 applied = _keyed_seed(resource, applied, renderer)
             # `applied` comes from JSON; the observed spec is compared as JSON would have it
             changed = [
-                (name, value) for name, value in sorted(applied.items())
-                if differs(obj.spec, name, value) and _norm(obj.spec.get(name)) != value
+                (name, applied[name]) for name in sorted(differing(obj.spec, applied))
+                if _norm(obj.spec.get(name)) != applied[name]
             ]  # fmt: skip
             wanted = _wanted(resource, renderer) if resource is not None and (changed or pending) else {}
             if changed:

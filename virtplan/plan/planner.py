@@ -35,10 +35,14 @@ REPLACEABLE = {"vm", "network", "volume"}
 RUNTIME_ONLY = {"unplugged"}
 
 
-def differs(observed: Spec, name: str, value: object) -> bool:
-    """Whether an observed spec differs from `value` in field `name`: the one comparison of
-    the planner, the importer and drift (a runtime field the host did not report is not judged)."""
-    return observed.get(name) != value and (name in observed or name not in RUNTIME_ONLY)
+def differing(observed: Spec, wanted: Spec) -> list[str]:
+    """The fields of `wanted` whose value the observed spec does not have, in `wanted`'s
+    order: the one comparison of the planner, the importer and drift (a runtime field the
+    host did not report is not judged)."""
+    get = observed.get
+    return [
+        name for name, value in wanted.items() if get(name) != value and (name in observed or name not in RUNTIME_ONLY)
+    ]
 
 
 # -- desired specs ----------------------------------------------------------------------
@@ -264,10 +268,9 @@ class _Planner:
         before = obj.spec
         uploaded = isinstance(resource, Volume) and resource.source is not None
         out = [
-            FieldChange(name, before.get(name), value,
-                        field_policy(resource.kind, name, before.get(name), value, uploaded=uploaded).value)
-            for name, value in desired.items()
-            if differs(before, name, value)
+            FieldChange(name, before.get(name), desired[name],
+                        field_policy(resource.kind, name, before.get(name), desired[name], uploaded=uploaded).value)
+            for name in differing(before, desired)
         ]  # fmt: skip
         renames = self.network_renames.get(host.name, {})
         for fc in out:
@@ -364,7 +367,7 @@ class _Planner:
         if not record or not record.get("claim") or record.get("claim") != obj.uuid:
             return False
         desired = desired_spec(resource, self.renderer)
-        differ = sorted(k for k, v in desired.items() if differs(obj.spec, k, v))
+        differ = sorted(differing(obj.spec, desired))
         if differ:
             self.errors.append(FieldError(
                 resource.address, differ[0],
@@ -595,7 +598,10 @@ def _order_deletions(
 
 
 def _wait_for_what_frees(
-    kept: dict[str, ResourceChange], deletes: list[ResourceChange], stack: Stack, observed: dict[str, HostState]
+    kept: dict[str, ResourceChange],
+    deletes: list[ResourceChange],
+    declared: dict[str, Resource],
+    observed: dict[str, HostState],
 ) -> None:
     """A change that takes something another change of the plan gives up waits for that
     change: two running VMs must never share a disk (a renamed VM keeping its disk is
@@ -604,8 +610,8 @@ def _wait_for_what_frees(
     a pool at another pool's path (a renamed network or pool is "delete old, create new").
 
     What each change takes comes from the stack; what each gives up, from the host: the
-    observed object, unless the stack keeps the same thing on it."""
-    declared = stack.by_address()
+    observed object, unless the stack keeps the same thing on it (`declared`: the stack's
+    resources by address)."""
     changes = [*deletes, *kept.values()]
     # What each change gives up, indexed once (a plan of thousands of objects would
     # otherwise compare every pair): exact items by value, CIDRs (which overlap) apart.
@@ -738,10 +744,10 @@ def make_plan(
     if planner.errors:
         raise PlanError(planner.errors)
     kept = planner.changes
-    declared = set() if destroy else set(stack.by_address())
     reason = Reason.DESTROY_REQUESTED if destroy else Reason.REMOVED_FROM_STACK
-    deletes = _order_deletions(planner.deletions(declared, reason), observed, kept, planner.aliases)
-    _wait_for_what_frees(kept, deletes, stack, observed)
+    kept_addresses = set() if destroy else set(addresses)
+    deletes = _order_deletions(planner.deletions(kept_addresses, reason), observed, kept, planner.aliases)
+    _wait_for_what_frees(kept, deletes, addresses, observed)
     vm_deletes = [d for d in deletes if d.kind == "vm"]
     other_deletes = [d for d in deletes if d.kind != "vm"]
     changes = vm_deletes + list(kept.values()) + other_deletes

@@ -50,7 +50,7 @@ def round_trip_problems(stack: Stack, state: HostState) -> dict[Key, str]:
     """Declarations whose desired spec differs from the host: (kind, key) -> why."""
     from virtplan.documents.render import Renderer
     from virtplan.model import validate
-    from virtplan.plan.planner import desired_spec, differs
+    from virtplan.plan.planner import desired_spec, differing
 
     problems: dict[Key, str] = {}
     try:
@@ -73,7 +73,7 @@ def round_trip_problems(stack: Stack, state: HostState) -> dict[Key, str]:
         except ValueError as exc:
             problems[(r.kind, r.key)] = str(exc)
             continue
-        differ = sorted(k for k, v in desired.items() if differs(obj.spec, k, v))
+        differ = sorted(differing(obj.spec, desired))
         if differ:
             shown = "; ".join(f"{k}: host has {obj.spec.get(k)!r}, would declare {desired[k]!r}" for k in differ[:3])
             problems[(r.kind, r.key)] = f"does not round-trip ({shown})"
