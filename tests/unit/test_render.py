@@ -221,3 +221,26 @@ def test_a_file_in_a_folder_is_named_as_pathlib_names_it() -> None:
     names = ["x", "x.qcow2", "-console.log", "a b", "é", "x/y", ".", "..", "", ".hidden", "x.", " "]
     for folder, name in itertools.product(folders, names):
         assert in_folder(folder, name) == str(Path(folder) / name), (folder, name)
+
+
+def test_compiled_templates_are_kept_in_the_cache_folder_and_never_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from virtplan.documents.render import environment
+
+    monkeypatch.setenv("VIRTPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "note.txt.j2").write_text("first {{ x }}")
+    environment.cache_clear()
+    try:
+        assert environment(own).get_template("note.txt.j2").render(x=1) == "first 1"
+        assert list((tmp_path / "cache" / "templates").glob("*/__jinja2_*.cache"))  # compiled once, kept
+        (own / "note.txt.j2").write_text("second {{ x }}")  # the text changed: compiled again
+        environment.cache_clear()
+        assert environment(own).get_template("note.txt.j2").render(x=2) == "second 2"
+        environment.cache_clear()
+        monkeypatch.setenv("VIRTPLAN_CACHE_DIR", "/proc/no-cache-here")  # cannot be written: no cache
+        assert environment(own).get_template("note.txt.j2").render(x=3) == "second 3"
+    finally:
+        environment.cache_clear()

@@ -7,6 +7,7 @@ names and descriptions containing `<`, `&` or quotes can neither break nor injec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -51,7 +52,31 @@ def environment(override: Path | None = None) -> jinja2.Environment:
         autoescape=lambda name: bool(name and name.endswith(".xml.j2")),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        bytecode_cache=_compiled_templates(),
     )
+
+
+def _compiled_templates() -> jinja2.BytecodeCache | None:
+    """Templates compiled once per change of their text rather than in every process (the
+    domain template alone takes 10 ms), kept in the cache folder (deletable at any time).
+    jinja2 recompiles a template whose text changed; the folder is named after this
+    module's text and jinja2's version, which decide how a text compiles."""
+    import jinja2
+
+    from virtplan.hosts.cache import cache_folder
+
+    class Quiet(jinja2.FileSystemBytecodeCache):
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            with contextlib.suppress(OSError):  # a full or read-only disk costs a compile, nothing else
+                super().dump_bytecode(bucket)
+
+    settings = hashlib.sha256(Path(__file__).read_bytes() + jinja2.__version__.encode()).hexdigest()[:16]
+    folder = Path(cache_folder()) / "templates" / settings
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return Quiet(str(folder))
 
 
 def derived_mac(stack_name: str, vm_address: str, index: int) -> str:
