@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtplan.cache import stack_cache
 from virtplan.documents.render import Identity, Renderer
 from virtplan.errors import ConfirmationRequired, FieldError
-from virtplan.hosts.cache import stack_cache
 from virtplan.hosts.connection import Opening, connect
 from virtplan.hosts.ledger import HostLedger, store_for
 from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate

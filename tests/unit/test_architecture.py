@@ -1,6 +1,6 @@
 """The folders are the architecture: each layer imports only the layers below it.
 
-    errors, units, _version  <  model  <  documents  <  hosts  <  plan  <  apply  <  engine
+    errors, units, _version, cache  <  model  <  documents  <  hosts  <  plan  <  apply  <  engine
         <  views  <  workflows  <  cli, pulumi, testing
 
 Every import counts, also those inside functions and under TYPE_CHECKING, and the modules
@@ -22,7 +22,7 @@ PACKAGE = Path(virtplan.__file__).parent
 
 #: (layer, rank): a module may import modules of a lower rank and of its own layer only.
 LAYERS = {
-    "virtplan.errors": 0, "virtplan.units": 0, "virtplan._version": 0,
+    "virtplan.errors": 0, "virtplan.units": 0, "virtplan._version": 0, "virtplan.cache": 0,
     "virtplan.model": 1,
     "virtplan.documents": 2,
     "virtplan.hosts": 3,

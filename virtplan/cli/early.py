@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 
-from virtplan.hosts.cache import cache_folder
+from virtplan.cache import cache_folder
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the hosts are dialled
 if TYPE_CHECKING:

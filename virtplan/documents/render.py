@@ -63,7 +63,7 @@ def _compiled_templates() -> jinja2.BytecodeCache | None:
     module's text and jinja2's version, which decide how a text compiles."""
     import jinja2
 
-    from virtplan.hosts.cache import cache_folder
+    from virtplan.cache import cache_folder
 
     class Quiet(jinja2.FileSystemBytecodeCache):
         def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:

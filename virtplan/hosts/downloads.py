@@ -1,7 +1,7 @@
 """Images from URLs (`Volume(source="https://...", sha256=...)`): a local download cache,
 resumable downloads (HTTP Range) verified against the declared checksum.
 
-The cache lives under virtplan's cache folder (`virtplan.hosts.cache.cache_dir`), keyed by
+The cache lives under virtplan's cache folder (`virtplan.cache.cache_dir`), keyed by
 checksum, so an image is fetched once whatever URL or stack names it, and a cached file is
 never stale:
 
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from virtplan._version import __version__
+from virtplan.cache import cache_dir
 from virtplan.errors import VirtplanError
-from virtplan.hosts.cache import cache_dir
 from virtplan.model.images import RemoteImage, header_facts
 from virtplan.units import format_size
 

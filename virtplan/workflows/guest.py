@@ -129,7 +129,7 @@ def ssh_command(
     home: Path | None = None,
 ) -> SshCommand:
     """The ssh command line that logs into `vm`'s guest (see the module docstring)."""
-    from virtplan.hosts.cache import cache_dir
+    from virtplan.cache import cache_dir
 
     address = guest_address(engine, vm)
     notes = []

@@ -81,8 +81,8 @@ def clone(
 ) -> CloneResult:
     """Clone the deployed stack at `source`; write the clone's program and apply it."""
     from virtplan.apply.layers import compact_host, release_freezes
+    from virtplan.cache import cache_dir
     from virtplan.engine import Engine
-    from virtplan.hosts.cache import cache_dir
     from virtplan.model import load_stack
 
     say = say or (lambda _m: None)
