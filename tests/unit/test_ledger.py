@@ -259,3 +259,40 @@ def test_a_failed_shared_write_fails_every_caller() -> None:
     assert len(errors) == 6
     store.fail = False
     assert HostLedger(store, "s").records() == {}
+
+
+class CountingStore(SlowStore):
+    """A SlowStore that counts the downloads of each segment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[str, int] = {}
+
+    def read(self, name: str) -> bytes | None:
+        with self.lock:
+            self.reads[name] = self.reads.get(name, 0) + 1
+        return super().read(name)
+
+
+def test_a_complete_segment_is_downloaded_once_and_never_by_its_writer() -> None:
+    store = CountingStore()
+    writer = HostLedger(store, "s")
+    for i in range(5):
+        writer.update({f"k{i}": {"i": i}})
+    writer.reload()
+    assert writer.records() == {f"k{i}": {"i": i} for i in range(5)}
+    writer.compact()  # folds what it wrote: downloads none of it
+    assert store.reads == {}
+    reader = HostLedger(store, "s")
+    assert reader.records() == {f"k{i}": {"i": i} for i in range(5)}
+    reader.reload()
+    assert len(reader.records()) == 5
+    assert list(store.reads.values()) == [1]  # the base, once
+
+    store.hold_next = True  # a write still uploading: not complete, so read again later
+    writer.update({"late": {"i": 9}})
+    reader.reload()
+    assert "late" not in reader.records()
+    store.finish_uploads()
+    reader.reload()
+    assert reader.records()["late"] == {"i": 9}

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from virtplan.errors import VirtplanError
+from virtplan.hosts.fetch import fetch_all
 
 FORMAT = "virtplan-ledger"
 FORMAT_VERSION = 1
@@ -345,6 +346,9 @@ class HostLedger:
         self._records: dict[str, Record] | None = None
         self._segments: list[Segment] = []
         self._neighbours: set[str] = set()
+        #: The bytes of complete segments this process wrote or read, by name: a segment never
+        #: changes once complete and its name is never reused, so each is downloaded once.
+        self._known: dict[str, bytes] = {}
 
     # reading
     def records(self) -> dict[str, Record]:
@@ -394,12 +398,14 @@ class HostLedger:
         """The records the segments hold: the newest complete base, then every complete
         delta it did not fold in, in order. Also returns the names folded in (superseded
         bases included) and the segments that are not complete."""
+        unknown = [s.name for s in segments if s.name not in self._known]
+        fetched = dict(zip(unknown, fetch_all(unknown, self.store.read), strict=True))  # at once, not one by one
         records: dict[str, Record] = {}
         folded: set[str] = set()
         incomplete: list[Segment] = []
         start = None
         for base in reversed([s for s in segments if s.type == "base"]):  # the newest complete base
-            doc = self._doc(base)
+            doc = self._doc(base, fetched)
             if doc is not None:
                 records = {a: dict(r) for a, r in doc["records"].items()}
                 folded = {*doc.get("folded", []), base.name}
@@ -413,7 +419,7 @@ class HostLedger:
                 if start is not None and (seg.seq, seg.name) < (start.seq, start.name):
                     folded.add(seg.name)  # an older base: superseded
                 continue
-            doc = self._doc(seg)
+            doc = self._doc(seg, fetched)
             if doc is None:
                 incomplete.append(seg)  # a write in progress, or one that died
                 continue
@@ -424,8 +430,9 @@ class HostLedger:
             folded.add(seg.name)
         return records, folded, incomplete
 
-    def _doc(self, seg: Segment) -> dict[str, Any] | None:
-        data = self.store.read(seg.name)
+    def _doc(self, seg: Segment, fetched: dict[str, bytes | None]) -> dict[str, Any] | None:
+        """The segment's document; None if it is not complete (yet)."""
+        data = self._known[seg.name] if seg.name in self._known else fetched.get(seg.name)
         if data is None:
             raise _Vanished(seg.name)
         try:
@@ -444,6 +451,7 @@ class HostLedger:
                 f"the ledger of stack {self.stack_key!r} has format version {doc.get('version')!r}; this virtplan "
                 f"reads version {FORMAT_VERSION}: upgrade virtplan"
             )
+        self._known[seg.name] = data
         return doc
 
     # writing
@@ -516,9 +524,7 @@ class HostLedger:
                 except _Vanished:
                     continue
                 base = self._create("base", segments[-1].seq + 1, {"records": records, "folded": sorted(folded)})
-                for seg in segments:
-                    if seg.name in folded:
-                        self._delete_quietly(seg.name)
+                fetch_all([seg.name for seg in segments if seg.name in folded], self._delete_quietly)
                 self._drop_dead_writes(incomplete, base)
                 self._records, self._segments = None, []
                 return
@@ -531,6 +537,7 @@ class HostLedger:
 
         with contextlib.suppress(libvirt.libvirtError):
             self.store.delete(name)
+        self._known.pop(name, None)
 
     def _drop_dead_writes(self, incomplete: list[Segment], newest: Segment) -> None:
         if not incomplete:
@@ -568,6 +575,7 @@ class HostLedger:
         for _ in range(_WRITE_ATTEMPTS):
             name = segment_name(self.key, seq, type_)
             if self.store.create(name, data):
+                self._known[name] = data
                 return Segment(self.key, seq, type_, name)
         raise LedgerError(f"could not write the ledger of stack {self.stack_key!r}")  # pragma: no cover
 
