@@ -77,3 +77,49 @@ def test_a_pool_deleted_after_listing_has_no_volumes_to_read() -> None:
     assert pool_active(PoolFailing(libvirt.VIR_ERR_NO_STORAGE_POOL)) is False
     with pytest.raises(libvirt.libvirtError):
         pool_active(PoolFailing(libvirt.VIR_ERR_INTERNAL_ERROR))
+
+
+def lost_error() -> libvirt.libvirtError:
+    """What libvirt-python raises when the failed call's error was reset before it read it
+    (a libvirt object freed in between, e.g. by the garbage collector): no code, no message."""
+    exc = libvirt.libvirtError("virStorageVolLookupByName() failed")
+    exc.err = None
+    return exc
+
+
+class Flaky:
+    """Fails with `first` on the first call, then as `then` (None: returns "ok")."""
+
+    def __init__(self, first: libvirt.libvirtError, then: libvirt.libvirtError | None = None) -> None:
+        self.calls, self.first, self.then = 0, first, then
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            raise self.first
+        if self.then is not None:
+            raise self.then
+        return "ok"
+
+
+def test_a_call_whose_error_was_lost_is_made_again_and_says_what_happened() -> None:
+    from virtplan.hosts.fetch import again_if_lost, inactive_xml
+
+    assert again_if_lost(Flaky(lost_error())) == "ok"
+    gone = Flaky(lost_error(), libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL))
+    with pytest.raises(libvirt.libvirtError) as raised:
+        again_if_lost(gone)
+    assert raised.value.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL and gone.calls == 2
+    coded = Flaky(libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR))
+    with pytest.raises(libvirt.libvirtError):
+        again_if_lost(coded)
+    assert coded.calls == 1  # a real error is not hidden by a second attempt
+
+    class Deleted:  # deleted since it was listed, and the first answer lost its code
+        def __init__(self) -> None:
+            self.xml = Flaky(lost_error(), libvirt_error(libvirt.VIR_ERR_NO_STORAGE_VOL))
+
+        def XMLDesc(self, _flags: int) -> str:
+            return self.xml()
+
+    assert inactive_xml(Deleted(), 0) is None  # recognised as gone, not a failed read

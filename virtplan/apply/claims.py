@@ -22,6 +22,7 @@ from virtplan.documents.parse import parse_volume
 from virtplan.documents.render import Identity, Renderer
 from virtplan.documents.specs import generic
 from virtplan.errors import VirtplanError
+from virtplan.hosts.fetch import again_if_lost
 from virtplan.hosts.records import Records
 from virtplan.plan.ownership import identity_of
 
@@ -77,7 +78,7 @@ def create_volume(
     stage = "upload" if upload else None
     store.put(uri, address, kind="volume", pending=True, expect=expect, stage=stage, **tags)
     try:
-        pool.storageVolLookupByName(name)
+        again_if_lost(lambda: pool.storageVolLookupByName(name))
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
             store.forget(uri, address)

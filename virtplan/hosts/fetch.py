@@ -20,6 +20,26 @@ if TYPE_CHECKING:
 #: libvirt's "no such domain / network / storage pool / storage volume": deleted meanwhile.
 GONE = (42, 43, 49, 50)
 FETCH_THREADS = 8
+
+
+def again_if_lost(call: Callable[[], T]) -> T:
+    """call(), made once more if libvirt failed it without saying why.
+
+    libvirt-python reads a failed call's error from the thread's last error once the call
+    has returned; freeing any libvirt object in between (the garbage collector may, in that
+    very thread) resets it, and the error arrives without a code or message. A lookup or a
+    delete whose "no such object" is expected would then fail instead of being recognised,
+    so such idempotent calls are made again: the second answer says what really happened."""
+    import libvirt
+
+    try:
+        return call()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() is not None:
+            raise
+    return call()
+
+
 _SEQUENTIAL_BELOW = 32
 _CHUNK = 16
 
@@ -84,7 +104,7 @@ def inactive_xml(obj: Any, flags: int) -> str | None:
     import libvirt
 
     try:
-        return str(obj.XMLDesc(flags))
+        return str(again_if_lost(lambda: obj.XMLDesc(flags)))
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in GONE:
             return None
@@ -99,7 +119,7 @@ def pool_active(pool: Any) -> bool:
     import libvirt
 
     try:
-        return bool(pool.isActive())
+        return bool(again_if_lost(pool.isActive))
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in GONE:
             return False
@@ -124,7 +144,7 @@ def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) ->
     import libvirt
 
     try:
-        volumes = pool.listAllVolumes()
+        volumes = again_if_lost(pool.listAllVolumes)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
             return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)

@@ -11,6 +11,7 @@ from typing import Any
 from virtplan.apply.claims import AppearedMeanwhile, confirm_volume, fresh_uuid, volume_identity
 from virtplan.apply.steps.base import Context, Operation, Runtime
 from virtplan.apply.steps.shell import comment
+from virtplan.hosts.fetch import again_if_lost
 from virtplan.plan.changes import ResourceChange
 
 
@@ -71,7 +72,7 @@ class EnsureAbsent(Operation):
 
         pool, _, name = self.key.partition("/")
         try:
-            rt.handle("pool", pool).storageVolLookupByName(name)
+            again_if_lost(lambda: rt.handle("pool", pool).storageVolLookupByName(name))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                 return

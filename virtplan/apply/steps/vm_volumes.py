@@ -14,6 +14,7 @@ from virtplan.apply.steps.shell import SENSITIVE, file_name, heredoc, q
 from virtplan.documents import fragments
 from virtplan.documents.render import console_log_path
 from virtplan.documents.seed import build_seed_iso
+from virtplan.hosts.fetch import again_if_lost
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import VM, Secret
 from virtplan.model.resources import RAW_DOCUMENTS
@@ -129,7 +130,7 @@ class DeleteVmVolume(Operation):
             pool = rt.handle("pool", pool_name)
             if self.log:
                 _refresh_once(rt, pool_name, pool)  # libvirt learns of files virtlogd created only on refresh
-            pool.storageVolLookupByName(name).delete(0)
+            again_if_lost(lambda: pool.storageVolLookupByName(name).delete(0))
         except libvirt.libvirtError as exc:
             gone = (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL)
             if exc.get_error_code() not in (*gone, libvirt.VIR_ERR_OPERATION_INVALID):

@@ -12,6 +12,7 @@ from virtplan.apply.steps.base import CHUNK, Context, Operation, Runtime
 from virtplan.apply.steps.records import Applied, EnsureAbsent, Forget, Intent, Reconfirmed, Recorded
 from virtplan.apply.steps.shell import file_name, heredoc, q
 from virtplan.documents import fragments
+from virtplan.hosts.fetch import again_if_lost
 from virtplan.hosts.observe import HostState
 from virtplan.hosts.pools import refresh_pool
 from virtplan.model import Volume
@@ -205,7 +206,7 @@ class DeleteVolume(Operation):
         from virtplan.apply.protection import refuse_if_backing
 
         try:
-            vol = rt.handle("volume", self.key)
+            vol = again_if_lost(lambda: rt.handle("volume", self.key))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
                 return  # gone already (a snapshot's layer, merged back when the plan deleted the snapshot)
