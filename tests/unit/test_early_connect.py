@@ -341,3 +341,39 @@ def test_a_connection_is_closed_only_once_the_reads_on_it_finished_and_none_star
     late = ReadAhead(closed, 0, ["p"], ("virtplan", "/x", "lab"))  # e.g. started as the opening closed
     assert late.domains(0) is None and late.volumes("p") is None and late.ledger("virtplan", "/x", "lab") is None
     assert closed.calls == ["close"]
+
+
+class SlowLedgerHost(SlowConnection):
+    """A host whose records pool answers only after `release` (domains list at once)."""
+
+    def listAllDomains(self, flags: int = 0) -> list[object]:
+        return []
+
+    def getType(self) -> str:
+        return "QEMU"
+
+    def storagePoolLookupByName(self, name: str) -> object:
+        self.calls.append("storagePoolLookupByName")
+        self.release.wait(10)
+        raise libvirt.libvirtError("no records pool in this test")
+
+
+def test_a_read_still_running_is_waited_for_even_once_nothing_refers_to_its_reads() -> None:
+    import gc
+
+    from virtplan.hosts.readahead import close_connection
+
+    host = SlowLedgerHost()
+    ReadAhead(host, 0, [], ("virtplan", "/var/lib/libvirt/virtplan", "lab"))  # dropped at once
+    gc.collect()
+    for _ in range(500):
+        if "storagePoolLookupByName" in host.calls:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=close_connection, args=(host,))
+    closing.start()
+    time.sleep(0.1)
+    assert "close" not in host.calls  # the ledger read is still inside a call
+    host.release.set()
+    closing.join(10)
+    assert host.calls[-1] == "close"

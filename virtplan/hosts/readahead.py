@@ -58,7 +58,7 @@ class ReadAhead:
         """Start reading the stack's ledger (records pool, its path, stack key), unless one is."""
         if self._ledger_of is None:
             self._ledger_of = ledger
-            self._ledger = self._start(functools.partial(_read_ledger, self._conn, *ledger))
+            self._ledger = self._start(functools.partial(self._read_ledger, *ledger))
 
     def domains(self, xml_flags: int) -> DomainListing | None:
         """The domains read ahead (once), or None: read them now."""
@@ -89,6 +89,13 @@ class ReadAhead:
             self._started.append(later)
             return later
 
+    def _read_ledger(self, pool: str, path: str, stack_key: str) -> HostLedger:
+        from virtplan.hosts.ledger import HostLedger, store_for
+
+        ledger = HostLedger(store_for(self._conn, pool, path), stack_key)
+        ledger.records()  # read now
+        return ledger
+
     def _pool(self, conn: Any, name: str) -> list[tuple[Any, str | None]] | None:
         pool = conn.storagePoolLookupByName(name)
         return list_volumes(pool, self._unless_cancelled(0)) if pool_active(pool) else None
@@ -109,7 +116,9 @@ def as_observed(conn: Any, pools: list[str]) -> ReadAhead:
 
 
 _lock = threading.Lock()
-_live: weakref.WeakSet[ReadAhead] = weakref.WeakSet()  # those that started reading
+#: Those that started reading. Weak: a read that runs holds its ReadAhead itself (each read
+#: is one of its methods or closures), and one no longer referenced has nothing running.
+_live: weakref.WeakSet[ReadAhead] = weakref.WeakSet()
 _closed: weakref.WeakSet[Any] = weakref.WeakSet()  # connections closed or closing: no read starts
 
 
@@ -125,21 +134,17 @@ def close_connection(conn: Any, wait: float = 60.0) -> None:
     for read in reads:
         read.cancel()
     deadline = time.monotonic() + wait
-    if all(later.wait(deadline - time.monotonic()) for later in running):
-        _close(conn)
+    if not all(later.wait(deadline - time.monotonic()) for later in running):
+        return
+    with _lock:
+        for read in reads:  # what was read and not handed over: its libvirt objects keep `conn` alive
+            read._domains, read._volumes, read._ledger, read._started = None, {}, None, []
+    _close(conn)
 
 
 def _close(conn: Any) -> None:
     with contextlib.suppress(Exception):  # closing what nobody uses any more: nothing to report
         conn.close()
-
-
-def _read_ledger(conn: Any, pool: str, path: str, stack_key: str) -> HostLedger:
-    from virtplan.hosts.ledger import HostLedger, store_for
-
-    ledger = HostLedger(store_for(conn, pool, path), stack_key)
-    ledger.records()  # read now
-    return ledger
 
 
 class _Cancelled(Exception):
