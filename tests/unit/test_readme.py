@@ -1,4 +1,5 @@
-"""Every Python example in README.md is a stack program that loads and validates."""
+"""README.md is checked as it is read: every Python example is a stack program that loads and
+validates, and every link within it reaches one of its headings."""
 
 from __future__ import annotations
 
@@ -57,3 +58,17 @@ def test_install_section_names_what_libvirt_python_needs_to_build():
     for package in build.group(1).split():
         assert package in install, f"{package} (scripts/setup.sh) is missing from the README's Install section"
     assert "pipx install" in install and "pip install" in install
+
+
+def test_every_link_within_the_readme_reaches_a_heading():
+    """A `[text](#anchor)` names a heading that exists (GitHub's anchors: lower case,
+    punctuation dropped, spaces as hyphens); a section removed by mistake breaks one."""
+
+    def anchor(heading: str) -> str:
+        return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+    text = README.read_text()
+    headings = {anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links, "the README links none of its sections"
+    assert sorted(links - headings) == []
