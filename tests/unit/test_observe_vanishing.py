@@ -123,3 +123,33 @@ def test_a_call_whose_error_was_lost_is_made_again_and_says_what_happened() -> N
             return self.xml()
 
     assert inactive_xml(Deleted(), 0) is None  # recognised as gone, not a failed read
+
+
+def test_volumes_already_parsed_are_taken_from_the_spec_cache_and_a_changed_one_is_parsed_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from virtplan.hosts import observe
+    from virtplan.hosts.speccache import SpecCache
+
+    cache = SpecCache(tmp_path / "specs.json")
+    first = state()
+    _read_volumes(list_volumes(Pool(Vol("a"), Vol("b"))), "p", first, cache)
+    cache.save()
+
+    parsed: list[str] = []
+    real = observe.ET.fromstring
+    monkeypatch.setattr(observe.ET, "fromstring", lambda xml: parsed.append(xml) or real(xml))
+    again = state()
+    _read_volumes(list_volumes(Pool(Vol("a"), Vol("b"))), "p", again, SpecCache(tmp_path / "specs.json"))
+    assert parsed == []  # both from the cache (a new process: the file)
+    assert {k: (o.uuid, o.spec) for k, o in again.objects.items()} == {
+        k: (o.uuid, o.spec) for k, o in first.objects.items()
+    }
+
+    class Grown(Vol):
+        def XMLDesc(self, _flags: int) -> str:
+            return super().XMLDesc(_flags).replace("1048576", "2097152")
+
+    grown = state()
+    _read_volumes(list_volumes(Pool(Grown("a"))), "p", grown, SpecCache(tmp_path / "specs.json"))
+    assert len(parsed) == 1 and grown.objects[("volume", "p/a")].spec["capacity"] == 2097152

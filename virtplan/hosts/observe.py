@@ -118,7 +118,7 @@ def observe_host(
         pool = pools.get(pool_name)
         if pool is not None and pool_active(pool):
             volumes = ahead.volumes(pool_name) if ahead is not None else None
-            _read_volumes(volumes if volumes is not None else list_volumes(pool), pool_name, state)
+            _read_volumes(volumes if volumes is not None else list_volumes(pool), pool_name, state, cache)
     _disks_as_pool_volumes(state)
     return state
 
@@ -405,17 +405,28 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
     return pools
 
 
-def _read_volumes(volumes: list[tuple[Any, str | None]], pool_name: str, state: HostState) -> None:
+def _read_volumes(
+    volumes: list[tuple[Any, str | None]], pool_name: str, state: HostState, cache: SpecCache | None = None
+) -> None:
     """A pool's volumes from one list call and one XML per volume (`list_volumes`); a
     volume's identity, its path, is read from that XML (`target/path`, what
-    virStorageVolGetPath returns) rather than with one more call per volume."""
+    virStorageVolGetPath returns) rather than with one more call per volume. `cache`
+    remembers the spec and path of each XML."""
     for vol, xml in volumes:
         if xml is None:
             continue
-        root = ET.fromstring(xml)
-        path = root.findtext("target/path") or vol.path()
-        key = f"{pool_name}/{vol.name()}"
-        state.objects[("volume", key)] = ObservedObject("volume", key, path, xml, generic(parse_volume(root)))
+        key = xml_key(xml)
+        hit = cache.volume(key) if cache is not None else None
+        if hit is not None:
+            spec, path = hit
+        else:
+            root = ET.fromstring(xml)
+            path = root.findtext("target/path") or vol.path()
+            spec = generic(parse_volume(root))
+            if cache is not None:
+                cache.put_volume(key, spec, path)
+        name = f"{pool_name}/{vol.name()}"
+        state.objects[("volume", name)] = ObservedObject("volume", name, path, xml, spec)
 
 
 def dhcp_leases(conn: Any, network_names: Iterable[str]) -> dict[str, str]:

@@ -1,10 +1,11 @@
-"""A memo of parsed domain specs, keyed by the exact XML libvirt returned.
+"""A memo of parsed domain and volume specs, keyed by the exact XML libvirt returned.
 
-Parsing a domain's XML costs about 0.1 ms; hashing it a few microseconds. A no-op plan of
-a thousand VMs reads a thousand unchanged documents, so remembering "this XML parses to
-this spec" makes observing cost little more than fetching. The key is the XML's hash, so
-any change made outside virtplan (or by it) misses the cache and is parsed afresh.
-The cache is disposable: deleting the file only makes the next plan slower.
+Parsing a domain's XML costs about 0.1 ms, a volume's about 0.03 ms; hashing either a few
+microseconds. A no-op plan of a thousand VMs reads two thousand unchanged documents, so
+remembering "this XML parses to this spec" makes observing cost little more than fetching.
+The key is the XML's hash, so any change made outside virtplan (or by it, or a volume's
+timestamps moving) misses the cache and is parsed afresh. The cache is disposable:
+deleting the file only makes the next plan slower.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from virtplan.documents.parse import Owner
-from virtplan.documents.specs import VMSpec
+from virtplan.documents.specs import Spec, VMSpec
 
 Entry = tuple[VMSpec, Owner | None]
 
@@ -44,11 +45,28 @@ class SpecCache:
     def get(self, key: str) -> Entry | None:
         with self._lock:
             raw = self._entries.get(key)
-            if raw is None:
+            if raw is None or "owner" not in raw:
                 return None
             self._used.add(key)
         owner = Owner(**raw["owner"]) if raw["owner"] is not None else None
         return json.loads(raw["spec"]), owner
+
+    def volume(self, key: str) -> tuple[Spec, str] | None:
+        """A volume's spec and path remembered for the XML of hash `key` (a copy)."""
+        with self._lock:
+            raw = self._entries.get(key)
+            if raw is None or "path" not in raw:
+                return None
+            self._used.add(key)
+        return json.loads(raw["spec"]), raw["path"]
+
+    def put_volume(self, key: str, spec: Spec, path: str) -> None:
+        """Remember a copy of a volume's spec and path for the XML of hash `key`."""
+        raw = {"spec": json.dumps(spec), "path": path}
+        with self._lock:
+            self._entries[key] = raw
+            self._used.add(key)
+            self._dirty = True
 
     def put(self, key: str, spec: VMSpec, owner: Owner | None) -> None:
         """Remember a copy of `spec` (later changes to the dict are not remembered)."""
