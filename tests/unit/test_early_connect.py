@@ -313,22 +313,30 @@ class SlowConnection:
         return 0
 
 
+def assert_closed_only_once_released(conn: SlowConnection, call: str) -> None:
+    """Once a read is inside `call`, closing `conn` waits for it: not closed until the call
+    is released, closed then."""
+    from virtplan.hosts.readahead import close_connection
+
+    for _ in range(500):
+        if call in conn.calls:
+            break
+        time.sleep(0.01)
+    closing = threading.Thread(target=close_connection, args=(conn,))
+    closing.start()
+    time.sleep(0.1)
+    assert "close" not in conn.calls
+    conn.release.set()
+    closing.join(10)
+    assert conn.calls[-1] == "close"
+
+
 def test_a_connection_is_closed_only_once_the_reads_on_it_finished_and_none_starts_after() -> None:
     from virtplan.hosts.readahead import close_connection
 
     busy = SlowConnection()
     ReadAhead(busy, 0, [])
-    for _ in range(500):
-        if busy.calls:
-            break
-        time.sleep(0.01)
-    closing = threading.Thread(target=close_connection, args=(busy,))
-    closing.start()
-    time.sleep(0.1)
-    assert "close" not in busy.calls  # libvirt would free what the running call uses
-    busy.release.set()
-    closing.join(10)
-    assert busy.calls[-1] == "close"
+    assert_closed_only_once_released(busy, "listAllDomains")  # libvirt would free what the running call uses
 
     stuck = SlowConnection()
     ReadAhead(stuck, 0, [])
@@ -361,19 +369,7 @@ class SlowLedgerHost(SlowConnection):
 def test_a_read_still_running_is_waited_for_even_once_nothing_refers_to_its_reads() -> None:
     import gc
 
-    from virtplan.hosts.readahead import close_connection
-
     host = SlowLedgerHost()
     ReadAhead(host, 0, [], ("virtplan", "/var/lib/libvirt/virtplan", "lab"))  # dropped at once
     gc.collect()
-    for _ in range(500):
-        if "storagePoolLookupByName" in host.calls:
-            break
-        time.sleep(0.01)
-    closing = threading.Thread(target=close_connection, args=(host,))
-    closing.start()
-    time.sleep(0.1)
-    assert "close" not in host.calls  # the ledger read is still inside a call
-    host.release.set()
-    closing.join(10)
-    assert host.calls[-1] == "close"
+    assert_closed_only_once_released(host, "storagePoolLookupByName")  # the ledger read is still inside it

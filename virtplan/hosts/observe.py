@@ -415,7 +415,7 @@ def _read_volumes(
     for vol, xml in volumes:
         if xml is None:
             continue
-        key = xml_key(xml)
+        key = xml_key(xml) if cache is not None else ""
         hit = cache.volume(key) if cache is not None else None
         if hit is not None:
             spec, path = hit

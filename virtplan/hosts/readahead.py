@@ -79,6 +79,12 @@ class ReadAhead:
     def cancel(self) -> None:
         self._cancelled.set()
 
+    def _drop(self) -> None:
+        """Forget what was read and not handed over (nothing runs any more): its libvirt
+        objects keep their connection alive."""
+        with _lock:
+            self._domains, self._volumes, self._ledger, self._started = None, {}, None, []
+
     def _start(self, read: Callable[[], T]) -> _Later[T] | None:
         """`read` started in its thread, unless the connection is being closed (None)."""
         with _lock:
@@ -136,9 +142,8 @@ def close_connection(conn: Any, wait: float = 60.0) -> None:
     deadline = time.monotonic() + wait
     if not all(later.wait(deadline - time.monotonic()) for later in running):
         return
-    with _lock:
-        for read in reads:  # what was read and not handed over: its libvirt objects keep `conn` alive
-            read._domains, read._volumes, read._ledger, read._started = None, {}, None, []
+    for read in reads:
+        read._drop()
     _close(conn)
 
 

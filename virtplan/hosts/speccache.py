@@ -43,34 +43,37 @@ class SpecCache:
                 self._entries = {}  # a broken cache is an empty cache
 
     def get(self, key: str) -> Entry | None:
-        with self._lock:
-            raw = self._entries.get(key)
-            if raw is None or "owner" not in raw:
-                return None
-            self._used.add(key)
+        """A domain's spec and owner remembered for the XML of hash `key` (a copy)."""
+        raw = self._take(key, "owner")
+        if raw is None:
+            return None
         owner = Owner(**raw["owner"]) if raw["owner"] is not None else None
         return json.loads(raw["spec"]), owner
 
     def volume(self, key: str) -> tuple[Spec, str] | None:
         """A volume's spec and path remembered for the XML of hash `key` (a copy)."""
-        with self._lock:
-            raw = self._entries.get(key)
-            if raw is None or "path" not in raw:
-                return None
-            self._used.add(key)
-        return json.loads(raw["spec"]), raw["path"]
+        raw = self._take(key, "path")
+        return (json.loads(raw["spec"]), raw["path"]) if raw is not None else None
+
+    def put(self, key: str, spec: VMSpec, owner: Owner | None) -> None:
+        """Remember a copy of a domain's `spec` (later changes to the dict are not remembered)."""
+        self._keep(key, {"spec": json.dumps(spec), "owner": None if owner is None else vars(owner)})
 
     def put_volume(self, key: str, spec: Spec, path: str) -> None:
         """Remember a copy of a volume's spec and path for the XML of hash `key`."""
-        raw = {"spec": json.dumps(spec), "path": path}
-        with self._lock:
-            self._entries[key] = raw
-            self._used.add(key)
-            self._dirty = True
+        self._keep(key, {"spec": json.dumps(spec), "path": path})
 
-    def put(self, key: str, spec: VMSpec, owner: Owner | None) -> None:
-        """Remember a copy of `spec` (later changes to the dict are not remembered)."""
-        raw = {"spec": json.dumps(spec), "owner": None if owner is None else vars(owner)}
+    def _take(self, key: str, field: str) -> dict[str, Any] | None:
+        """The entry for `key` if it is of the kind that has `field` ("owner": a domain's,
+        "path": a volume's), marked as used."""
+        with self._lock:
+            raw: dict[str, Any] | None = self._entries.get(key)
+            if raw is None or field not in raw:
+                return None
+            self._used.add(key)
+            return raw
+
+    def _keep(self, key: str, raw: dict[str, Any]) -> None:
         with self._lock:
             self._entries[key] = raw
             self._used.add(key)
