@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from virtplan.hosts.connection import Opening
     from virtplan.hosts.dialing import Dial
     from virtplan.hosts.readahead import ReadAhead
+    from virtplan.hosts.reader import ReaderProcess
     from virtplan.model.stack import Stack
 
 #: Commands that read every host of the stack named by their first argument.
 READERS = frozenset({"plan", "apply", "show", "drift"})
+#: Those of them that change nothing: what they read ahead is what they use.
+CHANGE_NOTHING = frozenset({"plan", "show", "drift"})
 URI_ENV = "VIRTPLAN_URI"
 
 _dials: dict[str, Dial] = {}
@@ -59,19 +62,26 @@ def start(argv: list[str]) -> None:
         hosts = {str(name): (str(uri), [str(p) for p in pools]) for name, uri, pools in hint["hosts"]}
     except (OSError, ValueError, TypeError, KeyError):
         return
-    from virtplan.hosts.dialing import Dial
+    from virtplan.hosts.dialing import Dial, quiet_libvirt
 
+    quiet_libvirt()
+    readers: dict[str, ReaderProcess] = {}
+    if argv[0] in CHANGE_NOTHING:  # (a command that changes hosts reads them again under its lock)
+        from virtplan.hosts.fetch import domain_xml_flags
+        from virtplan.hosts.reader import fork_readers
+
+        readers = fork_readers(hosts, domain_xml_flags(secure=True))  # before any thread starts
     for name, (uri, pools) in hosts.items():
         # as soon as it is connected, read what the last valid run read there (its domains
-        # and the volumes of `pools`); `opening` keeps these reads if the stack still names
-        # the same pools on that host
-        _dials[name] = Dial(uri, then=functools.partial(_read_ahead, pools=pools))
+        # and the volumes of `pools`; by a reader process if there is one); `opening` keeps
+        # these reads if the stack still names the same pools on that host
+        _dials[name] = Dial(uri, then=functools.partial(_read_ahead, pools=pools, child=readers.get(name)))
 
 
-def _read_ahead(conn: Any, pools: list[str]) -> ReadAhead:
+def _read_ahead(conn: Any, pools: list[str], child: ReaderProcess | None) -> ReadAhead:
     from virtplan.hosts.readahead import as_observed
 
-    return as_observed(conn, pools)
+    return as_observed(conn, pools, child)
 
 
 def opening(stack: Stack, remember: bool = True) -> Opening:

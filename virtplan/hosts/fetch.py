@@ -81,12 +81,13 @@ def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
 
 
 class DomainListing:
-    """A host's persistent domains with their XML (None: deleted while being read), and
-    the UUIDs of those running and those started at boot."""
+    """A host's persistent domains as (name, UUID, XML; None: deleted while being read),
+    and the UUIDs of those running and those started at boot. Plain values: no libvirt
+    object, so it can come from another process (`virtplan.hosts.reader`)."""
 
     __slots__ = ("active", "autostart", "xmls")
 
-    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[Any, str | None]]):
+    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[str, str, str | None]]):
         self.active, self.autostart, self.xmls = active, autostart, xmls
 
 
@@ -135,12 +136,12 @@ def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] |
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
     xmls = fetch_all(domains, fetch or (lambda d: inactive_xml(d, xml_flags)))
-    return DomainListing(active, autostart, list(zip(domains, xmls, strict=True)))
+    return DomainListing(active, autostart, [(d.name(), d.UUIDString(), x) for d, x in zip(domains, xmls, strict=True)])
 
 
-def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[Any, str | None]]:
-    """A pool's volumes: one list and one XML each (None: deleted while being read);
-    nothing if the pool stopped or went away meanwhile."""
+def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[str, str | None]]:
+    """A pool's volumes as (name, XML): one list and one XML each (None: deleted while being
+    read); nothing if the pool stopped or went away meanwhile."""
     import libvirt
 
     try:
@@ -149,4 +150,5 @@ def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) ->
         if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
             return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
         raise
-    return list(zip(volumes, fetch_all(volumes, fetch or (lambda v: inactive_xml(v, 0))), strict=True))
+    xmls = fetch_all(volumes, fetch or (lambda v: inactive_xml(v, 0)))
+    return [(v.name(), x) for v, x in zip(volumes, xmls, strict=True)]

@@ -224,11 +224,10 @@ def _read_domains(
     (all of them, foreign ones too) each libvirt network should have ports for."""
     active, autostart = listing.active, listing.autostart
     running_nics: Counter[str] = Counter()
-    for dom, xml in listing.xmls:
-        name = dom.name()
+    for name, uuid, xml in listing.xmls:
         if xml is None:
             continue
-        if dom.UUIDString() in active:
+        if uuid in active:
             running_nics.update(_unescape(n) for n in _NETWORK_SOURCE.findall(xml))
         xml, password = strip_passwords(xml) if secret_digest else (xml, None)
         if name not in wanted and not _mine(xml, stack_name):
@@ -243,7 +242,6 @@ def _read_domains(
             try:
                 root = ET.fromstring(xml)
             except ET.ParseError as exc:  # libvirt stored something it cannot give back as XML
-                uuid = dom.UUIDString()
                 field, problem = unreadable(xml, exc)
                 runtime = {"state": "running" if uuid in active else "stopped", "autostart": uuid in autostart}
                 state.objects[("vm", name)] = ObservedObject(
@@ -257,7 +255,6 @@ def _read_domains(
         if secret_digest is not None and graphics is not None:
             digest = secret_digest(password) if password is not None else None
             spec["graphics"] = GraphicsSpec(type=graphics["type"], listen=graphics["listen"], password=digest)
-        uuid = dom.UUIDString()
         spec["state"] = "running" if uuid in active else "stopped"
         spec["autostart"] = uuid in autostart
         spec["unplugged"] = []
@@ -406,13 +403,13 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
 
 
 def _read_volumes(
-    volumes: list[tuple[Any, str | None]], pool_name: str, state: HostState, cache: SpecCache | None = None
+    volumes: list[tuple[str, str | None]], pool_name: str, state: HostState, cache: SpecCache | None = None
 ) -> None:
     """A pool's volumes from one list call and one XML per volume (`list_volumes`); a
-    volume's identity, its path, is read from that XML (`target/path`, what
+    volume's identity, its path, is read from that XML (`target/path`, the field
     virStorageVolGetPath returns) rather than with one more call per volume. `cache`
     remembers the spec and path of each XML."""
-    for vol, xml in volumes:
+    for vol_name, xml in volumes:
         if xml is None:
             continue
         key = xml_key(xml) if cache is not None else ""
@@ -421,11 +418,11 @@ def _read_volumes(
             spec, path = hit
         else:
             root = ET.fromstring(xml)
-            path = root.findtext("target/path") or vol.path()
+            path = root.findtext("target/path") or ""
             spec = generic(parse_volume(root))
             if cache is not None:
                 cache.put_volume(key, spec, path)
-        name = f"{pool_name}/{vol.name()}"
+        name = f"{pool_name}/{vol_name}"
         state.objects[("volume", name)] = ObservedObject("volume", name, path, xml, spec)
 
 

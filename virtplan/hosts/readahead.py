@@ -5,8 +5,10 @@ two thousand XML documents, and most of the rest in Python (imports, running the
 program, comparing). Started as soon as a connection opens, the reads overlap with that
 Python work instead of following it.
 
-What is read ahead is exactly what `virtplan.hosts.observe` would read itself, on the
-same connection, in this same process, a moment earlier; it is handed over once. If the
+What is read ahead is exactly what `virtplan.hosts.observe` would read itself, a moment
+earlier: on the same connection, or, for a local host read by a command that changes
+nothing, by a child process on its own connection (`virtplan.hosts.reader`: away from
+this process's interpreter lock); it is handed over once. If the
 read ahead failed, or read other flags or pools than asked, observe reads for itself, so
 the result never depends on it. A command that takes the stack's lock (apply) drops what
 was read before it: another apply may have changed the hosts while it waited.
@@ -27,8 +29,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from virtplan.hosts.ledger import HostLedger
+    from virtplan.hosts.reader import ReaderProcess
 
 T = TypeVar("T")
+Volumes = list[tuple[str, str | None]]
 Ledger = tuple[str, str, str]  # records pool, its path, stack key
 
 
@@ -38,17 +42,32 @@ class ReadAhead:
     `read_ledger`), each in a daemon thread from now on. `cancel` makes the remaining
     reads stop early. Imports nothing but threading and libvirt until the ledger is read."""
 
-    def __init__(self, conn: Any, xml_flags: int, pools: list[str], ledger: Ledger | None = None):
+    def __init__(
+        self,
+        conn: Any,
+        xml_flags: int,
+        pools: list[str],
+        ledger: Ledger | None = None,
+        child: ReaderProcess | None = None,
+    ):
         self.pools = sorted(pools)
         self._conn = conn
         self._cancelled = threading.Event()
         self._flags = xml_flags
         self._started: list[_Later[Any]] = []
-        fetch = self._unless_cancelled(xml_flags)
-        self._domains: _Later[DomainListing] | None = self._start(lambda: list_domains(conn, xml_flags, fetch))
-        self._volumes: dict[str, _Later[list[tuple[Any, str | None]] | None] | None] = {
-            name: self._start(functools.partial(self._pool, conn, name)) for name in pools
-        }
+        self._child = child
+        if child is not None and (child.xml_flags, child.pools) != (xml_flags, self.pools):
+            child.stop()  # reads something else
+            self._child = None
+        self._domains: _Later[DomainListing | None] | None
+        self._volumes: dict[str, _Later[Volumes | None] | None]
+        if self._child is not None:  # read by that process, handed over by these threads
+            self._domains = self._start(self._child.domains)
+            self._volumes = {name: self._start(functools.partial(self._child.volumes, name)) for name in pools}
+        else:
+            fetch = self._unless_cancelled(xml_flags)
+            self._domains = self._start(lambda: list_domains(conn, xml_flags, fetch))
+            self._volumes = {name: self._start(functools.partial(self._pool, conn, name)) for name in pools}
         self._ledger_of: Ledger | None = None
         self._ledger: _Later[HostLedger] | None = None
         if ledger is not None:
@@ -65,7 +84,7 @@ class ReadAhead:
         later, self._domains = self._domains, None
         return later.outcome() if later is not None and xml_flags == self._flags else None
 
-    def volumes(self, pool: str) -> list[tuple[Any, str | None]] | None:
+    def volumes(self, pool: str) -> Volumes | None:
         """The volumes of `pool` read ahead (once), or None: read them now."""
         later = self._volumes.pop(pool, None)
         return later.outcome() if later is not None else None
@@ -78,6 +97,8 @@ class ReadAhead:
 
     def cancel(self) -> None:
         self._cancelled.set()
+        if self._child is not None:
+            self._child.stop()
 
     def _drop(self) -> None:
         """Forget what was read and not handed over (nothing runs any more): its libvirt
@@ -102,7 +123,7 @@ class ReadAhead:
         ledger.records()  # read now
         return ledger
 
-    def _pool(self, conn: Any, name: str) -> list[tuple[Any, str | None]] | None:
+    def _pool(self, conn: Any, name: str) -> Volumes | None:
         pool = conn.storagePoolLookupByName(name)
         return list_volumes(pool, self._unless_cancelled(0)) if pool_active(pool) else None
 
@@ -115,10 +136,10 @@ class ReadAhead:
         return fetch
 
 
-def as_observed(conn: Any, pools: list[str]) -> ReadAhead:
+def as_observed(conn: Any, pools: list[str], child: ReaderProcess | None = None) -> ReadAhead:
     """Reads made the way `virtplan.engine` observes a host (it always digests console
-    passwords, so domains are read with their secure XML)."""
-    return ReadAhead(conn, domain_xml_flags(secure=True), pools)
+    passwords, so domains are read with their secure XML); by `child` if it reads that."""
+    return ReadAhead(conn, domain_xml_flags(secure=True), pools, child=child)
 
 
 _lock = threading.Lock()
