@@ -18,7 +18,7 @@ from virtplan.documents.render import Renderer, volume_path
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import StateStore
 from virtplan.model import NIC, VM, Host, Network, Pool, Stack, Volume, validate
-from virtplan.plan.planner import Action, PlanError, Reason, make_plan
+from virtplan.plan.planner import KIND_ORDER, Action, PlanError, Reason, make_plan, ordered
 
 
 def program(**overrides: Any) -> Stack:
@@ -339,3 +339,55 @@ def test_destroy_deletes_a_direct_boot_kernel_only_after_its_vm(tmp_path):
     plan = make_plan(stack, Renderer(stack, {"h": QEMU_FACTS}), {"h": host}, store, destroy=True)
     got = {c.address: c for c in plan.changes}
     assert "h/vm/vm" in got["h/volume/pool/vmlinuz"].depends_on
+
+
+class _Node:
+    """Just what `ordered` reads of a resource: its kind and its dependencies."""
+
+    def __init__(self, kind: str):
+        self.kind, self.deps = kind, []
+
+    def dependencies(self) -> list:
+        return self.deps
+
+
+def _rounds_of_graphlib(nodes: list) -> list:
+    """`ordered` as graphlib's rounds give it: ready nodes, done together, round by round."""
+    import graphlib
+
+    position = {id(n): i for i, n in enumerate(nodes)}
+    by_id = {id(n): n for n in nodes}
+    sorter = graphlib.TopologicalSorter({id(n): {id(d) for d in n.deps if id(d) in by_id} for n in nodes})
+    sorter.prepare()
+    out = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=lambda i: (KIND_ORDER[by_id[i].kind], position[i]))
+        out += [by_id[i] for i in ready]
+        sorter.done(*ready)
+    return out
+
+
+def test_ordered_gives_graphlibs_rounds_on_random_graphs():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        nodes = [_Node(rng.choice(list(KIND_ORDER))) for _ in range(rng.randint(1, 40))]
+        rank = {id(n): r for r, n in enumerate(rng.sample(nodes, len(nodes)))}  # a hidden order: no cycle
+        for node in nodes:
+            node.deps = [
+                d for d in rng.sample(nodes, min(len(nodes), rng.randint(0, 4))) if rank[id(d)] < rank[id(node)]
+            ]
+            if rng.random() < 0.2:
+                node.deps.append(_Node("volume"))  # not among the nodes: ignored
+        assert ordered(nodes) == _rounds_of_graphlib(nodes)
+
+
+def test_ordered_refuses_a_cycle_naming_it():
+    import graphlib
+
+    a, b, c = _Node("vm"), _Node("volume"), _Node("pool")
+    a.deps, b.deps, c.deps = [b], [c], [b]
+    with pytest.raises(graphlib.CycleError) as caught:
+        ordered([a, b, c])
+    assert caught.value.args[1] in ([id(b), id(c), id(b)], [id(c), id(b), id(c)])
