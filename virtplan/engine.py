@@ -25,7 +25,7 @@ from virtplan.hosts.migrate import Overlay, legacy_file, legacy_records, migrate
 from virtplan.hosts.observe import HostState, dhcp_leases, observe_host
 from virtplan.hosts.records import HostRecords, Records
 from virtplan.hosts.snapshots import observe_snapshots
-from virtplan.hosts.speccache import SpecCache
+from virtplan.hosts.speccache import FILE_NAME, SpecCache
 from virtplan.model import VM, Network, Stack, Volume
 from virtplan.model.secrets import PROCESS_KEY, keyed_digest
 from virtplan.plan.planner import Plan, PlanError, make_plan
@@ -69,7 +69,7 @@ class Engine:
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self._locks: HostLocks | None = None
-        self.cache = SpecCache(stack_cache(stack.key, "specs.json"))
+        self.cache = SpecCache(stack_cache(stack.key, FILE_NAME))
         self.notes: list[str] = []  # what housekeeping left for later (e.g. another stack was busy)
 
     def __enter__(self) -> Engine:
