@@ -22,7 +22,39 @@ def main() -> None:
     early.start(sys.argv[1:])
     from virtplan.cli.app import main as run
 
-    run()
+    try:
+        run()
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def _exit(code: Any) -> None:
+    """Leave as `sys.exit(code)` would, without the interpreter freeing its heap object by
+    object (a plan of a thousand VMs holds about a million objects: 25 ms of a 0.45 s
+    command). What exiting must do is still done: exit handlers run, output is flushed. Only
+    once no other thread that the interpreter would wait for runs; otherwise `sys.exit`."""
+    import os
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+        sys.exit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # as the interpreter does with a SystemExit that is not a number
+        print(code, file=sys.stderr)
+        status = 1
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`virtplan plan | head`)
+            status = status or 120  # what the interpreter returns when it cannot flush
+    os._exit(status)
 
 
 def __getattr__(name: str) -> Any:
