@@ -16,7 +16,10 @@ def main() -> None:
     command line and the stack program are even looked at (`virtplan.cli.early`)."""
     import gc
 
-    gc.set_threshold(50_000, 20, 100)
+    # What a command allocates (the stack, what it read, the plan) lives until it exits: a
+    # young-generation collection finds next to no garbage and costs ~0.15 us per object
+    # it looks at (one per 50,000 allocations was 7 ms of a no-op plan of 1000 VMs).
+    gc.set_threshold(100_000, 20, 100)
     from virtplan.cli import early
 
     early.start(sys.argv[1:])
