@@ -296,3 +296,57 @@ def test_a_complete_segment_is_downloaded_once_and_never_by_its_writer() -> None
     store.finish_uploads()
     reader.reload()
     assert reader.records()["late"] == {"i": 9}
+
+
+def big_records(n: int = 600) -> dict[str, dict[str, object]]:
+    """Records whose segment is large enough to be remembered once verified."""
+    return {f"h/vm/vm{i}": {"applied": {"memory": i, "description": "x" * 100}, "pending": False} for i in range(n)}
+
+
+def test_a_large_segment_verified_once_is_not_checked_again_by_the_next_reader(tmp_path, monkeypatch) -> None:
+    from virtplan.hosts import segment_memo
+
+    monkeypatch.setenv("VIRTPLAN_CACHE_DIR", str(tmp_path))
+    store = SlowStore()
+    HostLedger(store, "s").update(big_records())
+    assert all(len(data) >= segment_memo.MIN_SIZE for data in store.blobs.values())
+    checked: list[str] = []
+    real = ledger_mod._checksum
+    monkeypatch.setattr(ledger_mod, "_checksum", lambda doc: checked.append(doc["stack"]) or real(doc))
+
+    first = HostLedger(store, "s").records()  # another process: parses and checks, and remembers
+    assert first == big_records() and checked == ["s"]
+    second = HostLedger(store, "s").records()
+    assert second == first and checked == ["s"]  # the same bytes: not checked again
+
+    name = store.names()[0]
+    doc = json.loads(store.blobs[name])
+    doc["set"]["h/vm/vm1"]["pending"] = True  # changed by hand: other bytes, checked (and refused)
+    store.blobs[name] = json.dumps(doc).encode()
+    assert HostLedger(store, "s").records() == {} and len(checked) == 2
+
+
+def test_a_broken_memo_is_ignored_and_old_ones_are_removed(tmp_path, monkeypatch) -> None:
+    import os
+    import time
+
+    from virtplan.hosts import segment_memo
+
+    monkeypatch.setenv("VIRTPLAN_CACHE_DIR", str(tmp_path))
+    store = SlowStore()
+    HostLedger(store, "s").update(big_records())
+    assert HostLedger(store, "s").records() == big_records()
+    folder = segment_memo._folder()
+    (memo,) = os.listdir(folder)
+    with open(os.path.join(folder, memo), "wb") as f:
+        f.write(b"\x00not marshal")
+    assert HostLedger(store, "s").records() == big_records()  # read and checked as if there were none
+
+    stale = os.path.join(folder, "0" * 64)
+    with open(stale, "wb") as f:
+        f.write(b"")
+    long_ago = time.time() - segment_memo.UNUSED_FOR - 60
+    os.utime(stale, (long_ago, long_ago))
+    HostLedger(store, "s").update(big_records(700))  # a new large segment: remembered, the unused one removed
+    assert HostLedger(store, "s").records() == big_records(700)
+    assert not os.path.exists(stale) and len(os.listdir(folder)) == 2
