@@ -140,7 +140,7 @@ class Engine:
                     wanted["bridge"] |= {n.bridge for n in r.nics if n.bridge}
                 elif isinstance(r, Network) and r.mode == "bridge" and r.bridge:
                     wanted["bridge"].add(r.bridge)
-        for address, record in self.store.records(uri).items():
+        for address, record in self.store.view(uri).items():
             _, kind, key = address.split("/", 2)
             wanted.setdefault(record.get("kind", kind), set()).add(key)
         return wanted

@@ -79,7 +79,7 @@ def test_a_seed_recorded_by_virtplan_0_1_is_not_drift():
     _recognise_legacy_seeds(s, {"h": host}, r)  # as observe does
 
     class Store:
-        def records(self, uri):
+        def view(self, uri):
             return {"h/vm/v": {"kind": "vm", "applied": {"cloud_init": r.seed_digest(vm, legacy=True)}}}
 
     assert detect(s, {"h": host}, Store(), r).empty  # type: ignore[arg-type]

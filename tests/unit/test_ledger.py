@@ -350,3 +350,15 @@ def test_a_broken_memo_is_ignored_and_old_ones_are_removed(tmp_path, monkeypatch
     HostLedger(store, "s").update(big_records(700))  # a new large segment: remembered, the unused one removed
     assert HostLedger(store, "s").records() == big_records(700)
     assert not os.path.exists(stale) and len(os.listdir(folder)) == 2
+
+
+def test_a_view_holds_the_records_as_they_were_without_copying_each() -> None:
+    store = SlowStore()
+    ledger = HostLedger(store, "s")
+    ledger.update({"a": {"v": 1}, "b": {"v": 2}})
+    view = ledger.view()
+    assert view == ledger.records() == {"a": {"v": 1}, "b": {"v": 2}}
+    ledger.update({"c": {"v": 3}}, drops=["a"])
+    assert set(view) == {"a", "b"}  # what it was when taken
+    assert ledger.view() == {"b": {"v": 2}, "c": {"v": 3}}
+    assert ledger.view()["b"] is ledger.view()["b"]  # not copied: the records themselves

@@ -49,6 +49,12 @@ class StateStore:
             self._refresh()
             return {k: dict(v) for k, v in self._data["hosts"].get(uri, {}).items()}
 
+    def view(self, uri: str) -> dict[str, dict[str, Any]]:
+        """Every record for one host, not copied: to read, never to change."""
+        with self._lock:
+            self._refresh()
+            return dict(self._data["hosts"].get(uri, {}))
+
     def get(self, uri: str, address: str) -> dict[str, Any] | None:
         with self._lock:
             self._refresh()

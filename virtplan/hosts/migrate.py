@@ -51,6 +51,11 @@ class Overlay:
         out.update(self.hosts.records(uri))
         return out
 
+    def view(self, uri: str) -> dict[str, Record]:
+        out = dict(self.legacy.get(uri, {}))
+        out.update(self.hosts.view(uri))
+        return out
+
     def get(self, uri: str, address: str) -> Record | None:
         found = self.hosts.get(uri, address)
         if found is None and address in self.legacy.get(uri, {}):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from virtplan.hosts.ledger import COMPACT_AFTER, HostLedger, Record, file_key
@@ -29,6 +29,8 @@ class Records(Protocol):
     """Read and write one stack's records, per host URI."""
 
     def records(self, uri: str) -> dict[str, Record]: ...
+
+    def view(self, uri: str) -> Mapping[str, Record]: ...
 
     def get(self, uri: str, address: str) -> Record | None: ...
 
@@ -60,7 +62,12 @@ class HostRecords:
         return ledger
 
     def records(self, uri: str) -> dict[str, Record]:
+        """Every record for one host, by address (a copy of each)."""
         return self.ledger(uri).records()
+
+    def view(self, uri: str) -> Mapping[str, Record]:
+        """Every record for one host, not copied: to read, never to change."""
+        return self.ledger(uri).view()
 
     def get(self, uri: str, address: str) -> Record | None:
         return self.ledger(uri).get(address)

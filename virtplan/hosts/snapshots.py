@@ -26,7 +26,7 @@ def observe_snapshots(conn: Any, state: HostState, stack: Stack, store: Records)
 
     declared = {s.key: s for s in stack.of_kind(Snapshot) if s.host is not None and s.host.name == state.name}
     records = {
-        a: r for a, r in store.records(state.uri).items()
+        a: r for a, r in store.view(state.uri).items()
         if r.get("kind") == "snapshot" and a.startswith(f"{state.name}/snapshot/")
     }  # fmt: skip
     if not declared and not records:

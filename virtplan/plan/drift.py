@@ -102,7 +102,7 @@ def detect(
     report = DriftReport()
     declared = stack.by_address()
     for host in hosts.values():
-        for address, record in sorted(store.records(host.uri).items()):
+        for address, record in sorted(store.view(host.uri).items()):
             if record.get("pending") or record.get("seed_of") or record.get("log_of"):
                 continue  # being created, or owned through its VM
             if record.get("kind") in ("snapshot", "freeze"):

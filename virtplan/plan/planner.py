@@ -556,7 +556,7 @@ class _Planner:
     def seed_addresses(self) -> set[str]:
         seeds = set()
         for host in self.observed.values():
-            for address, record in self.store.records(host.uri).items():
+            for address, record in self.store.view(host.uri).items():
                 if record.get("seed_of") or record.get("log_of"):
                     seeds.add(address)  # owned through their VM, deleted with it
         return seeds
