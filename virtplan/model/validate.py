@@ -16,6 +16,7 @@ from pathlib import Path
 
 from virtplan.errors import FieldError, ValidationError
 from virtplan.model.fields import PLACEHOLDER, escape_controls, got, problems, text_problem
+from virtplan.model.order import dependency_rounds
 from virtplan.model.resources import (
     DISK_BUSES,
     DOMAIN_TYPES,
@@ -753,9 +754,8 @@ def _ref_field(resource: Resource, dep: Resource) -> str:
 
 def _check_cycles(stack: Stack, errors: _Errors) -> None:
     # By object, not address: addresses are computed, and only a cycle needs them.
-    graph = {id(r): [id(d) for d in r.dependencies()] for r in stack.managed()}
     try:
-        graphlib.TopologicalSorter(graph).prepare()
+        dependency_rounds(stack.managed())
     except graphlib.CycleError as exc:
         by_id = {id(r): r for r in stack.managed()}
         path = [by_id[i].address if i in by_id else "?" for i in exc.args[1]]

@@ -18,6 +18,7 @@ from virtplan.hosts.chains import disk_files
 from virtplan.hosts.observe import HostState, ObservedObject
 from virtplan.hosts.records import Records
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
+from virtplan.model.order import dependency_rounds
 from virtplan.plan.changes import Action, FieldChange, Plan, PlanError, Reason, ResourceChange
 from virtplan.plan.moves import Move, find_moves
 from virtplan.plan.ownership import owned_objects, owner_stack
@@ -91,49 +92,8 @@ def ordered(resources: list[Resource]) -> list[Resource]:
     dependencies (the first round: those without any); within a round, networks and pools,
     then volumes, then VMs, in declaration order. Raises graphlib.CycleError on a cycle."""
     position = {id(r): i for i, r in enumerate(resources)}
-    rounds = _rounds(resources, {id(r): [d for d in r.dependencies() if id(d) in position] for r in resources})
+    rounds = dependency_rounds(resources)
     return sorted(resources, key=lambda r: (rounds[id(r)], KIND_ORDER[r.kind], position[id(r)]))
-
-
-def _rounds(resources: list[Resource], deps: dict[int, list[Resource]]) -> dict[int, int]:
-    """id(resource) -> its round: 0 without dependencies, else one more than the latest of
-    theirs (what rounds of graphlib's get_ready/done give, without its bookkeeping per node:
-    a tenth of a plan of a thousand VMs)."""
-    rounds: dict[int, int] = {}
-    for resource in resources:  # a program declares most objects after what they use: one pass
-        latest = -1
-        for dep in deps[id(resource)]:
-            got = rounds.get(id(dep))
-            if got is None:
-                _depth_first(resource, deps, rounds)
-                break
-            latest = max(latest, got)
-        else:
-            rounds[id(resource)] = latest + 1
-    return rounds
-
-
-def _depth_first(start: Resource, deps: dict[int, list[Resource]], rounds: dict[int, int]) -> None:
-    """The rounds of `start` and of what it depends on, without recursion (chains of backing
-    volumes can be long)."""
-    path, on_path = [start], {id(start)}
-    pending = [iter(deps[id(start)])]
-    while path:
-        for dep in pending[-1]:
-            if id(dep) in rounds:
-                continue
-            if id(dep) in on_path:
-                cycle = [*path[path.index(dep) :], dep]
-                raise graphlib.CycleError("nodes are in a cycle", [id(r) for r in cycle])
-            path.append(dep)
-            on_path.add(id(dep))
-            pending.append(iter(deps[id(dep)]))
-            break
-        else:
-            done = path.pop()
-            pending.pop()
-            on_path.discard(id(done))
-            rounds[id(done)] = 1 + max((rounds[id(d)] for d in deps[id(done)]), default=-1)
 
 
 # -- the planner ------------------------------------------------------------------------
