@@ -229,6 +229,10 @@ class BufferedRecords:
         with self.lock:
             return {a: dict(r) for a, r in self._of(uri).items()}
 
+    def view(self, uri: str) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return dict(self._of(uri))
+
     def get(self, uri: str, address: str) -> dict[str, Any] | None:
         with self.lock:
             record = self._of(uri).get(address)
