@@ -64,3 +64,30 @@ def test_a_broken_or_foreign_file_is_an_empty_cache(tmp_path: Path) -> None:
         cache.put_volume("a", {"capacity": 1}, "/p/a")
         cache.save()  # and it is written afresh
         assert SpecCache(tmp_path / "specs").volume("a") == ({"capacity": 1}, "/p/a")
+
+
+def test_a_document_with_a_console_password_is_keyed_only_without_it(tmp_path: Path) -> None:
+    """The cache's keys are digests of documents: one with the password in it would let the
+    cache file confirm a guessed password."""
+    from virtplan.hosts.fetch import domain_xml_flags, list_domains
+    from virtplan.hosts.observe import HostState, _read_domains, strip_passwords
+
+    conn = libvirt.open("test:///default")
+    dom = conn.defineXML(
+        "<domain type='test'><name>vnc-pw</name><memory>65536</memory><os><type>hvm</type></os>"
+        "<devices><graphics type='vnc' passwd='s3cret'/></devices></domain>"
+    )
+    try:
+        listing = list_domains(conn, domain_xml_flags(secure=True))
+    finally:
+        dom.undefine()
+        conn.close()
+    ((_, _, xml, key),) = [x for x in listing.xmls if x[0] == "vnc-pw"]
+    assert xml is not None and "s3cret" in xml and key is None  # not keyed where it was fetched
+    assert all(k == xml_key(x) for n, _, x, k in listing.xmls if n != "vnc-pw" and x is not None)
+
+    cache = SpecCache(tmp_path / "specs")
+    _read_domains(listing, HostState("h", "test:///default", None), {"vnc-pw"}, "s", cache, lambda p: "digest")
+    stripped, password = strip_passwords(xml)
+    assert password == "s3cret"
+    assert cache.get(xml_key(stripped)) is not None and cache.get(xml_key(xml)) is None

@@ -8,6 +8,7 @@ of what they return.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     T = TypeVar("T")
+    #: A pool's volumes: (name, XML or None if deleted while being read, its `keyed` key).
+    Volumes = list[tuple[str, str | None, str | None]]
 
 #: libvirt's "no such domain / network / storage pool / storage volume": deleted meanwhile.
 GONE = (42, 43, 49, 50)
@@ -80,14 +83,26 @@ def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
     return results
 
 
+def xml_key(xml: str) -> str:
+    """The spec cache's key of a document (`virtplan.hosts.speccache`): a digest of exactly its text."""
+    return hashlib.sha1(xml.encode(), usedforsecurity=False).hexdigest()
+
+
+def keyed(xml: str | None) -> str | None:
+    """`xml_key(xml)`, worked out where the document is fetched (by the fetching threads or
+    process, not the main thread); None for a document holding a console password, which
+    observe removes first and never digests."""
+    return None if xml is None or "passwd=" in xml else xml_key(xml)
+
+
 class DomainListing:
-    """A host's persistent domains as (name, UUID, XML; None: deleted while being read),
-    and the UUIDs of those running and those started at boot. Plain values: no libvirt
-    object, so it can come from another process (`virtplan.hosts.reader`)."""
+    """A host's persistent domains as (name, UUID, XML (None: deleted while being read),
+    its `keyed` key), and the UUIDs of those running and those started at boot. Plain
+    values: no libvirt object, so it can come from another process (`virtplan.hosts.reader`)."""
 
     __slots__ = ("active", "autostart", "xmls")
 
-    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[str, str, str | None]]):
+    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[str, str, str | None, str | None]]):
         self.active, self.autostart, self.xmls = active, autostart, xmls
 
 
@@ -135,13 +150,15 @@ def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] |
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
     domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
-    xmls = fetch_all(domains, fetch or (lambda d: inactive_xml(d, xml_flags)))
-    return DomainListing(active, autostart, [(d.name(), d.UUIDString(), x) for d, x in zip(domains, xmls, strict=True)])
+    read = fetch or (lambda d: inactive_xml(d, xml_flags))
+    xmls = fetch_all(domains, lambda d: _with_key(read(d)))
+    found = [(d.name(), d.UUIDString(), *x) for d, x in zip(domains, xmls, strict=True)]
+    return DomainListing(active, autostart, found)
 
 
-def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> list[tuple[str, str | None]]:
-    """A pool's volumes as (name, XML): one list and one XML each (None: deleted while being
-    read); nothing if the pool stopped or went away meanwhile."""
+def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> Volumes:
+    """A pool's volumes as (name, XML, its `keyed` key): one list and one XML each (None:
+    deleted while being read); nothing if the pool stopped or went away meanwhile."""
     import libvirt
 
     try:
@@ -150,5 +167,10 @@ def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) ->
         if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
             return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
         raise
-    xmls = fetch_all(volumes, fetch or (lambda v: inactive_xml(v, 0)))
-    return [(v.name(), x) for v, x in zip(volumes, xmls, strict=True)]
+    read = fetch or (lambda v: inactive_xml(v, 0))
+    xmls = fetch_all(volumes, lambda v: _with_key(read(v)))
+    return [(v.name(), *x) for v, x in zip(volumes, xmls, strict=True)]
+
+
+def _with_key(xml: str | None) -> tuple[str | None, str | None]:
+    return xml, keyed(xml)

@@ -30,10 +30,12 @@ from virtplan.hosts.fetch import (
     list_domains,
     list_volumes,
     pool_active,
+    xml_key,
 )
-from virtplan.hosts.speccache import SpecCache, xml_key
+from virtplan.hosts.speccache import SpecCache
 
 if TYPE_CHECKING:
+    from virtplan.hosts.fetch import Volumes
     from virtplan.hosts.readahead import ReadAhead
 
 
@@ -224,7 +226,7 @@ def _read_domains(
     (all of them, foreign ones too) each libvirt network should have ports for."""
     active, autostart = listing.active, listing.autostart
     running_nics: Counter[str] = Counter()
-    for name, uuid, xml in listing.xmls:
+    for name, uuid, xml, key in listing.xmls:
         if xml is None:
             continue
         if uuid in active:
@@ -233,7 +235,7 @@ def _read_domains(
         if name not in wanted and not _mine(xml, stack_name):
             state.foreign[name] = xml  # none of this stack's business, unless it uses what the stack deletes
             continue
-        key = xml_key(xml)
+        key = key or xml_key(xml)  # (none was worked out for a document with a password)
         hit = cache.get(key) if cache is not None else None
         spec: VMSpec
         if hit is not None:
@@ -402,17 +404,15 @@ def _read_pools(conn: Any, libvirt: Any, state: HostState, hidden: frozenset[str
     return pools
 
 
-def _read_volumes(
-    volumes: list[tuple[str, str | None]], pool_name: str, state: HostState, cache: SpecCache | None = None
-) -> None:
+def _read_volumes(volumes: Volumes, pool_name: str, state: HostState, cache: SpecCache | None = None) -> None:
     """A pool's volumes from one list call and one XML per volume (`list_volumes`); a
     volume's identity, its path, is read from that XML (`target/path`, the field
     virStorageVolGetPath returns) rather than with one more call per volume. `cache`
     remembers the spec and path of each XML."""
-    for vol_name, xml in volumes:
+    for vol_name, xml, key in volumes:
         if xml is None:
             continue
-        key = xml_key(xml) if cache is not None else ""
+        key = key or xml_key(xml)
         hit = cache.volume(key) if cache is not None else None
         if hit is not None:
             spec, path = hit

@@ -28,11 +28,11 @@ from virtplan.hosts.fetch import DomainListing, domain_xml_flags, inactive_xml, 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from virtplan.hosts.fetch import Volumes
     from virtplan.hosts.ledger import HostLedger
     from virtplan.hosts.reader import ReaderProcess
 
 T = TypeVar("T")
-Volumes = list[tuple[str, str | None]]
 Ledger = tuple[str, str, str]  # records pool, its path, stack key
 
 

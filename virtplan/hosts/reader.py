@@ -30,7 +30,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before t
 if TYPE_CHECKING:
     from typing import Any
 
-    Volumes = list[tuple[str, str | None]]
+    from virtplan.hosts.fetch import Volumes
 
 #: Drivers whose state a daemon keeps (each connection sees the same objects).
 DAEMON_DRIVERS = frozenset({"qemu", "lxc"})
@@ -66,7 +66,9 @@ class ReaderProcess:
     def __init__(self, uri: str, xml_flags: int, pools: list[str]):
         self.xml_flags, self.pools = xml_flags, sorted(pools)
         self._done = threading.Event()
-        self._result: tuple[tuple[list[str], list[str], list[tuple[str, str, str | None]]] | None, dict[str, Any]] = (
+        self._result: tuple[
+            tuple[list[str], list[str], list[tuple[str, str, str | None, str | None]]] | None, dict[str, Any]
+        ] = (
             None,
             {},
         )

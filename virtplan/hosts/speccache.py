@@ -10,7 +10,6 @@ deleting the file only makes the next plan slower.
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import sys
@@ -20,15 +19,13 @@ from typing import Any
 
 from virtplan.documents.parse import Owner
 from virtplan.documents.specs import Spec, VMSpec, generic
+from virtplan.hosts.fetch import xml_key
 
 Entry = tuple[VMSpec, Owner | None]
 #: The file's name in the stack's cache folder. marshal's format may change between Python
 #: versions: each version keeps its own file.
+__all__ = ["FILE_NAME", "SpecCache", "xml_key"]
 FILE_NAME = f"specs.py{sys.version_info[0]}{sys.version_info[1]}.marshal"
-
-
-def xml_key(xml: str) -> str:
-    return hashlib.sha1(xml.encode(), usedforsecurity=False).hexdigest()
 
 
 class SpecCache:
