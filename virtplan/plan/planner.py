@@ -11,6 +11,7 @@ from __future__ import annotations
 import graphlib
 from typing import Any
 
+from virtplan.documents import fastspec
 from virtplan.documents.parse import Spec, parse
 from virtplan.documents.render import Renderer
 from virtplan.errors import FieldError
@@ -65,8 +66,6 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     With the built-in templates it is computed from the render contexts (`fastspec`,
     proven equal to rendering and parsing); with a stack's own templates it is their
     output parsed back, so overrides take part in diffing."""
-    from virtplan.documents import fastspec
-
     if resource.kind == "snapshot":  # no XML of its own: what kind of snapshot it is
         return fastspec.desired(resource, renderer)
     if renderer.stack.template_dir is not None:
