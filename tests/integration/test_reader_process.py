@@ -69,7 +69,7 @@ def test_the_child_hands_over_what_this_process_reads(bed):
             "same_sets": (listing.active, listing.autostart) == (direct.active, direct.autostart),
             "same_volumes": sorted(volumes) == sorted(direct_volumes),
             "domains": len(listing.xmls), "volumes": len(volumes), "missing": missing,
-            "secure": all("s3cret" in x for n, u, x in listing.xmls if n.startswith("rp-")),
+            "secure": all("s3cret" in x for n, u, x, k in listing.xmls if n.startswith("rp-")),
             "autostart": len(listing.autostart),
             "child_gone": not os.path.exists(f"/proc/{{child._pid}}"),
         }}))
