@@ -218,8 +218,11 @@ class Terminal:
 def test_console_attaches_a_terminal_to_the_guest_and_follow_sees_it(env):
     follow = subprocess.Popen(
         [sys.executable, "-m", "virtplan.cli", "console-log", env.stack, "live", "--follow", "--interval", "0.3"],
-        env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env={**env.vars, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip  (faulthandler: a follow that does not end is made to show where it is, below)
     term = Terminal([sys.executable, "-m", "virtplan.cli", "console", env.stack, "live"], env.vars)
     try:
         term.expect("Ctrl-] leaves")
@@ -251,7 +254,13 @@ def test_console_attaches_a_terminal_to_the_guest_and_follow_sees_it(env):
             after += os.read(follow.stdout.fileno(), 65536).decode(errors="replace")
     assert "GUEST ip=" in after, after
     follow.send_signal(signal.SIGINT)
-    assert follow.wait(timeout=30) == 0, "Ctrl-C ends following; it is not an error"
+    try:
+        follow.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        follow.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        follow.wait(timeout=10)
+        raise AssertionError(f"Ctrl-C did not end following; where it was:\n{follow.stderr.read()}") from None
+    assert follow.returncode == 0, "Ctrl-C ends following; it is not an error"
     assert "restarted; its console log starts afresh" in follow.stderr.read()
 
 
