@@ -246,9 +246,11 @@ class Renderer:
         return twin
 
     # -- identities -------------------------------------------------------------------
-    def macs(self, vm: VM) -> list[str]:
-        """The MAC of each NIC: declared, else kept from libvirt, else derived."""
-        kept = self.identities.get(vm.address, _NO_IDENTITY).macs
+    def macs(self, vm: VM, address: str | None = None) -> list[str]:
+        """The MAC of each NIC: declared, else kept from libvirt, else derived (`address`:
+        the VM's, if the caller has it already)."""
+        address = address or vm.address
+        kept = self.identities.get(address, _NO_IDENTITY).macs
         out = []
         for i, nic in enumerate(vm.nics):
             if nic.mac:
@@ -256,7 +258,7 @@ class Renderer:
             elif i < len(kept):
                 out.append(kept[i])
             else:
-                out.append(derived_mac(self.stack.name, vm.address, i))
+                out.append(derived_mac(self.stack.name, address, i))
         return out
 
     def reservations(self, net: Network) -> list[Reservation]:
@@ -334,7 +336,9 @@ class Renderer:
             DiskView(d.volume.pool.name, d.volume.name, d.volume.format, d.bus, d.target or names[i], d.boot)  # type: ignore[union-attr]
             for i, d in enumerate(vm.disks)
         ]
-        macs = self.macs(vm)
+        address = vm.address
+        identity = self.identities.get(address, _NO_IDENTITY)
+        macs = self.macs(vm, address)
         nics = [
             NicView(macs[i], n.model, n.network.name if n.network else None, n.bridge) for i, n in enumerate(vm.nics)
         ]
@@ -352,7 +356,7 @@ class Renderer:
             type=facts.domain_type(vm.host.domain_type, vm.arch),
             arch=guest.arch,
             machine=facts.machine(vm.machine, vm.arch) if (guest.machines or vm.machine) else None,
-            uuid=self.identities.get(vm.address, _NO_IDENTITY).uuid,
+            uuid=identity.uuid,
             disks=disks,
             nics=nics,
             seed=seed,

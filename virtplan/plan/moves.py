@@ -105,7 +105,7 @@ def find_moves(
     """The VMs of `stack` that move, by their (destination) address, and what refuses a
     move; `desired` gives a VM's comparable spec (the planner's) with a renderer; VMs named
     in `skip` are left out."""
-    declared = stack.by_address()
+    declared: dict[str, Any] | None = None  # worked out for the first VM missing from its host
     moves: dict[str, Move] = {}
     errors: list[FieldError] = []
     for vm in stack.vms:
@@ -114,6 +114,7 @@ def find_moves(
         dest = observed[vm.host.name]
         if dest.get("vm", vm.name) is not None:
             continue
+        declared = declared if declared is not None else stack.by_address()
         found = [
             (host, obj)
             for host in observed.values()
