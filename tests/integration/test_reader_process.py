@@ -53,14 +53,17 @@ def run(script: str, env: dict[str, str] | None = None) -> dict:
 def test_the_child_hands_over_what_this_process_reads(bed):
     host, _ = bed
     found = run(f"""
-        import json, os, libvirt
-        from virtplan.hosts.fetch import domain_xml_flags, list_domains, list_volumes
+        import json, os, sys
         from virtplan.hosts.reader import fork_readers
-
-        flags = domain_xml_flags(secure=True)
-        readers = fork_readers({{"h": ({host.uri!r}, [{POOL!r}, "no-such-pool"])}}, flags)
+        readers = fork_readers({{"h": ({host.uri!r}, [{POOL!r}, "no-such-pool"])}}, secure=True)
+        assert "libvirt" not in sys.modules  # forked before this process imports it: the child does
         child = readers["h"]
         listing, volumes, missing = child.domains(), child.volumes({POOL!r}), child.volumes("no-such-pool")
+        import libvirt
+        from virtplan.hosts.fetch import domain_xml_flags, list_domains, list_volumes
+
+        flags = domain_xml_flags(secure=True)
+        assert child.xml_flags == flags
         conn = libvirt.open({host.uri!r})
         direct = list_domains(conn, flags)
         direct_volumes = list_volumes(conn.storagePoolLookupByName({POOL!r}))
@@ -88,7 +91,7 @@ def test_a_stopped_child_hands_over_nothing_and_is_gone(bed):
         import json, os
         from virtplan.hosts.reader import fork_readers
 
-        child = fork_readers({{"h": ({host.uri!r}, [{POOL!r}])}}, 0)["h"]
+        child = fork_readers({{"h": ({host.uri!r}, [{POOL!r}])}}, secure=False)["h"]
         child.stop()
         print(json.dumps({{"domains": child.domains() is None, "volumes": child.volumes({POOL!r}) is None,
                           "gone": not os.path.exists(f"/proc/{{child._pid}}")}}))

@@ -62,15 +62,14 @@ def start(argv: list[str]) -> None:
         hosts = {str(name): (str(uri), [str(p) for p in pools]) for name, uri, pools in hint["hosts"]}
     except (OSError, ValueError, TypeError, KeyError):
         return
+    readers: dict[str, ReaderProcess] = {}
+    if argv[0] in CHANGE_NOTHING:  # (a command that changes hosts reads them again under its lock)
+        from virtplan.hosts.reader import fork_readers
+
+        readers = fork_readers(hosts, secure=True)  # before any thread starts, and before libvirt is imported
     from virtplan.hosts.dialing import Dial, quiet_libvirt
 
     quiet_libvirt()
-    readers: dict[str, ReaderProcess] = {}
-    if argv[0] in CHANGE_NOTHING:  # (a command that changes hosts reads them again under its lock)
-        from virtplan.hosts.fetch import domain_xml_flags
-        from virtplan.hosts.reader import fork_readers
-
-        readers = fork_readers(hosts, domain_xml_flags(secure=True))  # before any thread starts
     for name, (uri, pools) in hosts.items():
         # as soon as it is connected, read what the last valid run read there (its domains
         # and the volumes of `pools`; by a reader process if there is one); `opening` keeps

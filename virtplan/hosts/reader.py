@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 
-from virtplan.hosts.fetch import DomainListing, list_domains, list_volumes, pool_active
+from virtplan.hosts.fetch import DomainListing, domain_xml_flags, list_domains, list_volumes, pool_active
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
 if TYPE_CHECKING:
@@ -46,25 +46,24 @@ def readable_apart(uri: str) -> bool:
     return bool(local) and driver in DAEMON_DRIVERS and hasattr(os, "fork") and threading.active_count() == 1
 
 
-def fork_readers(hosts: dict[str, tuple[str, list[str]]], xml_flags: int) -> dict[str, ReaderProcess]:
+def fork_readers(hosts: dict[str, tuple[str, list[str]]], secure: bool) -> dict[str, ReaderProcess]:
     """A reader process for each host (name -> URI, pools) that `readable_apart` allows,
-    all forked before any thread of this process starts."""
-    readers = {
-        name: ReaderProcess(uri, xml_flags, pools) for name, (uri, pools) in hosts.items() if readable_apart(uri)
-    }
+    all forked before any thread of this process starts (and before it imports libvirt:
+    each child imports it itself, on the core this process is not using yet)."""
+    readers = {name: ReaderProcess(uri, secure, pools) for name, (uri, pools) in hosts.items() if readable_apart(uri)}
     for reader in readers.values():
         reader._start_collecting()
     return readers
 
 
 class ReaderProcess:
-    """A forked child reading a host's domains (XML with `xml_flags`) and the volumes of
-    `pools` on its own connection to `uri`. `domains()` and `volumes(pool)` wait for what
-    it sent; None where it failed (the caller reads for itself). `stop` ends it. Made by
-    `fork_readers`."""
+    """A forked child reading a host's domains (their secure XML if `secure`, see
+    `domain_xml_flags`) and the volumes of `pools` on its own connection to `uri`.
+    `domains()` and `volumes(pool)` wait for what it sent; None where it failed (the caller
+    reads for itself). `stop` ends it. Made by `fork_readers`."""
 
-    def __init__(self, uri: str, xml_flags: int, pools: list[str]):
-        self.xml_flags, self.pools = xml_flags, sorted(pools)
+    def __init__(self, uri: str, secure: bool, pools: list[str]):
+        self.secure, self.pools = secure, sorted(pools)
         self._done = threading.Event()
         self._result: tuple[
             tuple[list[str], list[str], list[tuple[str, str, str | None, str | None]]] | None, dict[str, Any]
@@ -76,7 +75,7 @@ class ReaderProcess:
         self._pid = os.fork()
         if self._pid == 0:  # the child: never returns
             os.close(read_end)
-            _child(write_end, uri, xml_flags, pools)
+            _child(write_end, uri, secure, pools)
         os.close(write_end)
         self._read_end = read_end
         atexit.register(self.stop)  # a command that ends first does not leave it reading
@@ -84,6 +83,11 @@ class ReaderProcess:
     def _start_collecting(self) -> None:
         """Collect what the child sends, even if nobody asks for it (so it never blocks)."""
         threading.Thread(target=self._collect, name="reader-process", daemon=True).start()
+
+    @property
+    def xml_flags(self) -> int:
+        """How it reads domains' XML (libvirt's flags)."""
+        return domain_xml_flags(self.secure)
 
     def domains(self) -> DomainListing | None:
         self._done.wait()
@@ -120,13 +124,17 @@ class ReaderProcess:
         self._done.set()
 
 
-def _child(out: int, uri: str, xml_flags: int, pools: list[str]) -> None:
+def _child(out: int, uri: str, secure: bool, pools: list[str]) -> None:
     """The child's work: read, send, exit (without running this process's exit handlers
     or flushing buffers it inherited)."""
     try:
+        from virtplan.hosts.dialing import quiet_libvirt
+
+        quiet_libvirt()
         import libvirt
 
         conn = libvirt.open(uri)
+        xml_flags = domain_xml_flags(secure)
         volumes: dict[str, Volumes | None] = {}
         # the pools' volumes alongside the domains, as the threads of `ReadAhead` do
         reading = threading.Thread(target=_read_pools, args=(conn, pools, volumes), daemon=True)
