@@ -72,10 +72,14 @@ class ReaderProcess:
             {},
         )
         read_end, write_end = os.pipe()
+        # What the child read goes into a memory file, read here in one call once the
+        # child has exited: through the pipe alone, each 64 KiB would wake a thread of this
+        # process that must take the interpreter lock from a busy main thread.
+        self._data = os.memfd_create("virtplan-reader") if hasattr(os, "memfd_create") else None
         self._pid = os.fork()
         if self._pid == 0:  # the child: never returns
             os.close(read_end)
-            _child(write_end, uri, secure, pools)
+            _child(write_end if self._data is None else self._data, uri, secure, pools)
         os.close(write_end)
         self._read_end = read_end
         atexit.register(self.stop)  # a command that ends first does not leave it reading
@@ -111,12 +115,16 @@ class ReaderProcess:
     def _collect(self) -> None:
         chunks: list[bytes] = []
         try:
-            while chunk := os.read(self._read_end, 1 << 20):
+            while chunk := os.read(self._read_end, 1 << 20):  # until the child exits (with a memory file: nothing)
                 chunks.append(chunk)
+            if self._data is not None:
+                chunks = [os.pread(self._data, os.fstat(self._data).st_size, 0)]
         except OSError:
             chunks = []
         finally:
             os.close(self._read_end)
+            if self._data is not None:
+                os.close(self._data)
             with contextlib.suppress(OSError):
                 os.waitpid(self._pid, 0)
         with contextlib.suppress(EOFError, ValueError, TypeError):  # nothing sent: it failed or was stopped
@@ -125,8 +133,8 @@ class ReaderProcess:
 
 
 def _child(out: int, uri: str, secure: bool, pools: list[str]) -> None:
-    """The child's work: read, send, exit (without running this process's exit handlers
-    or flushing buffers it inherited)."""
+    """The child's work: read, write what it read to `out`, exit (without running this
+    process's exit handlers or flushing buffers it inherited)."""
     try:
         from virtplan.hosts.dialing import quiet_libvirt
 
