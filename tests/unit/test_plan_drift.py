@@ -55,3 +55,17 @@ def test_vanished_undeclared_objects_are_forgotten(tmp_path):
     assert "kvm1/vm/old" in [d.address for d in detect(edited, observed, store, renderer).drifted]
     assert forget_vanished(edited, observed, store) == ["kvm1/vm/old"]
     assert store.get(URI, "kvm1/vm/old") is None
+
+
+def test_what_drifted_is_listed_by_address_whatever_order_the_records_are_in(tmp_path):
+    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    host = observed["kvm1"]
+    for address in reversed(sorted(store.records(URI))):  # written again in reverse order
+        record = store.records(URI)[address]
+        store.forget(URI, address)
+        store.put(URI, address, **record)
+    host.objects[("vm", "db")].spec["state"] = "stopped"
+    host.objects[("network", "lab-net")].spec["domain"] = "x.test"
+    del host.objects[("volume", "lab-pool/data.raw")]
+    addresses = [d.address for d in detect(stack, observed, store, renderer).drifted]
+    assert addresses == sorted(addresses) and len(addresses) == 3

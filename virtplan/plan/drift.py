@@ -102,7 +102,7 @@ def detect(
     report = DriftReport()
     declared = stack.by_address()
     for host in hosts.values():
-        for address, record in sorted(store.view(host.uri).items()):
+        for address, record in store.view(host.uri).items():
             if record.get("pending") or record.get("seed_of") or record.get("log_of"):
                 continue  # being created, or owned through its VM
             if record.get("kind") in ("snapshot", "freeze"):
@@ -144,6 +144,15 @@ def detect(
                 moved = sorted(n for n, v in wanted.items() if n in applied and applied[n] != v)
                 if moved:
                     report.pending.append(Pending(address, moved))
+    # host by host, by address: what was found is sorted, not the thousands of records looked at
+    rank = {name: i for i, name in enumerate(hosts)}
+
+    def order(address: str) -> tuple[int, str]:
+        return rank.get(address.split("/", 1)[0], len(rank)), address
+
+    report.drifted.sort(key=lambda d: order(d.address))
+    report.pending.sort(key=lambda p: order(p.address))
+    report.untracked.sort(key=order)
     return report
 
 
