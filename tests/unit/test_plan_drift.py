@@ -58,12 +58,16 @@ def test_vanished_undeclared_objects_are_forgotten(tmp_path):
 
 
 def test_what_drifted_is_listed_by_address_whatever_order_the_records_are_in(tmp_path):
-    stack, _plan, observed, store, renderer = scenario(tmp_path, "none")
+    stack, _plan, observed, records, renderer = scenario(tmp_path, "none")
     host = observed["kvm1"]
-    for address in reversed(sorted(store.records(URI))):  # written again in reverse order
-        record = store.records(URI)[address]
-        store.forget(URI, address)
-        store.put(URI, address, **record)
+
+    class Reversed:
+        """The same records, handed over in reverse order."""
+
+        def view(self, uri):
+            return dict(reversed(list(records.view(uri).items())))
+
+    store = Reversed()
     host.objects[("vm", "db")].spec["state"] = "stopped"
     host.objects[("network", "lab-net")].spec["domain"] = "x.test"
     del host.objects[("volume", "lab-pool/data.raw")]
