@@ -257,11 +257,20 @@ def test_console_attaches_a_terminal_to_the_guest_and_follow_sees_it(env):
     try:
         follow.wait(timeout=30)
     except subprocess.TimeoutExpired:
+        masks = _signal_masks(follow.pid) + "; this test's process: " + _signal_masks(os.getpid())
         follow.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
         follow.wait(timeout=10)
-        raise AssertionError(f"Ctrl-C did not end following; where it was:\n{follow.stderr.read()}") from None
+        raise AssertionError(f"Ctrl-C did not end following ({masks}); where it was:\n{follow.stderr.read()}") from None
     assert follow.returncode == 0, "Ctrl-C ends following; it is not an error"
     assert "restarted; its console log starts afresh" in follow.stderr.read()
+
+
+def _signal_masks(pid: int) -> str:
+    """Which signals the process blocks, ignores, catches and has pending (from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        return " ".join(
+            line.strip() for line in f if line.startswith(("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"))
+        )
 
 
 def test_console_refuses_a_stopped_vm(env):
