@@ -222,6 +222,7 @@ def test_console_attaches_a_terminal_to_the_guest_and_follow_sees_it(env):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_in_a_terminal,
     )  # fmt: skip  (faulthandler: a follow that does not end is made to show where it is, below)
     term = Terminal([sys.executable, "-m", "virtplan.cli", "console", env.stack, "live"], env.vars)
     try:
@@ -263,6 +264,13 @@ def test_console_attaches_a_terminal_to_the_guest_and_follow_sees_it(env):
         raise AssertionError(f"Ctrl-C did not end following ({masks}); where it was:\n{follow.stderr.read()}") from None
     assert follow.returncode == 0, "Ctrl-C ends following; it is not an error"
     assert "restarted; its console log starts afresh" in follow.stderr.read()
+
+
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as an interactive shell delivers it: a test run started in the background by a
+    non-interactive shell ignores SIGINT (and SIGQUIT), a process started from it inherits
+    that, and Python then installs no KeyboardInterrupt at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_masks(pid: int) -> str:
