@@ -5,7 +5,8 @@ tenth of a second for a thousand VMs), and only then knows which hosts to connec
 (a few hundred milliseconds each over ssh) and what to read there. Both can overlap: the
 hosts and pools that the last valid run of the same stack file needed are kept in the
 cache folder, and the next such command starts connecting to them, and reading them
-ahead, while it imports and runs the program.
+ahead, while it imports and runs the program (a local host, for a command that changes
+nothing, by a child forked first of all: `virtplan.hosts.reader`).
 
 Only when the file's bytes are those that validated then, with the same VIRTPLAN_URI and
 no --host option, so an edited stack contacts no host before it is valid (a module it

@@ -6,8 +6,8 @@ after each libvirt call a thread must take the lock back, and beside a busy main
 waits for it (1000 domains and their volumes: 0.18 s alone, 3.4 s beside a thread that
 computes). A child forked at start-up, before this process has any other thread, has an
 interpreter of its own and a connection of its own; it makes the reads of
-`virtplan.hosts.fetch`, sends what they returned through a pipe as plain values
-(`marshal`) and exits.
+`virtplan.hosts.fetch`, writes what they returned as plain values (`marshal`) into a
+memory file and exits; this process reads the file in one call.
 
 Only for hosts reached through a local socket of a libvirt daemon (`qemu:///system`,
 `qemu+unix://...`): a second connection to them costs milliseconds, over ssh or TLS it
@@ -65,12 +65,8 @@ class ReaderProcess:
     def __init__(self, uri: str, secure: bool, pools: list[str]):
         self.secure, self.pools = secure, sorted(pools)
         self._done = threading.Event()
-        self._result: tuple[
-            tuple[list[str], list[str], list[tuple[str, str, str | None, str | None]]] | None, dict[str, Any]
-        ] = (
-            None,
-            {},
-        )
+        # (active UUIDs, autostart UUIDs, the listing's documents), or None; the volumes by pool
+        self._result: tuple[tuple[list[str], list[str], list[Any]] | None, dict[str, Any]] = (None, {})
         read_end, write_end = os.pipe()
         # What the child read goes into a memory file, read here in one call once the
         # child has exited: through the pipe alone, each 64 KiB would wake a thread of this
