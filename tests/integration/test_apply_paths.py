@@ -171,7 +171,10 @@ def test_failure_stops_with_a_report_and_rerun_converges(env):
         run(body, name="fail")
     report = info.value.report
     assert [o.address for o in report.by_status("failed")] == ["h/vm/bad"]
-    assert "error in h/vm/bad: " in str(info.value) and "write" in str(info.value)
+    # libvirt's reason: QEMU's "Failed to get 'write' lock", or, when libvirt read QEMU's log
+    # before QEMU wrote it (seen under load), only that QEMU quit while starting
+    assert "error in h/vm/bad: " in str(info.value)
+    assert "write" in str(info.value) or "qemu unexpectedly closed the monitor" in str(info.value)
     holder.destroy()
     holder.undefine()
     run(body, name="fail")
