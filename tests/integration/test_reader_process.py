@@ -59,6 +59,9 @@ def test_the_child_hands_over_what_this_process_reads(bed):
         assert "libvirt" not in sys.modules  # forked before this process imports it: the child does
         child = readers["h"]
         listing, volumes, missing = child.domains(), child.volumes({POOL!r}), child.volumes("no-such-pool")
+        signalled = []
+        os.kill = lambda pid, sig: signalled.append(pid)
+        child.stop()  # once reaped, its PID may be another process's: never signalled
         import libvirt
         from virtplan.hosts.fetch import domain_xml_flags, list_domains, list_volumes
 
@@ -75,6 +78,7 @@ def test_the_child_hands_over_what_this_process_reads(bed):
             "secure": all("s3cret" in x for n, u, x, k in listing.xmls if n.startswith("rp-")),
             "autostart": len(listing.autostart),
             "child_gone": not os.path.exists(f"/proc/{{child._pid}}"),
+            "signalled_after_reaped": signalled,
         }}))
     """)
     assert found["same_domains"] and found["same_sets"] and found["same_volumes"]
@@ -83,6 +87,7 @@ def test_the_child_hands_over_what_this_process_reads(bed):
     assert found["secure"]  # read with the flags asked for (the console password, to digest)
     assert found["autostart"] >= (COUNT + 2) // 3
     assert found["child_gone"]  # reaped once it sent
+    assert found["signalled_after_reaped"] == []
 
 
 def test_a_stopped_child_hands_over_nothing_and_is_gone(bed):

@@ -65,6 +65,8 @@ class ReaderProcess:
     def __init__(self, uri: str, secure: bool, pools: list[str]):
         self.secure, self.pools = secure, sorted(pools)
         self._done = threading.Event()
+        self._reaping = threading.Lock()
+        self._reaped = False  # once it is, its PID may be another process's: never signalled
         # (active UUIDs, autostart UUIDs, the listing's documents), or None; the volumes by pool
         self._result: tuple[tuple[list[str], list[str], list[Any]] | None, dict[str, Any]] = (None, {})
         read_end, write_end = os.pipe()
@@ -104,9 +106,10 @@ class ReaderProcess:
 
     def stop(self) -> None:
         """End the child now (its connection goes with it); what it did not send is None."""
-        if not self._done.is_set():
-            with contextlib.suppress(OSError):
-                os.kill(self._pid, signal.SIGKILL)
+        with self._reaping:
+            if not self._reaped:
+                with contextlib.suppress(OSError):
+                    os.kill(self._pid, signal.SIGKILL)
 
     def _collect(self) -> None:
         chunks: list[bytes] = []
@@ -121,8 +124,10 @@ class ReaderProcess:
             os.close(self._read_end)
             if self._data is not None:
                 os.close(self._data)
-            with contextlib.suppress(OSError):
-                os.waitpid(self._pid, 0)
+            with self._reaping:
+                with contextlib.suppress(OSError):  # (it has closed its end: it is exiting)
+                    os.waitpid(self._pid, 0)
+                self._reaped = True
         with contextlib.suppress(EOFError, ValueError, TypeError):  # nothing sent: it failed or was stopped
             self._result = marshal.loads(b"".join(chunks))
         self._done.set()
