@@ -8,6 +8,7 @@ reads it before importing the rest of virtplan).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
@@ -31,6 +32,24 @@ def cache_dir() -> Path:
     from pathlib import Path
 
     return Path(cache_folder())
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write a cache file whole or not at all (a reader never sees half of one): its folder
+    made if need be, the bytes written beside it, then moved over it. Raises OSError."""
+    import tempfile
+
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def stack_cache(stack_key: str, name: str) -> Path:

@@ -7,9 +7,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
+import pytest
 
 from virtplan.documents.parse import Owner, parse_domain
-from virtplan.hosts.speccache import SpecCache, xml_key
+from virtplan.hosts.fetch import xml_key
+from virtplan.hosts.speccache import SpecCache
 
 
 def domain_xml() -> str:
@@ -91,3 +93,21 @@ def test_a_document_with_a_console_password_is_keyed_only_without_it(tmp_path: P
     stripped, password = strip_passwords(xml)
     assert password == "s3cret"
     assert cache.get(xml_key(stripped)) is not None and cache.get(xml_key(xml)) is None
+
+
+def test_a_cache_file_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from virtplan.cache import write_atomically
+
+    target = tmp_path / "new" / "folder" / "file"
+    write_atomically(target, b"first")
+    assert target.read_bytes() == b"first"
+
+    def broken(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, b"second")
+    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["file"]  # no part left behind

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 
-from virtplan.cache import cache_folder
+from virtplan.cache import cache_folder, write_atomically
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the hosts are dialled
 if TYPE_CHECKING:
@@ -143,11 +143,5 @@ def _remember(stack: Stack, hosts: list[list[Any]]) -> None:
     with contextlib.suppress(OSError, ValueError), open(path, encoding="utf-8") as f:
         if json.load(f) == hint:
             return
-    import tempfile
-
     with contextlib.suppress(OSError):  # the cache is disposable: never fail on it
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".hint-")
-        with os.fdopen(fd, "w") as out:
-            json.dump(hint, out)
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(hint).encode())

@@ -442,23 +442,18 @@ class HostLedger:
         data = self._known[seg.name] if seg.name in self._known else fetched.get(seg.name)
         if data is None:
             raise _Vanished(seg.name)
-        doc = segment_memo.load(data)
-        if doc is not None and (doc.get("format"), doc.get("stack"), doc.get("version")) == (
-            FORMAT,
-            self.stack_key,
-            FORMAT_VERSION,
-        ):  # these very bytes, verified before (by this version: else checked again, below)
-            self._known[seg.name] = data
-            return doc
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return None
+        doc = segment_memo.load(data)  # these very bytes, parsed and checksummed before
+        remembered = doc is not None
+        if doc is None:
+            try:
+                doc = json.loads(data)
+            except ValueError:
+                return None
         if (
             not isinstance(doc, dict)
             or doc.get("format") != FORMAT
             or doc.get("stack") != self.stack_key
-            or doc.get("sha256") != _checksum(doc)
+            or (not remembered and doc.get("sha256") != _checksum(doc))
         ):
             return None
         if doc.get("version") != FORMAT_VERSION:
@@ -467,7 +462,8 @@ class HostLedger:
                 f"reads version {FORMAT_VERSION}: upgrade virtplan"
             )
         self._known[seg.name] = data
-        segment_memo.keep(data, doc)
+        if not remembered:
+            segment_memo.keep(data, doc)
         return doc
 
     # writing

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from virtplan.cache import cache_folder
+from virtplan.cache import cache_folder, write_atomically
 
 #: Below this size a segment is parsed and checked faster than its memo is found.
 MIN_SIZE = 64 * 1024
@@ -55,16 +55,9 @@ def keep(data: bytes, doc: dict[str, Any]) -> None:
     """Remember `doc`, verified from `data` (if it is large enough to be worth it)."""
     if len(data) < MIN_SIZE:
         return
-    import tempfile
-
-    folder = _folder()
     with contextlib.suppress(OSError, ValueError):  # a cache that cannot be written costs a parse, nothing else
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".memo-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(marshal.dumps(doc))
-        os.replace(tmp, _path(data))
-        _prune(folder)
+        write_atomically(_path(data), marshal.dumps(doc))
+        _prune(_folder())
 
 
 def _prune(folder: str) -> None:

@@ -11,20 +11,18 @@ deleting the file only makes the next plan slower.
 from __future__ import annotations
 
 import marshal
-import os
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from virtplan.cache import write_atomically
 from virtplan.documents.parse import Owner
 from virtplan.documents.specs import Spec, VMSpec, generic
-from virtplan.hosts.fetch import xml_key
 
 Entry = tuple[VMSpec, Owner | None]
 #: The file's name in the stack's cache folder. marshal's format may change between Python
 #: versions: each version keeps its own file.
-__all__ = ["FILE_NAME", "SpecCache", "xml_key"]
 FILE_NAME = f"specs.py{sys.version_info[0]}{sys.version_info[1]}.marshal"
 
 
@@ -90,13 +88,7 @@ class SpecCache:
             if self.path is None or not (self._dirty or len(self._used) < len(self._entries)):
                 return
             entries = {k: v for k, v in self._entries.items() if k in self._used}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            import tempfile
-
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cache-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(marshal.dumps(entries))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, marshal.dumps(entries))
             self._dirty = False
 
 
