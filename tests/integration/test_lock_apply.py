@@ -111,3 +111,52 @@ def test_lock_of_a_killed_apply_does_not_block(bed):
     assert "Apply complete" in out and time.monotonic() - started < 30
     assert not conn.lookupByName("lk-1").isActive()
     assert "No changes." in cli("plan", str(stack))
+
+
+class _ReleasedMeanwhile:
+    """A connection on which another holder's lock exists when our define is refused and is
+    gone by the time we look it up (the interleaving two applies at once can produce)."""
+
+    def __init__(self, conn, usage: str):
+        self.conn, self.usage, self.clashes = conn, usage, 0
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+    def secretDefineXML(self, xml: str, flags: int = 0):
+        if self.clashes == 0:
+            self.clashes += 1
+            other = self.conn.secretDefineXML(
+                f"<secret ephemeral='yes' private='no'><usage type='tls'><name>{self.usage}</name></usage></secret>"
+            )
+            try:
+                return self.conn.secretDefineXML(xml, flags)  # refused by libvirt: the usage is taken
+            finally:
+                other.undefine()
+        return self.conn.secretDefineXML(xml, flags)
+
+
+def test_a_lock_released_while_we_were_refused_is_taken(bed):
+    from virtplan.hosts.locks import USAGE_PREFIX, Holder, _SecretLock
+
+    conn = bed[3]
+    racy = _ReleasedMeanwhile(conn, USAGE_PREFIX + "released-meanwhile")
+    lock = _SecretLock(racy, "released-meanwhile", "test")
+    try:
+        assert lock.try_acquire(Holder.me())
+        assert racy.clashes == 1  # libvirt did refuse the first define
+        assert lock_holder(conn, "released-meanwhile")["pid"] == os.getpid()
+    finally:
+        lock.release()
+    assert lock_holder(conn, "released-meanwhile") is None
+
+
+def test_a_define_refused_for_another_reason_is_an_error(bed, private_host):
+    from virtplan.hosts.locks import Holder, _SecretLock
+
+    read_only = libvirt.openReadOnly(private_host.uri)
+    try:
+        with pytest.raises(libvirt.libvirtError, match="read only|read-only|forbidden"):
+            _SecretLock(read_only, "read-only", "test").try_acquire(Holder.me())
+    finally:
+        read_only.close()

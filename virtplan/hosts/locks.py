@@ -44,6 +44,7 @@ RENEW = 2.0
 LEASE = 15.0
 POLL = 0.2
 USAGE_PREFIX = "virtplan-lock:"
+CLASH_RETRIES = 5  # defines refused while no holder is seen before the refusal is an error
 
 
 class LockBusy(VirtplanError):
@@ -139,12 +140,19 @@ class _SecretLock:
         root = ET.Element("secret", {"ephemeral": "yes", "private": "no"})
         ET.SubElement(root, "description").text = json.dumps(asdict(me), sort_keys=True)
         ET.SubElement(ET.SubElement(root, "usage", {"type": "tls"}), "name").text = self.usage
-        try:
-            self.secret = self.conn.secretDefineXML(ET.tostring(root, encoding="unicode"), 0)
-        except libvirt.libvirtError:
-            if self.current() is None:
-                raise  # not a clash with a holder: a real error (no secret driver, permissions)
-            return False
+        document = ET.tostring(root, encoding="unicode")
+        for attempt in range(CLASH_RETRIES):
+            try:
+                self.secret = self.conn.secretDefineXML(document, 0)
+                break
+            except libvirt.libvirtError:
+                if self.current() is not None:
+                    return False  # held by another process
+                # Nobody holds it now: either the holder released it between our define and
+                # this lookup (try again), or the define failed for a reason of its own (no
+                # secret driver, permissions), which persists.
+                if attempt == CLASH_RETRIES - 1:
+                    raise
         self.secret.setValue(b"0", 0)
         return True
 
