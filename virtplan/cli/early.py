@@ -67,7 +67,7 @@ def start(argv: list[str]) -> None:
     if argv[0] in CHANGE_NOTHING:  # (a command that changes hosts reads them again under its lock)
         from virtplan.hosts.reader import fork_readers
 
-        readers = fork_readers(hosts, secure=True)  # before any thread starts, and before libvirt is imported
+        readers = fork_readers(hosts, secure=True)  # before any thread starts
     from virtplan.hosts.dialing import Dial, quiet_libvirt
 
     quiet_libvirt()

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 
+from virtplan.hosts.dialing import quiet_libvirt
 from virtplan.hosts.fetch import DomainListing, domain_xml_flags, list_domains, list_volumes, pool_active
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
@@ -48,8 +49,11 @@ def readable_apart(uri: str) -> bool:
 
 def fork_readers(hosts: dict[str, tuple[str, list[str]]], secure: bool) -> dict[str, ReaderProcess]:
     """A reader process for each host (name -> URI, pools) that `readable_apart` allows,
-    all forked before any thread of this process starts (and before it imports libvirt:
-    each child imports it itself, on the core this process is not using yet)."""
+    all forked before any thread of this process starts. libvirt is imported first, once:
+    this process needs it too, and a child that imported it again would spend the CPU the
+    reads and this process's start-up compete for (libvirt starts no thread on import)."""
+    if any(readable_apart(uri) for uri, _ in hosts.values()):
+        quiet_libvirt()
     readers = {name: ReaderProcess(uri, secure, pools) for name, (uri, pools) in hosts.items() if readable_apart(uri)}
     for reader in readers.values():
         reader._start_collecting()
@@ -137,10 +141,7 @@ def _child(out: int, uri: str, secure: bool, pools: list[str]) -> None:
     """The child's work: read, write what it read to `out`, exit (without running this
     process's exit handlers or flushing buffers it inherited)."""
     try:
-        from virtplan.hosts.dialing import quiet_libvirt
-
-        quiet_libvirt()
-        import libvirt
+        import libvirt  # (imported by `fork_readers`, with its log silenced)
 
         conn = libvirt.open(uri)
         xml_flags = domain_xml_flags(secure)
