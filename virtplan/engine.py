@@ -11,7 +11,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +185,8 @@ class Engine:
         if len(hosts) == 1:
             states = [read(hosts[0].name)]
         else:
+            from concurrent.futures import ThreadPoolExecutor  # (not imported by a one-host command)
+
             with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
                 states = list(pool.map(read, [h.name for h in hosts]))
         observed = {s.name: s for s in states if s is not None}

@@ -30,7 +30,16 @@ def test_a_no_op_plan_imports_no_apply_machinery_rendering_or_styling(tmp_path):
     modules, out = _modules(tmp_path, "plan", "empty.py")
     assert "No changes." in out
     assert "virtplan.engine" in modules  # it did plan
-    for heavy in ("pydantic", "rich", "jinja2", "virtplan.apply.executor", "virtplan.hosts.locks"):
+    heavy_modules = (
+        "pydantic",
+        "rich",
+        "jinja2",
+        "virtplan.apply.executor",
+        "virtplan.hosts.locks",
+        "concurrent",
+        "logging",
+    )
+    for heavy in heavy_modules:
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
 
 

@@ -16,17 +16,20 @@ authentication failed, host key verification failed, TLS certificate not trusted
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from virtplan.errors import ConnectionFailed, ConnectionTimedOut
 from virtplan.hosts.dialing import Dial, quiet_libvirt
 
 if TYPE_CHECKING:
     from virtplan.hosts.readahead import ReadAhead
+
+T = TypeVar("T")
 
 TIMEOUT_ENV = "VIRTPLAN_CONNECT_TIMEOUT"
 DEFAULT_TIMEOUT = 30.0
@@ -80,8 +83,8 @@ class Opening:
 
     def __init__(self, hosts: list[tuple[str, str]] | None = None, pools: dict[str, list[str]] | None = None):
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, Future[Any]]] = {}
-        self._ahead: dict[str, Future[ReadAhead]] = {}
+        self._pending: dict[str, tuple[str, Outcome[Any]]] = {}
+        self._ahead: dict[str, Outcome[ReadAhead]] = {}
         self.add(hosts or [], pools or {})
 
     def add(
@@ -105,8 +108,8 @@ class Opening:
                 self._stop(name)
                 stale[1].add_done_callback(_close_result)
             with self._lock:
-                opened: Future[Any] = Future()
-                ahead: Future[ReadAhead] = Future()
+                opened: Outcome[Any] = Outcome()
+                ahead: Outcome[ReadAhead] = Outcome()
                 self._pending[name], self._ahead[name] = (uri, opened), ahead
             dial = dials.pop(name, None)
             if dial is not None and dial.uri != uri:
@@ -174,7 +177,59 @@ class Opening:
             future.add_done_callback(_cancel_reads)
 
 
-def _cancel_reads(future: Future[ReadAhead]) -> None:
+class Outcome(Generic[T]):
+    """A value or an exception, set once by one thread, waited for by others: the part of
+    `concurrent.futures.Future` used here (importing that module imports `logging`, a few
+    milliseconds of every command's start-up). A callback that raises is ignored, as
+    Future ignores it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Outcome[T]], object]] = []
+
+    def set_result(self, value: T) -> None:
+        self._settle(value, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._settle(None, error)
+
+    def _settle(self, value: T | None, error: BaseException | None) -> None:
+        with self._lock:
+            self._value, self._error = value, error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._call(callback)
+
+    def exception(self) -> BaseException | None:
+        """The exception it was given (None if a value), once it is set."""
+        self._done.wait()
+        return self._error
+
+    def result(self) -> T:
+        """The value, once it is set (its exception is raised)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def add_done_callback(self, callback: Callable[[Outcome[T]], object]) -> None:
+        """Call `callback(self)` once it is set (now, if it is)."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        self._call(callback)
+
+    def _call(self, callback: Callable[[Outcome[T]], object]) -> None:
+        with contextlib.suppress(Exception):
+            callback(self)
+
+
+def _cancel_reads(future: Outcome[ReadAhead]) -> None:
     if future.exception() is None:
         future.result().cancel()
 
@@ -183,8 +238,8 @@ def _open_and_read(
     name: str,
     uri: str,
     pools: list[str],
-    opened: Future[Any],
-    ahead: Future[ReadAhead],
+    opened: Outcome[Any],
+    ahead: Outcome[ReadAhead],
     dial: Dial | None = None,
     ledger: tuple[str, str, str] | None = None,
 ) -> None:
