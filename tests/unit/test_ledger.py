@@ -362,3 +362,20 @@ def test_a_view_holds_the_records_as_they_were_without_copying_each() -> None:
     assert set(view) == {"a", "b"}  # what it was when taken
     assert ledger.view() == {"b": {"v": 2}, "c": {"v": 3}}
     assert ledger.view()["b"] is ledger.view()["b"]  # not copied: the records themselves
+
+
+def test_records_read_through_one_view_per_host_without_copies() -> None:
+    from virtplan.hosts.records import HostRecords, RecordsRead
+
+    ledgers = {uri: HostLedger(SlowStore(), "s") for uri in ("qemu:///a", "qemu:///b")}
+    records = HostRecords("s", ledgers.__getitem__)
+    records.put("qemu:///a", "a/volume/p/v", id="/p/v")
+    records.put("qemu:///b", "b/volume/p/v", id="/other")
+    read = RecordsRead(records)
+    first = read.get("qemu:///a", "a/volume/p/v")
+    assert first == {"id": "/p/v"} and read.get("qemu:///b", "b/volume/p/v") == {"id": "/other"}
+    assert read.get("qemu:///a", "a/volume/p/v") is first  # the record itself, not a copy
+    assert read.get("qemu:///a", "nowhere") is None
+    records.put("qemu:///a", "a/volume/p/w", id="/p/w")
+    assert read.get("qemu:///a", "a/volume/p/w") is None  # the view taken at first use
+    assert records.get("qemu:///a", "a/volume/p/w") == {"id": "/p/w"}

@@ -41,6 +41,28 @@ class Records(Protocol):
     def forget(self, uri: str, address: str) -> None: ...
 
 
+class RecordLookup(Protocol):
+    """What reading single records needs (`Records` and `RecordsRead` both have it)."""
+
+    def get(self, uri: str, address: str) -> Record | None: ...
+
+
+class RecordsRead:
+    """A `Records` read record by record without copying each one: one view per host,
+    taken on first use. For code that only reads many records (planning looks up each
+    declared volume's); what it returns must not be changed."""
+
+    def __init__(self, store: Records):
+        self.store = store
+        self._views: dict[str, Mapping[str, Record]] = {}
+
+    def get(self, uri: str, address: str) -> Record | None:
+        view = self._views.get(uri)
+        if view is None:
+            view = self._views[uri] = self.store.view(uri)
+        return view.get(address)
+
+
 class HostRecords:
     """The records of one stack in the ledgers of its hosts (opened on first use)."""
 

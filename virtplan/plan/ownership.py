@@ -23,7 +23,7 @@ from virtplan.documents.parse import Owner
 
 if TYPE_CHECKING:
     from virtplan.hosts.observe import HostState, ObservedObject
-    from virtplan.hosts.records import Records
+    from virtplan.hosts.records import RecordLookup, Records
 
 #: Volume fields that make up its identity (with its path).
 IDENTITY = ("format", "capacity", "backing")
@@ -35,7 +35,7 @@ def mark_key(owner: Owner) -> str:
     return f"{project}/{owner.stack}" if project else owner.stack
 
 
-def owner_stack(obj: ObservedObject, address: str, uri: str, store: Records, stack: str) -> str | None:
+def owner_stack(obj: ObservedObject, address: str, uri: str, store: RecordLookup, stack: str) -> str | None:
     """The key of the stack that owns `obj` as far as virtplan can prove: `stack` (the key
     of the stack whose records `store` holds), another stack's key (marks only), or None
     when the object is foreign or no longer provably anyone's."""

@@ -17,7 +17,7 @@ from virtplan.documents.render import Renderer
 from virtplan.errors import FieldError
 from virtplan.hosts.chains import disk_files
 from virtplan.hosts.observe import HostState, ObservedObject
-from virtplan.hosts.records import Records
+from virtplan.hosts.records import Records, RecordsRead
 from virtplan.model import VM, Network, Pool, Resource, Stack, Volume
 from virtplan.model.order import dependency_rounds
 from virtplan.plan.changes import Action, FieldChange, Plan, PlanError, Reason, ResourceChange
@@ -101,6 +101,7 @@ class _Planner:
         self, stack: Stack, renderer: Renderer, observed: dict[str, HostState], store: Records, replace: set[str]
     ):
         self.stack, self.renderer, self.observed, self.store = stack, renderer, observed, store
+        self.read = RecordsRead(store)  # the records planning only looks at, not copied one by one
         self.replace = replace
         self.errors: list[FieldError] = []
         self.changes: dict[str, ResourceChange] = {}
@@ -145,11 +146,11 @@ class _Planner:
                 self.aliases[alias] = address
 
     def owned(self, obj: ObservedObject, address: str, host: HostState) -> bool:
-        return owner_stack(obj, address, host.uri, self.store, self.stack.key) == self.stack.key
+        return owner_stack(obj, address, host.uri, self.read, self.stack.key) == self.stack.key
 
     def clash(self, resource: Resource | str, obj: ObservedObject, host: HostState, kind: str, key: str) -> None:
         address = resource if isinstance(resource, str) else resource.address
-        other = owner_stack(obj, address, host.uri, self.store, self.stack.key)
+        other = owner_stack(obj, address, host.uri, self.read, self.stack.key)
         if other is not None:
             why = f"it belongs to stack {other!r}"
             fix = "rename it here, or remove it from that stack first"
@@ -227,7 +228,7 @@ class _Planner:
         if obj.problem is not None:
             self.redefine_unreadable(resource, obj, desired, deps)
             return
-        record = self.store.get(host.uri, address) if resource.kind == "volume" else None
+        record = self.read.get(host.uri, address) if resource.kind == "volume" else None
         if record is not None and record.get("pending") and record.get("stage") == "upload":
             # ours, recovered from an interrupted apply, but its bytes may be incomplete
             fields = [FieldChange(k, obj.spec.get(k), v, Policy.REPLACE.value) for k, v in desired.items()]
