@@ -100,7 +100,7 @@ def detect(
     """Compare each object virtplan applied with what the host has now; with `pending`,
     also list the fields the stack changed since the last apply."""
     report = DriftReport()
-    declared = stack.by_address()
+    declared: dict[str, Any] | None = None  # worked out for the first record that needs it
     for host in hosts.values():
         for address, record in store.view(host.uri).items():
             if record.get("pending") or record.get("seed_of") or record.get("log_of"):
@@ -126,15 +126,19 @@ def detect(
                 continue
             if kind == "vm" and obj.spec.get("unplugged"):
                 applied = {"unplugged": [], **applied}  # virtplan never leaves a NIC off its bridge
-            resource = declared.get(address)
-            if kind == "vm" and resource is not None:
-                applied = _keyed_seed(resource, applied, renderer)
+            if kind == "vm" and applied.get("cloud_init"):
+                declared = declared if declared is not None else stack.by_address()
+                applied = _keyed_seed(declared.get(address), applied, renderer)
             # `applied` comes from JSON; the observed spec is compared as JSON would have it
             changed = [
                 (name, applied[name]) for name in sorted(differing(obj.spec, applied))
                 if _norm(obj.spec.get(name)) != applied[name]
             ]  # fmt: skip
-            wanted = _wanted(resource, renderer) if resource is not None and (changed or pending) else {}
+            wanted: dict[str, Any] = {}
+            if changed or pending:
+                declared = declared if declared is not None else stack.by_address()
+                resource = declared.get(address)
+                wanted = _wanted(resource, renderer) if resource is not None else {}
             if changed:
                 fields = [
                     FieldDrift(name, value, _norm(obj.spec.get(name)), wanted.get(name)) for name, value in changed
