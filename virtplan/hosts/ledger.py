@@ -414,7 +414,7 @@ class HostLedger:
         for base in reversed([s for s in segments if s.type == "base"]):  # the newest complete base
             doc = self._doc(base, fetched)
             if doc is not None:
-                records = {a: dict(r) for a, r in doc["records"].items()}
+                records = doc["records"]  # (each document is parsed afresh for this read: ours to change)
                 folded = {*doc.get("folded", []), base.name}
                 start = base
                 break
@@ -433,7 +433,10 @@ class HostLedger:
             for address in doc.get("drop", []):
                 records.pop(address, None)
             for address, fields in doc.get("set", {}).items():
-                records.setdefault(address, {}).update(fields)
+                if address in records:
+                    records[address].update(fields)
+                else:
+                    records[address] = fields
             folded.add(seg.name)
         return records, folded, incomplete
 
