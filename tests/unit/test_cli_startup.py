@@ -38,6 +38,7 @@ def test_a_no_op_plan_imports_no_apply_machinery_rendering_or_styling(tmp_path):
         "virtplan.hosts.locks",
         "concurrent",
         "logging",
+        "virtplan.cli.commands",  # the commands defined elsewhere than cli/app.py
     )
     for heavy in heavy_modules:
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
@@ -47,3 +48,11 @@ def test_version_reports_versions_without_loading_the_engine(tmp_path):
     modules, out = _modules(tmp_path, "--version")
     assert out.startswith("virtplan ") and "libvirt library" in out  # what a bug report needs
     assert "virtplan.engine" not in modules and "virtplan.plan.planner" not in modules
+
+
+def test_a_command_of_the_commands_package_and_help_see_every_command(tmp_path):
+    modules, out = _modules(tmp_path, "validate", "--help")
+    assert "virtplan.cli.commands.validate" in modules and "Usage: virtplan validate" in out
+    _, out = _modules(tmp_path, "--help")
+    for name in ("plan", "apply", "validate", "snapshot", "clone", "console-log"):
+        assert f"  {name} " in out, name

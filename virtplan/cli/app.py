@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +44,10 @@ from virtplan.errors import ApplyInterrupted, OwnershipError, StackLoadError, Vi
 
 INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
 
-app = typer.Typer(
+#: The CLI: the commands defined here, and those of `virtplan.cli.commands`, which are
+#: added on first need (`whole_app`): a command defined here runs without importing them.
+#: Importers get the whole app as `app`.
+_app = typer.Typer(
     no_args_is_help=True,
     help="Infrastructure as code for libvirt: plan, review, apply.\n\n"
     "Shell completion for bash, zsh and fish: `virtplan --install-completion` adds it to your shell's "
@@ -83,7 +87,7 @@ def _show_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
+@_app.callback()
 def _root(
     version: Annotated[
         bool,
@@ -98,7 +102,7 @@ FormatOpt = Annotated[str, typer.Option("--format", help="text, json or markdown
 PLAN_FORMATS = ("text", "json", "markdown")
 
 
-@app.command()
+@_app.command()
 def plan(
     stack: StackArg,
     host: HostOpt = None,
@@ -175,7 +179,7 @@ def plan(
         raise typer.Exit(2)
 
 
-@app.command()
+@_app.command()
 def apply(
     stack: Annotated[Path, typer.Argument(help="Stack program (stacks/demo.py), or a plan saved by `plan --out`")],
     host: HostOpt = None,
@@ -204,7 +208,7 @@ def apply(
               replace=replace, parallel=parallel)  # fmt: skip
 
 
-@app.command()
+@_app.command()
 def destroy(
     stack: StackArg,
     host: HostOpt = None,
@@ -270,7 +274,7 @@ def _apply_saved(path: Path, allow_destroy: bool, lock_timeout: float, parallel:
         applied(report)
 
 
-@app.command()
+@_app.command()
 def show(
     stack: StackArg,
     host: HostOpt = None,
@@ -327,7 +331,7 @@ def _nic_address(nic: dict[str, Any], guest: dict[str, str]) -> str:
     return "(no lease)"
 
 
-@app.command()
+@_app.command()
 def render(
     stack: StackArg,
     host: HostOpt = None,
@@ -356,27 +360,43 @@ def render(
                         typer.echo(content)
 
 
-def _register_command_modules() -> None:
-    from virtplan.cli.commands import register_all
-
-    register_all(app)
+_whole = threading.Lock()
+_registered = False
 
 
-_register_command_modules()
+def whole_app() -> typer.Typer:
+    """The app with every command: those of `virtplan.cli.commands` are registered once,
+    on the first call (importing them costs a command defined here 5 ms)."""
+    global _registered
+    with _whole:
+        if not _registered:
+            from virtplan.cli.commands import register_all
+
+            register_all(_app)
+            _registered = True
+    return _app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return whole_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _command_tree(argv: list[str]) -> Any:
-    """The click command tree of `app`; for `virtplan COMMAND ...`, only that command's branch.
+    """The click command tree of the app; for `virtplan COMMAND ...`, only that command's branch.
 
     typer builds a command by reading its function's signature and evaluating its
     annotations, some milliseconds per command; a command line runs one of them."""
     import copy
 
     name = argv[0] if argv else ""
-    chosen = [c for c in app.registered_commands if _command_name(c) == name]
+    chosen = [c for c in _app.registered_commands if _command_name(c) == name]
+    if len(chosen) != 1:  # not one of this module's: the commands of virtplan.cli.commands too
+        chosen = [c for c in whole_app().registered_commands if _command_name(c) == name]
     if len(chosen) != 1:  # help, a group (snapshot, stack), a typo: the whole tree says what there is
-        return typer.main.get_command(app)
-    branch = copy.copy(app)  # the same settings and root options
+        return typer.main.get_command(_app)
+    branch = copy.copy(_app)  # the same settings and root options
     branch.registered_commands, branch.registered_groups = chosen, []
     return typer.main.get_command(branch)
 

@@ -1,8 +1,9 @@
 """Command groups of the `virtplan` CLI that live outside cli.py.
 
-Each module here defines `register(app)` adding its commands to the typer app; cli.py
-calls every one of them at import. Keep module imports light (typer only): heavy
-imports belong inside the command functions.
+Each module here defines `register(app)` adding its commands to the typer app;
+`virtplan.cli.app.whole_app` calls every one of them, the first time a command line names
+a command not defined in cli/app.py (or asks for help). Keep module imports light (typer
+only): heavy imports belong inside the command functions.
 """
 
 from __future__ import annotations
