@@ -16,6 +16,7 @@ from pathlib import Path
 
 from virtplan.errors import FieldError, ValidationError
 from virtplan.model.fields import PLACEHOLDER, escape_controls, got, problems, text_problem
+from virtplan.model.images import checksum_problems, image_format, is_url, url_source_problems
 from virtplan.model.order import dependency_rounds
 from virtplan.model.resources import (
     DISK_BUSES,
@@ -58,6 +59,7 @@ _DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._:~=<>*-]{0,127}$")
 _TARGET = re.compile(r"^[a-z]{2,3}[a-z]{1,3}$")
+_UNITLESS = re.compile(r"\s*\d+(\.\d+)?\s*")  # a size written as a bare number
 
 
 class _Errors:
@@ -233,8 +235,7 @@ def _check_size(resource: Resource, field: str, value: object, errors: _Errors) 
     if size > MAX_BYTES:
         errors.add(resource, field, f"{value!r} is more than any host has (at most 1PiB)")
         return None
-    unitless = _is_int(value) or (isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value))
-    if unitless and 0 < size < MIB:
+    if 0 < size < MIB and (_is_int(value) or (isinstance(value, str) and _UNITLESS.fullmatch(value))):
         number = str(value).strip()
         errors.add(resource, field, f"{value!r} has no unit, so it means {size} bytes; write {number + 'GiB'!r} "
                                     f"or {number + 'MiB'!r} (or {number + 'B'!r} if you mean bytes)")  # fmt: skip
@@ -410,16 +411,12 @@ def _check_volume(vol: Volume, errors: _Errors) -> None:
     if vol.backing is not None and vol.format != "qcow2":
         errors.add(vol, "format", "a copy-on-write overlay (backing=) must be qcow2")
     _check_host_image_refs(vol, errors)
-    from virtplan.model.images import checksum_problems, is_url, url_source_problems
-
     for field, message in url_source_problems(vol) if is_url(vol.source) else checksum_problems(vol):
         errors.add(vol, field, message)  # a URL is not fetched here: validation stays offline
     if vol.source is not None and not is_url(vol.source) and not Path(vol.source).is_file():
         errors.add(vol, "source", f"image file {vol.source} does not exist")
         return
     if vol.source is not None and not is_url(vol.source) and vol.format in VOLUME_FORMATS:
-        from virtplan.model.images import image_format
-
         actual = image_format(Path(vol.source))
         if actual != vol.format:
             errors.add(vol, "format", f"is {vol.format!r} but {vol.source} is a {actual} image; say format={actual!r}")
@@ -494,6 +491,7 @@ def _check_disks(vm: VM, errors: _Errors, attached: dict[str, str]) -> None:
         errors.add(vm, "disks", f"expected a list of Volume or Disk, {got(vm.disks)}")
         return
     boots: set[int] = set()
+    vm_address = vm.address
     for i, disk in enumerate(vm.disks):
         field = f"disks[{i}]"
         if not isinstance(disk, Disk):
@@ -514,9 +512,10 @@ def _check_disks(vm: VM, errors: _Errors, attached: dict[str, str]) -> None:
                 boots.add(disk.boot)
         if disk.target is not None and (not isinstance(disk.target, str) or not _TARGET.match(disk.target)):
             errors.add(vm, f"{field}.target", f"must be a device name such as 'vdb' or 'sda', {got(disk.target)}")
-        if disk.volume.address in attached:
-            errors.add(vm, field, f"{disk.volume.address} is already a disk of {attached[disk.volume.address]}")
-        attached[disk.volume.address] = vm.address
+        volume = disk.volume.address
+        if volume in attached:
+            errors.add(vm, field, f"{volume} is already a disk of {attached[volume]}")
+        attached[volume] = vm_address
 
 
 def _check_cloud_init(vm: VM, errors: _Errors) -> None:
@@ -721,6 +720,7 @@ def _check_nic(
 def _check_references(stack: Stack, errors: _Errors) -> None:
     declared = set(map(id, stack.resources))
     for resource in stack.managed():
+        host = resource.host  # (a volume's is its pool's: worked out once, not per reference)
         for dep in resource.dependencies():
             if id(dep) not in declared:
                 errors.add(
@@ -728,10 +728,12 @@ def _check_references(stack: Stack, errors: _Errors) -> None:
                     _ref_field(resource, dep),
                     f"refers to {dep.kind} {dep.key!r}, which this stack does not declare",
                 )
-            elif isinstance(dep.host, Host) and isinstance(resource.host, Host) and dep.host is not resource.host:
+                continue
+            dep_host = dep.host
+            if isinstance(dep_host, Host) and isinstance(host, Host) and dep_host is not host:
                 errors.add(
                     resource, _ref_field(resource, dep),
-                    f"refers to {dep.address} on host {dep.host.name!r}, but lives on host {resource.host.name!r}",
+                    f"refers to {dep.address} on host {dep_host.name!r}, but lives on host {host.name!r}",
                 )  # fmt: skip
 
 
