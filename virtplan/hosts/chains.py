@@ -8,7 +8,6 @@ tell apply and the guards which files are frozen and who builds on them.
 from __future__ import annotations
 
 import contextlib
-import html
 import posixpath
 import re
 import xml.etree.ElementTree as ET
@@ -65,6 +64,8 @@ def disk_files(domain_xml: str) -> set[str]:
     try:
         root = ET.fromstring(domain_xml)
     except ET.ParseError:
+        import html  # (only for a definition that does not parse: not imported by every plan)
+
         return {html.unescape(m[1]) for m in re.finditer(r"""\sfile=['"]([^'"]*)['"]""", domain_xml)}
     return {f for disk in root.iterfind("devices/disk") for el in disk.iter("source") if (f := el.get("file"))}
 
