@@ -570,17 +570,18 @@ class VM(Resource):
         """The serial console's log, a file in the seed pool so libvirt can stream it back."""
         return f"{self.name}-console.log"
 
-    def declared(self) -> set[str]:
-        fields = {
-            "type", "vcpus", "max_vcpus", "memory", "max_memory", "firmware", "disks", "nics",
-            "cloud_init", "graphics", "serial", "autostart", "state", "description",
-            "kernel", "initrd", "cmdline", "console_log",
-        }  # fmt: skip
-        if self.machine:
-            fields.add("machine")
-        if self.arch:
-            fields.add("arch")
-        return fields
+    def declared(self) -> frozenset[str]:
+        """Comparable fields this VM pins: all but the machine type and the architecture
+        unless declared (the host's defaults are libvirt's to choose)."""
+        if self.machine or self.arch:
+            return _VM_PINNED | {n for n in ("machine", "arch") if getattr(self, n)}
+        return _VM_PINNED
+
+
+_VM_PINNED = frozenset({
+    "type", "vcpus", "max_vcpus", "memory", "max_memory", "firmware", "disks", "nics", "cloud_init", "graphics",
+    "serial", "autostart", "state", "description", "kernel", "initrd", "cmdline", "console_log",
+})  # fmt: skip
 
 
 def _items(value: object, part: type, plain: type, wrap: Callable[[Any], Any]) -> Any:

@@ -75,8 +75,8 @@ def desired_spec(resource: Resource, renderer: Renderer) -> Spec:
     if isinstance(resource, Volume) and resource.format == "qcow2" and resource.source is None:
         spec["capacity"] = -(-spec["capacity"] // 512) * 512  # qemu-img rounds up to sectors
     if isinstance(resource, (VM, Network, Volume)):  # a pool's fields are all pinned
-        pinned = resource.declared()
-        spec = {k: v for k, v in spec.items() if k in pinned}
+        for name in spec.keys() - resource.declared():  # (a fresh dict: most of its fields stay)
+            del spec[name]
     if isinstance(resource, VM):
         spec.update(state=resource.state, autostart=resource.autostart, unplugged=[])
     elif isinstance(resource, (Network, Pool)):
