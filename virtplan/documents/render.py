@@ -325,11 +325,27 @@ class Renderer:
         """The domain XML; with reveal_secrets=False a VNC/SPICE password is masked."""
         return self._render("domain.xml.j2", vm=vm, d=self.domain_context(vm, reveal_secrets))
 
-    def domain_context(self, vm: VM, reveal_secrets: bool = False) -> DomainContext:
-        """Everything domain.xml.j2 needs beyond the VM itself, resolved against the host."""
+    def hardware(self, vm: VM) -> tuple[str, str, str | None]:
+        """The domain type, architecture and machine type `vm` gets on its host (a
+        ValueError naming the field if the host offers none that fits)."""
         assert vm.host is not None
         facts = self.facts[vm.host.name]
         guest = facts.guest(vm.arch)
+        machine = facts.machine(vm.machine, vm.arch) if (guest.machines or vm.machine) else None
+        return facts.domain_type(vm.host.domain_type, vm.arch), guest.arch, machine
+
+    def graphics_password_digest(self, vm: VM) -> str | None:
+        """The keyed digest of the VM's console password, if it has one."""
+        password = vm.graphics.password if vm.graphics else None
+        return self.secret_digest(vm, password.reveal()) if isinstance(password, Secret) else None
+
+    def vm_seed_digest(self, vm: VM) -> str | None:
+        """The digest of the VM's cloud-init seed, if it has one."""
+        return self.seed_digest(vm) if vm.cloud_init is not None and vm.seed_pool is not None else None
+
+    def domain_context(self, vm: VM, reveal_secrets: bool = False) -> DomainContext:
+        """Everything domain.xml.j2 needs beyond the VM itself, resolved against the host."""
+        domain_type, arch, machine = self.hardware(vm)
         buses = [d.bus for d in vm.disks]
         names = target_names(buses)
         disks = [
@@ -343,29 +359,24 @@ class Renderer:
             NicView(macs[i], n.model, n.network.name if n.network else None, n.bridge) for i, n in enumerate(vm.nics)
         ]
         seed = None
-        seed_digest = None
         if vm.cloud_init is not None and vm.seed_pool is not None:
             scsi_taken = sum(1 for b in buses if b in ("scsi", "sata"))
             seed = SeedView(vm.seed_pool.name, vm.seed_volume_name, target_names(["scsi"] * (scsi_taken + 1))[-1])
-            seed_digest = self.seed_digest(vm)
-        password = vm.graphics.password if vm.graphics else None
         return DomainContext(
             namespace=NAMESPACE,
             stack=self.stack.name,
             project=self.stack.project,
-            type=facts.domain_type(vm.host.domain_type, vm.arch),
-            arch=guest.arch,
-            machine=facts.machine(vm.machine, vm.arch) if (guest.machines or vm.machine) else None,
+            type=domain_type,
+            arch=arch,
+            machine=machine,
             uuid=identity.uuid,
             disks=disks,
             nics=nics,
             seed=seed,
-            seed_digest=seed_digest,
+            seed_digest=self.vm_seed_digest(vm),
             seed_volume=f"{seed.pool}/{seed.volume}" if seed else None,
-            graphics_password=_reveal(password, reveal_secrets),
-            graphics_password_digest=self.secret_digest(vm, password.reveal())
-            if isinstance(password, Secret)
-            else None,
+            graphics_password=_reveal(vm.graphics.password if vm.graphics else None, reveal_secrets),
+            graphics_password_digest=self.graphics_password_digest(vm),
             kernel=volume_path(vm.kernel) if vm.kernel is not None else None,
             initrd=volume_path(vm.initrd) if vm.initrd is not None else None,
             console_log=console_log_path(vm),
