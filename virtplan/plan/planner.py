@@ -90,9 +90,8 @@ def ordered(resources: list[Resource]) -> list[Resource]:
     """Dependencies first, in rounds: a resource comes in the round after the last of its
     dependencies (the first round: those without any); within a round, networks and pools,
     then volumes, then VMs, in declaration order. Raises graphlib.CycleError on a cycle."""
-    position = {id(r): i for i, r in enumerate(resources)}
     rounds = dependency_rounds(resources)
-    return sorted(resources, key=lambda r: (rounds[id(r)], KIND_ORDER[r.kind], position[id(r)]))
+    return sorted(resources, key=lambda r: (rounds[id(r)], KIND_ORDER[r.kind]))  # stable: declaration order kept
 
 
 # -- the planner ------------------------------------------------------------------------
