@@ -115,6 +115,8 @@ class _Planner:
 
     def unknown(self, resource: Resource) -> bool:
         """A VM (or one of its disks) that may be on a host that was not read."""
+        if not self.unknown_vms:  # (every host was read: the usual plan)
+            return False
         if isinstance(resource, VM):
             return resource.name in self.unknown_vms
         return resource.key in self.unknown_disks()
@@ -192,9 +194,9 @@ class _Planner:
 
     def _plan_resource(self, resource: Resource, address: str) -> None:
         assert resource.host is not None
-        if resource.host.name not in self.observed or self.unknown(resource):
+        host = self.observed.get(resource.host.name)
+        if host is None or self.unknown(resource):
             return  # its host (or one it may be on) was not read: `plan --keep-going`
-        host = self.observed[resource.host.name]
         obj = host.get(resource.kind, resource.key)
         # the changes it waits for (none yet: a plan without changes works none of them out)
         deps = [a for a in (d.address for d in resource.dependencies()) if a in self.changes] if self.changes else []
