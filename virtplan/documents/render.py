@@ -111,6 +111,8 @@ _NO_IDENTITY = Identity()
 
 @dataclass
 class DiskView:
+    """A disk as domain.xml.j2 writes it: its volume and format, bus, device name, boot order."""
+
     pool: str
     volume: str
     format: str
@@ -121,6 +123,8 @@ class DiskView:
 
 @dataclass
 class NicView:
+    """A NIC as domain.xml.j2 writes it: MAC, model, and its network or host bridge."""
+
     mac: str
     model: str
     network: str | None
@@ -129,6 +133,8 @@ class NicView:
 
 @dataclass
 class SeedView:
+    """The cloud-init seed volume as domain.xml.j2 attaches it (a SCSI CD-ROM)."""
+
     pool: str
     volume: str
     target: str
@@ -136,6 +142,8 @@ class SeedView:
 
 @dataclass
 class DomainContext:
+    """Everything domain.xml.j2 needs beyond the VM itself (see `Renderer.domain_context`)."""
+
     namespace: str
     stack: str
     project: str
@@ -161,6 +169,8 @@ class DomainContext:
 
 @dataclass
 class Reservation:
+    """A DHCP reservation: the NIC's MAC, the VM's name, the fixed IP."""
+
     mac: str
     name: str
     ip: str
@@ -168,6 +178,8 @@ class Reservation:
 
 @dataclass
 class NetworkContext:
+    """Everything network.xml.j2 needs beyond the network itself."""
+
     namespace: str
     stack: str
     project: str
@@ -178,6 +190,8 @@ class NetworkContext:
 
 @dataclass
 class VolumeContext:
+    """Everything volume.xml.j2 needs beyond the volume itself."""
+
     capacity: int
     format: str
     backing_path: str | None

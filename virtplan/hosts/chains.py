@@ -26,6 +26,8 @@ class LayerError(VirtplanError):
 # -- reading a domain's disks -----------------------------------------------------------
 @dataclass
 class DiskInfo:
+    """A writable disk of a VM, resolved to the file it writes to."""
+
     target: str
     top: str  # the file the VM writes to
     format: str

@@ -75,6 +75,8 @@ def stack_key_of(file_part: str) -> str:
 
 @dataclass(frozen=True)
 class Segment:
+    """One segment of a ledger, as its volume name tells (`segment_name`)."""
+
     key: str  # the stack's file key
     seq: int
     type: str  # base | delta

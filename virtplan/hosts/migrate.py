@@ -75,6 +75,8 @@ class Overlay:
 
 @dataclass
 class Migration:
+    """What moving a stack's local records into its hosts' ledgers did."""
+
     moved: int = 0
     restamped: list[str] = field(default_factory=list)
     left: int = 0  # records for hosts this stack no longer has

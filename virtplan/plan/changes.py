@@ -71,6 +71,8 @@ SYMBOLS = {
 
 @dataclass
 class FieldChange:
+    """One field a change sets: its value before and after, and the policy that applies."""
+
     field: str
     before: Any
     after: Any
@@ -79,6 +81,8 @@ class FieldChange:
 
 @dataclass
 class ResourceChange:
+    """One change of a plan: what it does to which object, why, and what it waits for."""
+
     address: str
     host: str
     kind: str

@@ -30,6 +30,8 @@ MISSING = "missing (deleted outside virtplan)"
 
 @dataclass
 class FieldDrift:
+    """One field changed outside virtplan: as applied, as found, as declared now."""
+
     field: str
     applied: Any  # what virtplan last applied
     actual: Any  # what the host has now
@@ -78,6 +80,8 @@ class Pending:
 
 @dataclass
 class DriftReport:
+    """What drift found: objects changed outside virtplan, pending changes, untracked objects."""
+
     drifted: list[Drift] = field(default_factory=list)
     pending: list[Pending] = field(default_factory=list)
     untracked: list[str] = field(default_factory=list)  # owned, but applied before records

@@ -45,6 +45,8 @@ _MOVE_FIELDS = {"state", "autostart", "type", "unplugged"}
 
 @dataclass
 class MovedDisk:
+    """One disk of a VM that changes host: what the move copies or finds for it."""
+
     key: str  # "pool/name", the same on both hosts
     source_address: str
     dest_address: str
@@ -61,6 +63,8 @@ class MovedDisk:
 
 @dataclass
 class Move:
+    """A VM that changes host: how (live or stopped), its disks, what is cleaned up after."""
+
     vm: VM  # as declared on the destination
     source: HostState
     obj: ObservedObject  # the domain on the source
