@@ -26,7 +26,7 @@ Every process runs with byte-code caching on (PYTHONDONTWRITEBYTECODE is removed
 environment, and each checkout is compiled first, as `pip install` does), its own virtplan
 cache folder, and one untimed warm-up run per side and phase.
 
-    .venv/bin/python bench/whole_process.py                    # all phases (about an hour here)
+    .venv/bin/python bench/whole_process.py                    # all phases (20 to 40 minutes here)
     .venv/bin/python bench/whole_process.py --quick            # N=10 and a no-op at N=50 (minutes)
     .venv/bin/python bench/whole_process.py --before 27d6b17 --phases noop --noop-sizes 50 1000
     options: --sizes 10 50  --noop-sizes 50 1000  --memory-sizes 1000 5000 10000  --rounds 5
