@@ -296,14 +296,13 @@ class Engine:
                 old = f"{r.host.name}/{r.kind}/{r.renamed_from}"
                 if old in identities:
                     identities[r.address] = identities[old]
-        declared: dict[str, Any] | None = None  # worked out for the first VM not found where declared
+        declared = functools.cache(self.stack.by_address)  # worked out for the first VM not found where declared
         for vm in self.stack.vms:  # a VM that moves keeps its UUID and MACs on its new host
             if vm.address in identities or vm.host is None or vm.host.name not in observed:
                 continue
-            declared = declared if declared is not None else self.stack.by_address()
             for host in observed.values():
                 moved = f"{host.name}/vm/{vm.name}"
-                if moved in identities and moved not in declared:
+                if moved in identities and moved not in declared():
                     identities[vm.address] = identities[moved]
                     break
         return Renderer(self.stack, {h.name: h.facts for h in observed.values()}, identities, keys)

@@ -49,10 +49,7 @@ def desired_domain(vm: VM, r: Renderer) -> VMSpec:
         "memory": vm.memory_bytes // 1024 * 1024,
         "max_memory": vm.max_memory_bytes // 1024 * 1024,
         "firmware": vm.firmware,
-        "disks": [
-            DiskSpec(volume=f"{d.volume.pool.name}/{d.volume.name}", device="disk", bus=d.bus, boot=d.boot or None)  # type: ignore[union-attr]
-            for d in vm.disks
-        ],
+        "disks": [DiskSpec(volume=d.volume.key, device="disk", bus=d.bus, boot=d.boot or None) for d in vm.disks],
         "nics": [
             NicSpec(network=n.network.name if n.network else None, bridge=n.bridge, model=n.model, mac=macs[i])
             for i, n in enumerate(vm.nics)

@@ -52,9 +52,10 @@ def fork_readers(hosts: dict[str, tuple[str, list[str]]], secure: bool) -> dict[
     all forked before any thread of this process starts. libvirt is imported first, once:
     this process needs it too, and a child that imported it again would spend the CPU the
     reads and this process's start-up compete for (libvirt starts no thread on import)."""
-    if any(readable_apart(uri) for uri, _ in hosts.values()):
+    apart = {name: (uri, pools) for name, (uri, pools) in hosts.items() if readable_apart(uri)}
+    if apart:
         quiet_libvirt()
-    readers = {name: ReaderProcess(uri, secure, pools) for name, (uri, pools) in hosts.items() if readable_apart(uri)}
+    readers = {name: ReaderProcess(uri, secure, pools) for name, (uri, pools) in apart.items()}
     for reader in readers.values():
         reader._start_collecting()
     return readers

@@ -15,6 +15,7 @@ the guest's balloon driver.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ def detect(
     """Compare each object virtplan applied with what the host has now; with `pending`,
     also list the fields the stack changed since the last apply."""
     report = DriftReport()
-    declared: dict[str, Any] | None = None  # worked out for the first record that needs it
+    declared = functools.cache(stack.by_address)  # worked out for the first record that needs it
     for host in hosts.values():
         for address, record in store.view(host.uri).items():
             if record.get("pending") or record.get("seed_of") or record.get("log_of"):
@@ -131,8 +132,7 @@ def detect(
             if kind == "vm" and obj.spec.get("unplugged"):
                 applied = {"unplugged": [], **applied}  # virtplan never leaves a NIC off its bridge
             if kind == "vm" and applied.get("cloud_init"):
-                declared = declared if declared is not None else stack.by_address()
-                applied = _keyed_seed(declared.get(address), applied, renderer)
+                applied = _keyed_seed(declared().get(address), applied, renderer)
             # `applied` comes from JSON; the observed spec is compared as JSON would have it
             changed = [
                 (name, applied[name]) for name in sorted(differing(obj.spec, applied))
@@ -140,8 +140,7 @@ def detect(
             ]  # fmt: skip
             wanted: dict[str, Any] = {}
             if changed or pending:
-                declared = declared if declared is not None else stack.by_address()
-                resource = declared.get(address)
+                resource = declared().get(address)
                 wanted = _wanted(resource, renderer) if resource is not None else {}
             if changed:
                 fields = [

@@ -25,6 +25,7 @@ change), and so are VMs with snapshots or frozen layers, whose chains cannot be 
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def find_moves(
     """The VMs of `stack` that move, by their (destination) address, and what refuses a
     move; `desired` gives a VM's comparable spec (the planner's) with a renderer; VMs named
     in `skip` are left out."""
-    declared: dict[str, Any] | None = None  # worked out for the first VM missing from its host
+    declared = functools.cache(stack.by_address)  # worked out for the first VM missing from its host
     moves: dict[str, Move] = {}
     errors: list[FieldError] = []
     for vm in stack.vms:
@@ -118,13 +119,12 @@ def find_moves(
         dest = observed[vm.host.name]
         if dest.get("vm", vm.name) is not None:
             continue
-        declared = declared if declared is not None else stack.by_address()
         found = [
             (host, obj)
             for host in observed.values()
             if host.name != dest.name
             and (obj := host.get("vm", vm.name)) is not None
-            and f"{host.name}/vm/{vm.name}" not in declared
+            and f"{host.name}/vm/{vm.name}" not in declared()
             and owner_stack(obj, f"{host.name}/vm/{vm.name}", host.uri, store, stack.key) == stack.key
         ]
         if not found:
@@ -135,9 +135,8 @@ def find_moves(
                                      "delete all but one of them (virsh undefine), then plan again"))  # fmt: skip
             continue
         source, obj = found[0]
-        move, problems = _move(
-            vm, source, obj, dest, stack, renderer, store, declared, desired(vm, renderer.keyed_as_on(vm, source.name))
-        )  # its secrets as keyed there
+        wanted = desired(vm, renderer.keyed_as_on(vm, source.name))  # its secrets as keyed there
+        move, problems = _move(vm, source, obj, dest, stack, renderer, store, declared(), wanted)
         errors += problems
         if move is not None and not problems:
             moves[vm.address] = move
