@@ -1,7 +1,8 @@
 """A local host read by a child process (`virtplan.hosts.reader`), against a real libvirtd.
 
 What the child hands over is what this process reads itself on its own connection; a
-stopped child hands over nothing (observe then reads for itself) and leaves no process;
+stopped child hands over nothing (observe then reads for itself) and leaves no process; what
+a child that stops midway did not send is read here, and the order is the same;
 a no-op `virtplan plan` of an unchanged stack file reads through a child, and sees a
 change made behind its back.
 """
@@ -57,7 +58,15 @@ def test_the_child_hands_over_what_this_process_reads(bed):
         from virtplan.hosts.reader import fork_readers
         readers = fork_readers({{"h": ({host.uri!r}, [{POOL!r}, "no-such-pool"])}}, secure=True)
         child = readers["h"]
-        listing, volumes, missing = child.domains(), child.volumes({POOL!r}), child.volumes("no-such-pool")
+
+        def unused(*key):
+            raise AssertionError(f"{{key}} was not sent")
+
+        listing = child.domains(unused)
+        listing.xmls = list(listing.xmls)
+        volumes = list(child.volumes({POOL!r}, unused))
+        missing = child.volumes("no-such-pool", unused)
+        child.stop()  # ends and reaps it
         signalled = []
         os.kill = lambda pid, sig: signalled.append(pid)
         child.stop()  # once reaped, its PID may be another process's: never signalled
@@ -85,7 +94,7 @@ def test_the_child_hands_over_what_this_process_reads(bed):
     assert found["missing"] is None  # not read there: observe reads (and reports) it itself
     assert found["secure"]  # read with the flags asked for (the console password, to digest)
     assert found["autostart"] >= (COUNT + 2) // 3
-    assert found["child_gone"]  # reaped once it sent
+    assert found["child_gone"]  # reaped
     assert found["signalled_after_reaped"] == []
 
 
@@ -97,10 +106,55 @@ def test_a_stopped_child_hands_over_nothing_and_is_gone(bed):
 
         child = fork_readers({{"h": ({host.uri!r}, [{POOL!r}])}}, secure=False)["h"]
         child.stop()
-        print(json.dumps({{"domains": child.domains() is None, "volumes": child.volumes({POOL!r}) is None,
+        print(json.dumps({{"domains": child.domains(print) is None, "volumes": child.volumes({POOL!r}, print) is None,
                           "gone": not os.path.exists(f"/proc/{{child._pid}}")}}))
     """)
     assert found == {"domains": True, "volumes": True, "gone": True}
+
+
+def test_what_a_child_stopped_midway_did_not_send_is_read_by_fill_in_order(bed):
+    host, _ = bed
+    found = run(f"""
+        import json, os, threading
+        import virtplan.hosts.reader as reader
+        from virtplan.hosts.fetch import domain_xml_flags, list_domains, list_volumes, with_key, inactive_xml
+        import libvirt
+
+        # the child stops itself after sending its first run of domain documents
+        sender = reader._Sender.__call__
+        def once(self, *message):
+            sender(self, *message)
+            if message[0] == "part" and message[1] is None:
+                os._exit(0)
+        reader._Sender.__call__ = once
+        child = reader.fork_readers({{"h": ({host.uri!r}, [{POOL!r}])}}, secure=True)["h"]
+        conn = libvirt.open({host.uri!r})
+        flags = domain_xml_flags(secure=True)
+        filled, filled_volumes = [], []
+
+        def fill_domain(name, uuid):
+            filled.append(name)
+            return with_key(inactive_xml(conn.lookupByUUIDString(uuid), flags))
+
+        def fill_volume(pool, name):
+            filled_volumes.append(name)
+            return with_key(inactive_xml(conn.storagePoolLookupByName(pool).storageVolLookupByName(name), 0))
+
+        listing = child.domains(fill_domain)
+        xmls = list(listing.xmls)
+        volumes = child.volumes({POOL!r}, fill_volume)
+        volumes = None if volumes is None else list(volumes)
+        direct = list_domains(conn, flags)
+        print(json.dumps({{
+            "same_domains": xmls == direct.xmls,
+            "same_volumes": volumes is None or sorted(volumes) == sorted(list_volumes(conn.storagePoolLookupByName({POOL!r}))),
+            "filled": len(filled), "domains": len(xmls),
+            "gone": not os.path.exists(f"/proc/{{child._pid}}"),
+        }}))
+    """)
+    assert found["same_domains"] and found["same_volumes"]  # in the order listed, as if read here
+    assert 0 < found["filled"] < found["domains"]  # the first run came from the child, the rest from fill
+    assert found["gone"]  # reaped once it exited
 
 
 def test_a_noop_plan_reads_through_a_child_and_sees_changes_behind_its_back(bed, tmp_path):

@@ -13,12 +13,13 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any, TypeVar
 
     T = TypeVar("T")
-    #: A pool's volumes: (name, XML or None if deleted while being read, its `keyed` key).
-    Volumes = list[tuple[str, str | None, str | None]]
+    #: A pool's volumes: (name, XML or None if deleted while being read, its `keyed` key);
+    #: iterated once (a reader process may still be sending them, see `virtplan.hosts.reader`).
+    Volumes = Iterable[tuple[str, str | None, str | None]]
 
 #: libvirt's "no such domain / network / storage pool / storage volume": deleted meanwhile.
 GONE = (42, 43, 49, 50)
@@ -47,13 +48,19 @@ _SEQUENTIAL_BELOW = 32
 _CHUNK = 16
 
 
-def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
+def fetch_all(
+    objects: list[Any], fetch: Callable[[Any], T], done: Callable[[int, list[T]], None] | None = None
+) -> list[T]:
     """fetch(obj) for every object, in order; the first exception raised is raised. Many
     objects are fetched over a few concurrent calls on the same connection (libvirt
     multiplexes calls on one connection and libvirtd serves them from a worker pool),
-    which beats one-by-one round trips."""
+    which beats one-by-one round trips. `done(start, results)` is told each run of
+    consecutive results as soon as it is fetched (from the fetching thread)."""
     if len(objects) < _SEQUENTIAL_BELOW:
-        return [fetch(o) for o in objects]
+        found = [fetch(o) for o in objects]
+        if done is not None:
+            done(0, found)
+        return found
     results: list[Any] = [None] * len(objects)
     starts = iter(range(0, len(objects), _CHUNK))
     lock = threading.Lock()
@@ -66,8 +73,11 @@ def fetch_all(objects: list[Any], fetch: Callable[[Any], T]) -> list[T]:
             if start is None:
                 return
             try:
-                for i in range(start, min(start + _CHUNK, len(objects))):
+                end = min(start + _CHUNK, len(objects))
+                for i in range(start, end):
                     results[i] = fetch(objects[i])
+                if done is not None:
+                    done(start, results[start:end])
             except BaseException as exc:  # raised by the caller's thread, below
                 with lock:
                     failures.append(exc)
@@ -97,12 +107,13 @@ def keyed(xml: str | None) -> str | None:
 
 class DomainListing:
     """A host's persistent domains as (name, UUID, XML (None: deleted while being read),
-    its `keyed` key), and the UUIDs of those running and those started at boot. Plain
-    values: no libvirt object, so it can come from another process (`virtplan.hosts.reader`)."""
+    its `keyed` key), iterated once, and the UUIDs of those running and those started at
+    boot. Plain values: no libvirt object, so it can come from another process, still
+    sending the XML while it is iterated (`virtplan.hosts.reader`)."""
 
     __slots__ = ("active", "autostart", "xmls")
 
-    def __init__(self, active: set[str], autostart: set[str], xmls: list[tuple[str, str, str | None, str | None]]):
+    def __init__(self, active: set[str], autostart: set[str], xmls: Iterable[tuple[str, str, str | None, str | None]]):
         self.active, self.autostart, self.xmls = active, autostart, xmls
 
 
@@ -142,35 +153,50 @@ def pool_active(pool: Any) -> bool:
         raise
 
 
-def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:
-    """A host's domains: three lists and one XML each (`fetch` replaces the XML call, e.g.
-    to stop early)."""
+def domain_lists(conn: Any) -> tuple[set[str], set[str], list[Any]]:
+    """The UUIDs of the running domains, of those started at boot, and the persistent
+    domains (libvirt objects): three list calls."""
     import libvirt
 
     active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
     autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
-    domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+    return active, autostart, conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+
+
+def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] | None = None) -> DomainListing:
+    """A host's domains: three lists and one XML each (`fetch` replaces the XML call, e.g.
+    to stop early)."""
+    active, autostart, domains = domain_lists(conn)
     read = fetch or (lambda d: inactive_xml(d, xml_flags))
-    xmls = fetch_all(domains, lambda d: _with_key(read(d)))
+    xmls = fetch_all(domains, lambda d: with_key(read(d)))
     found = [(d.name(), d.UUIDString(), *x) for d, x in zip(domains, xmls, strict=True)]
     return DomainListing(active, autostart, found)
 
 
-def list_volumes(pool: Any, fetch: Callable[[Any], str | None] | None = None) -> Volumes:
-    """A pool's volumes as (name, XML, its `keyed` key): one list and one XML each (None:
-    deleted while being read); nothing if the pool stopped or went away meanwhile."""
+def pool_volumes(pool: Any) -> list[Any]:
+    """A pool's volumes (libvirt objects): one list call; none if the pool stopped or went
+    away since it was listed (Pulumi deletes in parallel)."""
     import libvirt
 
     try:
-        volumes = again_if_lost(pool.listAllVolumes)
+        return list(again_if_lost(pool.listAllVolumes))
     except libvirt.libvirtError as exc:
         if exc.get_error_code() in (*GONE, libvirt.VIR_ERR_OPERATION_INVALID):
-            return []  # stopped or deleted since it was listed (Pulumi deletes in parallel)
+            return []
         raise
+
+
+def list_volumes(
+    pool: Any, fetch: Callable[[Any], str | None] | None = None
+) -> list[tuple[str, str | None, str | None]]:
+    """A pool's volumes as (name, XML, its `keyed` key): one list and one XML each (None:
+    deleted while being read); nothing if the pool stopped or went away meanwhile."""
+    volumes = pool_volumes(pool)
     read = fetch or (lambda v: inactive_xml(v, 0))
-    xmls = fetch_all(volumes, lambda v: _with_key(read(v)))
+    xmls = fetch_all(volumes, lambda v: with_key(read(v)))
     return [(v.name(), *x) for v, x in zip(volumes, xmls, strict=True)]
 
 
-def _with_key(xml: str | None) -> tuple[str | None, str | None]:
+def with_key(xml: str | None) -> tuple[str | None, str | None]:
+    """A fetched document and its `keyed` key."""
     return xml, keyed(xml)

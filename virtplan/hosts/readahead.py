@@ -8,7 +8,8 @@ Python work instead of following it.
 What is read ahead is exactly what `virtplan.hosts.observe` would read itself, a moment
 earlier: on the same connection, or, for a local host read by a command that changes
 nothing, by a child process on its own connection (`virtplan.hosts.reader`: away from
-this process's interpreter lock); it is handed over once. If the
+this process's interpreter lock; its documents arrive as observe goes through them, and
+what it did not send is read on this connection); it is handed over once. If the
 read ahead failed, or read other flags or pools than asked, observe reads for itself, so
 the result never depends on it. A command that takes the stack's lock (apply) drops what
 was read before it: another apply may have changed the hosts while it waited.
@@ -23,7 +24,17 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Generic, TypeVar  # imported by libvirt already
 
-from virtplan.hosts.fetch import DomainListing, domain_xml_flags, inactive_xml, list_domains, list_volumes, pool_active
+from virtplan.hosts.fetch import (
+    GONE,
+    DomainListing,
+    again_if_lost,
+    domain_xml_flags,
+    inactive_xml,
+    list_domains,
+    list_volumes,
+    pool_active,
+    with_key,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,8 +73,10 @@ class ReadAhead:
         self._domains: _Later[DomainListing | None] | None
         self._volumes: dict[str, _Later[Volumes | None] | None]
         if self._child is not None:  # read by that process, handed over by these threads
-            self._domains = self._start(self._child.domains)
-            self._volumes = {name: self._start(functools.partial(self._child.volumes, name)) for name in pools}
+            self._domains = self._start(functools.partial(self._child.domains, self._fill_domain))
+            self._volumes = {
+                name: self._start(functools.partial(self._child.volumes, name, self._fill_volume)) for name in pools
+            }
         else:
             fetch = self._unless_cancelled(xml_flags)
             self._domains = self._start(lambda: list_domains(conn, xml_flags, fetch))
@@ -123,6 +136,16 @@ class ReadAhead:
         ledger.records()  # read now
         return ledger
 
+    def _fill_domain(self, name: str, uuid: str) -> tuple[str | None, str | None]:
+        """A domain the reader process did not send, read on this connection."""
+        return with_key(_gone_or(lambda: inactive_xml(self._conn.lookupByUUIDString(uuid), self._flags)))
+
+    def _fill_volume(self, pool: str, name: str) -> tuple[str | None, str | None]:
+        """A volume the reader process did not send, read on this connection."""
+        return with_key(
+            _gone_or(lambda: inactive_xml(self._conn.storagePoolLookupByName(pool).storageVolLookupByName(name), 0))
+        )
+
     def _pool(self, conn: Any, name: str) -> Volumes | None:
         pool = conn.storagePoolLookupByName(name)
         return list_volumes(pool, self._unless_cancelled(0)) if pool_active(pool) else None
@@ -171,6 +194,18 @@ def close_connection(conn: Any, wait: float = 60.0) -> None:
 def _close(conn: Any) -> None:
     with contextlib.suppress(Exception):  # closing what nobody uses any more: nothing to report
         conn.close()
+
+
+def _gone_or(read: Callable[[], str | None]) -> str | None:
+    """read(), or None if what it looks up was deleted meanwhile."""
+    import libvirt
+
+    try:
+        return again_if_lost(read)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() in GONE:
+            return None
+        raise
 
 
 class _Cancelled(Exception):
