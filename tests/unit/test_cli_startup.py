@@ -45,6 +45,26 @@ def test_a_no_op_plan_imports_no_apply_machinery_rendering_or_styling(tmp_path):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in modules), heavy
 
 
+def test_plan_of_a_file_alone_runs_without_the_command_line_parser_and_says_the_same(tmp_path):
+    (tmp_path / "empty.py").write_text('from virtplan import Host\nHost("local", "test:///default")\n')
+    direct, out = _modules(tmp_path, "plan", "empty.py")
+    parsed, parsed_out = _modules(tmp_path, "plan", "empty.py", "--format", "text")  # an option: typer parses
+    assert not any(m == "typer" or m.startswith(("typer.", "click")) for m in direct)
+    assert "typer" in parsed
+    assert out == parsed_out and "No changes." in out
+    for args in (["plan", "missing.py"], ["plan", "missing.py", "--debug"]):  # errors: the same line, the same code
+        runs = [subprocess.run([sys.executable, "-m", "virtplan.cli", *a], cwd=tmp_path, capture_output=True,
+                               text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+                                               "PYTHONPATH": str(REPO)})
+                for a in (args, [*args, "--format", "text"])]  # fmt: skip
+        assert runs[0].returncode == runs[1].returncode == 1
+        assert (
+            runs[0].stderr.splitlines()[-1]
+            == runs[1].stderr.splitlines()[-1]
+            == "error: stack file missing.py not found"
+        )
+
+
 def test_version_reports_versions_without_loading_the_engine(tmp_path):
     modules, out = _modules(tmp_path, "--version")
     assert out.startswith("virtplan ") and "libvirt library" in out  # what a bug report needs

@@ -23,13 +23,17 @@ def main() -> None:
     from virtplan.cli import early
 
     early.start(sys.argv[1:])
-    from virtplan.cli.app import main as run
+    from virtplan.cli.running import direct, run
 
+    command = direct(sys.argv[1:])  # `virtplan plan FILE`: a plain call, without typer's import
+    if command is None:
+        from virtplan.cli.app import invoke
+
+        command = invoke
     try:
-        run()
+        run(command)
     except SystemExit as exc:
         _exit(exc.code)
-    _exit(0)
 
 
 def _exit(code: Any) -> None:

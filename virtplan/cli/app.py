@@ -1,8 +1,5 @@
-"""The `virtplan` command line. Thin: parses options, calls the engine, prints.
-
-Exit codes: 0 success (and `plan` without changes), 2 `plan --detailed-exitcode` with
-changes (and `drift --detailed-exitcode` with drift), 1 any error, usage errors included
-(one readable message; the traceback only with --debug), 130 after Ctrl-C.
+"""The `virtplan` command line (typer). Thin: parses options, calls the engine, prints.
+Exit codes and error messages: `virtplan.cli.running`.
 """
 
 from __future__ import annotations
@@ -10,27 +7,13 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from virtplan.cli.options import (
-    DebugOpt,
-    HostOpt,
-    KeepGoingOpt,
-    LockTimeoutOpt,
-    ParallelOpt,
-    ReplaceOpt,
-    Settings,
-    StackArg,
-    TargetOpt,
-    check_format,
-    open_engine,
-    set_debug,
-    unreachable,
-)
+from virtplan.cli import planning
+from virtplan.cli.options import check_format, open_engine, set_debug, unreachable
 from virtplan.cli.output import (
     applied,
     apply_with_progress,
@@ -40,9 +23,23 @@ from virtplan.cli.output import (
     print_plan,
     say_waiting,
 )
-from virtplan.errors import ApplyInterrupted, OwnershipError, StackLoadError, VirtplanError
-
-INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
+from virtplan.cli.params import (
+    CommandsOpt,
+    DebugOpt,
+    DetailedExitcodeOpt,
+    HostOpt,
+    KeepGoingOpt,
+    LockTimeoutOpt,
+    ParallelOpt,
+    PlanFormatOpt,
+    PlanOutOpt,
+    ReplaceOpt,
+    StackArg,
+    TargetOpt,
+    typed,
+)
+from virtplan.cli.running import Aborted, run, version_text
+from virtplan.errors import OwnershipError, StackLoadError
 
 #: The CLI: the commands defined here, and those of `virtplan.cli.commands`, which are
 #: added on first need (`whole_app`): a command defined here runs without importing them.
@@ -56,29 +53,6 @@ _app = typer.Typer(
     rich_markup_mode=None,  # plain help: no type labels, no boxes, no rich import for --help
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def version_text() -> str:
-    """virtplan's version and what it runs on, for --version and bug reports."""
-    import platform
-    from importlib import metadata
-
-    from virtplan._version import __version__
-
-    parts = [f"Python {platform.python_version()}"]
-    for dist in ("libvirt-python", "typer"):
-        try:
-            parts.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{dist} missing")
-    try:
-        import libvirt
-
-        major, rest = divmod(libvirt.getVersion(), 1_000_000)
-        parts.append(f"libvirt library {major}.{rest // 1000}.{rest % 1000}")
-    except Exception:  # a broken libvirt install must not break --version
-        pass
-    return f"virtplan {__version__} ({', '.join(parts)})"
 
 
 def _show_version(value: bool) -> None:
@@ -98,85 +72,11 @@ def _root(
     """The options of `virtplan` itself (the commands have their own)."""
 
 
-FormatOpt = Annotated[str, typer.Option("--format", help="text, json or markdown")]
-PLAN_FORMATS = ("text", "json", "markdown")
-
-
-@_app.command()
-def plan(
-    stack: StackArg,
-    host: HostOpt = None,
-    format: FormatOpt = "text",
-    out: Annotated[Path | None, typer.Option("--out", help="Save the plan as JSON, to apply exactly it later.")] = None,
-    commands: Annotated[
-        bool, typer.Option("--commands", help="Also give the equivalent virsh commands of each change.")
-    ] = False,
-    detailed_exitcode: Annotated[
-        bool, typer.Option("--detailed-exitcode", help="Exit 2 when there are changes.")
-    ] = False,
-    target: TargetOpt = None,
-    replace: ReplaceOpt = None,
-    keep_going: KeepGoingOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Show what apply would change, and why. Changes nothing."""
-    set_debug(debug)
-    check_format(format, PLAN_FORMATS)
-    with open_engine(stack, host, connect_early=True) as engine:
-        the_plan, observation = engine.plan(
-            observation=engine.observe(keep_going=keep_going), targets=target, replace=replace
-        )
-        missing = observation.unreachable
-        unsaved = bool(missing and out is not None)
-        if unsaved:
-            out = None  # a plan without some hosts is for reading, never for applying
-        report = engine.drift(observation)
-        cmds = None
-        if commands:
-            from virtplan.views.virsh import plan_commands
-
-            cmds = plan_commands(the_plan, engine.stack, observation.renderer, observation.hosts, engine.store)
-        doc = None
-        if out is not None or format != "text":
-            from virtplan.plan.planfile import plan_document
-
-            doc = plan_document(the_plan, engine.stack, observation.hosts, engine.store, stack,
-                                drift=report.to_list(), commands=cmds,
-                                unbound_hosts=set(the_plan.hosts) - set(observation.renderer.keys))  # fmt: skip
-            if missing:
-                doc["unreachable"] = dict(missing)  # these hosts' changes are not in it
-    if out is not None and doc is not None:
-        from virtplan.plan.planfile import write_plan
-
-        write_plan(doc, out)
-    if format == "json" and doc is not None:
-        from virtplan.plan.planfile import dumps
-
-        typer.echo(dumps(doc), nl=False)
-    elif format == "markdown" and doc is not None:
-        from virtplan.views.graph import mermaid, stack_graph
-        from virtplan.views.markdown import plan_markdown
-
-        typer.echo(plan_markdown(doc, mermaid(stack_graph(engine.stack, the_plan))), nl=False)
-    else:
-        print_plan(the_plan, report)
-        if cmds is not None:
-            from virtplan.views.virsh import script
-
-            typer.echo("")
-            typer.echo(script(the_plan, cmds))
-    if out is not None:
-        where = sys.stdout if format == "text" else sys.stderr
-        print(f"Saved the plan to {out}; `virtplan apply {out}` applies exactly it.", file=where)
-    if missing:
-        unreachable(missing)
-        n = len(missing)
-        print(f"error: {n} host{'s' if n > 1 else ''} could not be read and {'are' if n > 1 else 'is'} not planned "
-              "(nor VMs that may be placed there); the plan shown is the other hosts'"
-              + ("; it was not saved" if unsaved else ""), file=sys.stderr)  # fmt: skip
-        raise typer.Exit(1)
-    if detailed_exitcode and not the_plan.empty:
-        raise typer.Exit(2)
+_app.command("plan")(
+    typed(planning.plan, stack=StackArg, host=HostOpt, format=PlanFormatOpt, out=PlanOutOpt, commands=CommandsOpt,
+          detailed_exitcode=DetailedExitcodeOpt, target=TargetOpt, replace=ReplaceOpt, keep_going=KeepGoingOpt,
+          debug=DebugOpt)
+)  # fmt: skip
 
 
 @_app.command()
@@ -405,44 +305,19 @@ def _command_name(info: Any) -> str:
     return str(info.name or typer.main.get_command_name(getattr(info.callback, "__name__", "")))
 
 
+def invoke() -> int | None:
+    """Parse the command line and run the command it names; its exit code."""
+    from virtplan.cli.helptext import tidy
+
+    command = tidy(_command_tree(sys.argv[1:]))
+    try:
+        return command.main(prog_name="virtplan", standalone_mode=False)  # type: ignore[no-any-return]
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        raise Aborted from None
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning errors into one-line messages."""
-    try:
-        from virtplan.cli.helptext import tidy
-
-        command = tidy(_command_tree(sys.argv[1:]))
-        rc = command.main(prog_name="virtplan", standalone_mode=False)  # the code of typer.Exit in this mode
-        sys.exit(rc if isinstance(rc, int) else 0)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted; nothing was applied.", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing more was applied.", file=sys.stderr)
-        sys.exit(INTERRUPTED)
-    except ApplyInterrupted as exc:
-        _fail(str(exc), exc, INTERRUPTED)
-    except VirtplanError as exc:
-        _fail(str(exc), exc)
-    except Exception as exc:
-        if type(exc).__module__ == "libvirt":
-            _fail(f"libvirt: {exc}", exc)
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # click's usage errors (and help without a command)
-            exc.show()
-            sys.exit(1)  # never 2: that is --detailed-exitcode's "changes present"
-        _fail(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback; "
-              "please report it with the output of `virtplan --version`)", exc)  # fmt: skip
-
-
-def _fail(message: str, exc: BaseException, code: int = 1) -> None:
-    """One readable message (libvirt's text exactly as it is: printed, never read as
-    markup, control characters escaped), the traceback only with --debug."""
-    from virtplan.model.fields import escape_controls
-
-    if Settings.debug:
-        traceback.print_exception(exc)
-        print(version_text(), file=sys.stderr)  # what a bug report needs
-    # text from stacks and hosts can hold control characters: never a raw terminal escape
-    print(f"error: {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
-    sys.exit(code)
+    run(invoke)

@@ -1,66 +1,18 @@
-"""Options every command shares, and the one place that turns them into an engine.
-
-Keep this module light (typer only): commands import it at start-up.
+"""What the options every command shares mean, and the one place that turns them into an
+engine. Imports no command-line library (typer's side of the options is
+`virtplan.cli.params`): `virtplan plan FILE` runs without one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from virtplan.errors import StackLoadError
 
 if TYPE_CHECKING:
-    from virtplan.engine import Engine
+    from pathlib import Path
 
-StackArg = Annotated[Path, typer.Argument(help="Stack program, e.g. stacks/demo.py", metavar="STACK")]
-HostOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--host",
-        help="Override a host's URI: NAME=URI (repeatable). VIRTPLAN_URI overrides the default host.",
-        metavar="NAME=URI",
-    ),
-]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
-TargetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--target",
-        help="Plan only this address (host/kind/name) and what it waits for (repeatable), as Terraform's -target. "
-        "Also names an object that VMs this stack does not manage use, to delete it anyway.",
-    ),
-]
-ReplaceOpt = Annotated[
-    list[str] | None,
-    typer.Option("--replace", help="Replace this declared object (host/kind/name) even if it matches (repeatable)."),
-]
-KeepGoingOpt = Annotated[
-    bool,
-    typer.Option(
-        "--keep-going",
-        help="Hosts that cannot be read get one error line each; the others are still shown (exit code 1).",
-    ),
-]
-ParallelOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--parallel",
-        help="Changes applied at once over all hosts (default: $VIRTPLAN_PARALLEL, else 32); "
-        "each host also keeps to its own workers.",
-        min=1,
-    ),
-]
-LockTimeoutOpt = Annotated[
-    float,
-    typer.Option(
-        "--lock-timeout",
-        help="Seconds to wait for another apply of this stack to finish (0: fail at once).",
-        min=0,
-    ),
-]
+    from virtplan.engine import Engine
 
 
 class Settings:

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import typer
-
 from virtplan.errors import ConfirmationRequired
 
 #: Piped answers (`echo yes | virtplan apply`) are refused on purpose: they would approve a plan
@@ -79,6 +77,8 @@ def confirm(the_plan: Any, yes: bool, allow_destroy: bool) -> None:
 
         names = "\n".join(f"  - {c.action.value} {escape(c.address)}: {escape(c.destructive)}" for c in risky)
         console().print(f"[bold red]Destructive changes:[/bold red]\n{names}")
+    import typer
+
     answer = typer.prompt("Apply these changes? Only 'yes' is accepted", default="", show_default=False)
     if answer.strip() != "yes":
         raise ConfirmationRequired("not confirmed; nothing was applied.")

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, host_overrides, pairs, set_debug
+from virtplan.cli.options import host_overrides, pairs, set_debug
 from virtplan.cli.output import console
+from virtplan.cli.params import DebugOpt, HostOpt
 
 
 def register(app: typer.Typer) -> None:

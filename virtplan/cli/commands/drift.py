@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, KeepGoingOpt, StackArg, open_engine, set_debug, unreachable
+from virtplan.cli.options import open_engine, set_debug, unreachable
 from virtplan.cli.output import console
+from virtplan.cli.params import DebugOpt, HostOpt, KeepGoingOpt, StackArg
 
 
 def register(app: typer.Typer) -> None:

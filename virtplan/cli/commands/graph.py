@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
+from virtplan.cli.options import open_engine, set_debug
+from virtplan.cli.params import DebugOpt, HostOpt, StackArg
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
+from virtplan.cli.options import open_engine, set_debug
+from virtplan.cli.params import DebugOpt, HostOpt, StackArg
 
 VmArg = Annotated[str, typer.Argument(help="VM name as declared in the stack", metavar="VM")]
 

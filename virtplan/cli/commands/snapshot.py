@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, StackArg, open_engine, set_debug
+from virtplan.cli.options import open_engine, set_debug
 from virtplan.cli.output import NO_TERMINAL, console
+from virtplan.cli.params import DebugOpt, HostOpt, StackArg
 
 VmsArg = Annotated[list[str] | None, typer.Argument(help="VM names (default: every VM of the stack)", metavar="VM")]
 NameOpt = Annotated[str, typer.Option("--name", help="The snapshot's name.")]

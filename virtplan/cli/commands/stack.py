@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, StackArg, host_overrides, set_debug
+from virtplan.cli.options import host_overrides, set_debug
 from virtplan.cli.output import NO_TERMINAL, console
+from virtplan.cli.params import DebugOpt, HostOpt, StackArg
 
 
 def register(app: typer.Typer) -> None:

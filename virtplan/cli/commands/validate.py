@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from virtplan.cli.options import DebugOpt, HostOpt, host_overrides, set_debug
+from virtplan.cli.options import host_overrides, set_debug
+from virtplan.cli.params import DebugOpt, HostOpt
 
 
 def register(app: typer.Typer) -> None:
