@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from virtplan.errors import VirtplanError
@@ -578,6 +577,8 @@ class HostLedger:
         return self._mine(self.store.names())
 
     def _create(self, type_: str, seq: int, payload: dict[str, Any]) -> Segment:
+        from datetime import UTC, datetime  # (only a command that writes records needs it)
+
         doc: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,

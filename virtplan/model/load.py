@@ -9,7 +9,6 @@ import hashlib
 import os
 import runpy
 import sys
-import traceback
 from pathlib import Path
 
 from virtplan.errors import StackLoadError
@@ -117,6 +116,8 @@ def apply_host_overrides(stack: Stack, host_uris: dict[str, str]) -> None:
 
 def _innermost_frame_in(exc: BaseException, file: Path) -> str:
     """ "file:line" of the last frame of the stack file in the exception's traceback, or ""."""
+    import traceback  # (only a stack that fails needs it)
+
     target = file.resolve()
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == target]
     return f"{shown_path(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
