@@ -109,12 +109,16 @@ def observe_host(
     listing = ahead.domains(xml_flags) if ahead is not None else None
     if listing is None:
         listing = list_domains(conn, xml_flags)
+    # networks and pools first, on this connection, while a reader process may still be
+    # sending the domains; they join the state after the domains, in the usual order
+    others = HostState(name, uri, state.facts)
+    _read_networks(conn, libvirt, others)
+    pools = _read_pools(conn, libvirt, others, hidden_pools)
     running_nics = _read_domains(listing, state, wanted.get("vm", set()), stack_name, cache, secret_digest)
-    _read_networks(conn, libvirt, state)
+    state.objects.update(others.objects)
     _read_links(conn, libvirt, state, running_nics)
     if wanted.get("bridge"):
         state.interfaces = _interfaces(conn, libvirt)
-    pools = _read_pools(conn, libvirt, state, hidden_pools)
     pool_names = {k.split("/", 1)[0] for k in wanted.get("volume", set())} | wanted.get("pool", set())
     for pool_name in pool_names:
         pool = pools.get(pool_name)
