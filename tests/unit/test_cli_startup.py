@@ -66,6 +66,30 @@ def test_plan_of_a_file_alone_runs_without_the_command_line_parser_and_says_the_
         )
 
 
+INTERRUPTED_PLAN = """
+import functools, sys
+import virtplan.cli.planning as planning
+
+@functools.wraps(planning.plan)  # (its signature, which typer reads)
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+planning.plan = interrupted
+sys.argv = ["virtplan", *sys.argv[1:]]
+from virtplan.cli import main
+main()
+"""
+
+
+def test_ctrl_c_in_a_plan_ends_it_alike_with_or_without_the_parser(tmp_path):
+    runs = [
+        subprocess.run([sys.executable, "-c", INTERRUPTED_PLAN, *args], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
+        for args in (["plan", "x.py"], ["plan", "x.py", "--format", "text"])
+    ]  # fmt: skip
+    assert [r.returncode for r in runs] == [130, 130]  # the shell's code for an interrupt
+    assert runs[0].stderr == runs[1].stderr == ""
+
+
 def test_version_reports_versions_without_loading_the_engine(tmp_path):
     modules, out = _modules(tmp_path, "--version")
     assert out.startswith("virtplan ") and "libvirt library" in out  # what a bug report needs

@@ -2,7 +2,7 @@
 
 Exit codes: 0 success (and `plan` without changes), 2 `plan --detailed-exitcode` with
 changes (and `drift --detailed-exitcode` with drift), 1 any error, usage errors included
-(one readable message; the traceback only with --debug), 130 after Ctrl-C in an apply.
+(one readable message; the traceback only with --debug), 130 after Ctrl-C.
 
 `virtplan plan FILE` with no option is run as a plain call (`direct`): what the parser
 would do for it is give `virtplan.cli.planning.plan` its defaults, and typer's import is
@@ -35,16 +35,19 @@ def direct(argv: list[str]) -> Callable[[], int | None] | None:
         return None
     stack = argv[1]
 
-    def call() -> None:
+    def call() -> int | None:
         from pathlib import Path
 
         from virtplan.cli.planning import plan
 
         try:
             plan(Path(stack))
-        except (EOFError, KeyboardInterrupt):  # as the parser does: a new line, then "aborted"
+        except EOFError:  # as the parser does: a new line, then "aborted"
             print(file=sys.stderr)
             raise Aborted from None
+        except KeyboardInterrupt:  # as the parser does: the shell's code for an interrupt, no more
+            return INTERRUPTED
+        return None
 
     return call
 
