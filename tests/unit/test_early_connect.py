@@ -15,7 +15,7 @@ import pytest
 
 from virtplan.cli import early
 from virtplan.hosts import connection
-from virtplan.hosts.fetch import list_domains, list_volumes
+from virtplan.hosts.fetch import list_domains, list_volumes, with_key
 from virtplan.hosts.readahead import ReadAhead
 from virtplan.model import load_stack
 
@@ -373,3 +373,17 @@ def test_a_read_still_running_is_waited_for_even_once_nothing_refers_to_its_read
     ReadAhead(host, 0, [], ("virtplan", "/var/lib/libvirt/virtplan", "lab"))  # dropped at once
     gc.collect()
     assert_closed_only_once_released(host, "storagePoolLookupByName")  # the ledger read is still inside it
+
+
+def test_what_a_reader_process_did_not_send_is_read_on_the_connection_and_what_is_gone_is_none() -> None:
+    conn = libvirt.open("test:///default")
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    pool = conn.storagePoolLookupByName("default-pool")
+    volume = pool.createXML("<volume><name>fill.img</name><capacity>1024</capacity></volume>", 0)
+    ahead = ReadAhead(conn, flags, [])
+    dom = conn.lookupByName("test")
+    assert ahead._fill_domain("test", dom.UUIDString()) == with_key(dom.XMLDesc(flags))
+    assert ahead._fill_domain("gone", "00000000-0000-4000-8000-000000000001") == (None, None)
+    assert ahead._fill_volume("default-pool", "fill.img") == with_key(volume.XMLDesc(0))
+    assert ahead._fill_volume("default-pool", "gone.img") == (None, None)
+    assert ahead._fill_volume("no-such-pool", "fill.img") == (None, None)
