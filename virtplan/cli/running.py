@@ -25,8 +25,7 @@ INTERRUPTED = 130  # exit code after Ctrl-C, as shells report a SIGINT
 
 
 class Aborted(Exception):
-    """The command was stopped while it waited for input or was interrupted by the parser's
-    rules (Ctrl-C outside an apply, end of input at a prompt)."""
+    """The command was stopped at a prompt (end of input, or the parser's abort)."""
 
 
 def direct(argv: list[str]) -> Callable[[], int | None] | None:
