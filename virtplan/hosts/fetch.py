@@ -167,8 +167,7 @@ def list_domains(conn: Any, xml_flags: int, fetch: Callable[[Any], str | None] |
     """A host's domains: three lists and one XML each (`fetch` replaces the XML call, e.g.
     to stop early)."""
     active, autostart, domains = domain_lists(conn)
-    read = fetch or (lambda d: inactive_xml(d, xml_flags))
-    xmls = fetch_all(domains, lambda d: with_key(read(d)))
+    xmls = documents(domains, xml_flags, fetch)
     found = [(d.name(), d.UUIDString(), *x) for d, x in zip(domains, xmls, strict=True)]
     return DomainListing(active, autostart, found)
 
@@ -192,9 +191,21 @@ def list_volumes(
     """A pool's volumes as (name, XML, its `keyed` key): one list and one XML each (None:
     deleted while being read); nothing if the pool stopped or went away meanwhile."""
     volumes = pool_volumes(pool)
-    read = fetch or (lambda v: inactive_xml(v, 0))
-    xmls = fetch_all(volumes, lambda v: with_key(read(v)))
+    xmls = documents(volumes, 0, fetch)
     return [(v.name(), *x) for v, x in zip(volumes, xmls, strict=True)]
+
+
+def documents(
+    objects: list[Any],
+    flags: int,
+    read: Callable[[Any], str | None] | None = None,
+    done: Callable[[int, list[tuple[str | None, str | None]]], None] | None = None,
+) -> list[tuple[str | None, str | None]]:
+    """(XML, its `keyed` key) of each object, fetched at once (`fetch_all`, which also says
+    what `done` is told): its persistent definition read with `flags`, or by `read` (which
+    replaces the XML call, e.g. to stop early)."""
+    fetch = read or (lambda obj: inactive_xml(obj, flags))
+    return fetch_all(objects, lambda obj: with_key(fetch(obj)), done)
 
 
 def with_key(xml: str | None) -> tuple[str | None, str | None]:

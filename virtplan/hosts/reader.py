@@ -29,16 +29,7 @@ import signal
 import threading
 
 from virtplan.hosts.dialing import quiet_libvirt
-from virtplan.hosts.fetch import (
-    DomainListing,
-    domain_lists,
-    domain_xml_flags,
-    fetch_all,
-    inactive_xml,
-    pool_active,
-    pool_volumes,
-    with_key,
-)
+from virtplan.hosts.fetch import DomainListing, documents, domain_lists, domain_xml_flags, pool_active, pool_volumes
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing before the reads start
 if TYPE_CHECKING:
@@ -102,7 +93,6 @@ class ReaderProcess:
         self._heads: dict[str | None, tuple[Any, ...]] = {}
         self._parts: dict[str | None, dict[int, list[Any]]] = {}
         self._offset = 0  # where the next message starts in the memory file
-        self._pending = b""
         self._reaping = threading.Lock()
         self._reaped = False  # once it is, its PID may be another process's: never signalled
         read_end, write_end = os.pipe()
@@ -197,18 +187,17 @@ class ReaderProcess:
                 self._state.notify_all()
 
     def _receive(self) -> list[tuple[Any, ...]] | None:
-        """The next messages (waiting for at least one); None once the child has exited."""
+        """The next messages (waiting for at least one); None once the child has exited.
+        Each length is one write of 8 bytes, under the pipe's atomic size: a read of a
+        multiple of 8 bytes holds whole lengths only."""
         try:
-            read = os.read(self._read_end, _LENGTH * 512)
+            lengths = os.read(self._read_end, _LENGTH * 512)
         except OSError:
-            read = b""
-        if not read:
+            lengths = b""
+        if not lengths:
             return None
-        lengths = self._pending + read
-        whole = len(lengths) - len(lengths) % _LENGTH
-        lengths, self._pending = lengths[:whole], lengths[whole:]
         messages = []
-        for i in range(0, whole, _LENGTH):
+        for i in range(0, len(lengths), _LENGTH):
             size = int.from_bytes(lengths[i : i + _LENGTH], "little")
             messages.append(marshal.loads(os.pread(self._data, size, self._offset)))
             self._offset += size
@@ -261,8 +250,7 @@ def _child(pipe: int, data: int, uri: str, secure: bool, pools: list[str]) -> No
         reading.start()
         active, autostart, domains = domain_lists(conn)
         send(_HEAD, None, [(d.name(), d.UUIDString()) for d in domains], sorted(active), sorted(autostart))
-        flags = domain_xml_flags(secure)
-        fetch_all(domains, lambda d: with_key(inactive_xml(d, flags)), functools.partial(send, _PART, None))
+        documents(domains, domain_xml_flags(secure), done=functools.partial(send, _PART, None))
         reading.join()
     except BaseException:  # what was not sent, the parent reads for itself
         pass
@@ -283,4 +271,4 @@ def _read_pools(conn: Any, pools: list[str], send: _Sender) -> None:
             continue
         send(_HEAD, name, [(v.name(),) for v in volumes])
         with contextlib.suppress(Exception):  # what was not sent, the parent reads
-            fetch_all(volumes, lambda v: with_key(inactive_xml(v, 0)), functools.partial(send, _PART, name))
+            documents(volumes, 0, done=functools.partial(send, _PART, name))
